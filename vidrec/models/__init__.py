@@ -1,0 +1,1 @@
+"""Models: matrix factorization, two-tower network, content similarity, the hybrid."""

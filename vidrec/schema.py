@@ -1,0 +1,141 @@
+"""The one place for column names, feature names, event types and Redis keys.
+
+Training and serving both import from here so that the features a model was trained on
+are exactly the features it is served with (training/serving skew is the classic
+recommender bug). A model's manifest stores `schema_hash()` and serving refuses a
+model whose hash differs from its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+# --- data directory contract (DESIGN.md §7) -------------------------------------------
+
+VIDEOS_FILE = "videos.csv"
+USERS_FILE = "users.csv"
+INTERACTIONS_FILE = "interactions.csv"
+
+VIDEO_ID = "video_id"
+USER_ID = "user_id"
+
+# Known optional columns and their kind; any other column is a feature inferred as
+# categorical (strings) or numeric (numbers).
+VIDEO_COLUMNS: dict[str, str] = {
+    "title": "text",
+    "category": "categorical",
+    "tags": "multi",  # '|'-separated
+    "creator_id": "categorical",
+    "language": "categorical",
+    "duration_s": "numeric",
+    "upload_ts": "numeric",
+}
+USER_COLUMNS: dict[str, str] = {
+    "age": "numeric",
+    "gender": "categorical",
+    "country": "categorical",
+    "language": "categorical",
+    "occupation": "categorical",
+}
+INTERACTION_COLUMNS = ("user_id", "video_id", "timestamp", "event", "value")
+
+EVENT_TYPES = ("impression", "click", "watch", "like", "dislike", "share", "skip", "rating")
+TAG_SEPARATOR = "|"
+
+# --- model features -------------------------------------------------------------------
+
+# Categorical user features fed to the user tower (missing -> "<unk>").
+USER_CAT_FEATURES = ("gender", "country", "language", "occupation", "age_bucket", "zip_prefix")
+# Age buckets (upper bounds, years) for the age_bucket feature.
+AGE_BUCKETS = (18, 25, 35, 45, 50, 56, 200)
+# Categorical video features fed to the video tower.
+VIDEO_CAT_FEATURES = ("category", "creator_id", "language")
+VIDEO_MULTI_FEATURES = ("tags", "title_tokens")
+VIDEO_NUM_FEATURES = ("log_duration", "age_years")
+UNKNOWN = "<unk>"
+# Recent history length used by the user tower and kept in Redis.
+HISTORY_LEN = 50
+MAX_TITLE_TOKENS = 12
+
+
+def age_bucket(age: float | None) -> str:
+    """Bucket an age so that the user tower sees a categorical, robust feature."""
+    if age is None or age != age or age <= 0:
+        return UNKNOWN
+    for upper in AGE_BUCKETS:
+        if age < upper:
+            return f"<{upper}"
+    return UNKNOWN
+
+
+def schema_hash() -> str:
+    """Hash of every feature definition above; changes when the feature contract does."""
+    spec = {
+        "user_cat": USER_CAT_FEATURES,
+        "age_buckets": AGE_BUCKETS,
+        "video_cat": VIDEO_CAT_FEATURES,
+        "video_multi": VIDEO_MULTI_FEATURES,
+        "video_num": VIDEO_NUM_FEATURES,
+        "history_len": HISTORY_LEN,
+        "title_tokens": MAX_TITLE_TOKENS,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --- Kafka topics ---------------------------------------------------------------------
+
+TOPIC_EVENTS = "vidrec.events"
+TOPIC_EVENTS_DLQ = "vidrec.events.dlq"
+TOPIC_MODELS = "vidrec.models"
+TOPIC_VIDEOS = "vidrec.videos"
+
+# --- Redis keys -----------------------------------------------------------------------
+
+
+class Keys:
+    """Redis key builders; `prefix` namespaces a deployment (tests use a random one)."""
+
+    def __init__(self, prefix: str = "vidrec") -> None:
+        self.prefix = prefix
+
+    def user_profile(self, user_id: str) -> str:
+        return f"{self.prefix}:user:{{{user_id}}}:profile"
+
+    def user_history(self, user_id: str) -> str:
+        """Capped list of recently watched video ids, most recent first."""
+        return f"{self.prefix}:user:{{{user_id}}}:history"
+
+    def user_seen(self, user_id: str) -> str:
+        """Set of every video the user interacted with (seen filter)."""
+        return f"{self.prefix}:user:{{{user_id}}}:seen"
+
+    def user_negatives(self, user_id: str) -> str:
+        """Capped list of disliked / skipped video ids."""
+        return f"{self.prefix}:user:{{{user_id}}}:neg"
+
+    def user_vector(self, user_id: str) -> str:
+        """Hash version -> float32 bytes of the freshest folded-in user vector."""
+        return f"{self.prefix}:user:{{{user_id}}}:vec"
+
+    def video_features(self, video_id: str) -> str:
+        return f"{self.prefix}:video:{video_id}"
+
+    def popular(self) -> str:
+        return f"{self.prefix}:list:popular"
+
+    def fresh(self) -> str:
+        return f"{self.prefix}:list:fresh"
+
+    def processed_events(self) -> str:
+        """Set of applied event ids (idempotency)."""
+        return f"{self.prefix}:events:done"
+
+    def counters(self, model_version: str, arm: str) -> str:
+        return f"{self.prefix}:stats:{model_version}:{arm}"
+
+    def stats_index(self) -> str:
+        return f"{self.prefix}:stats:index"
+
+    def serving_version(self) -> str:
+        return f"{self.prefix}:serving:version"

@@ -1,0 +1,1 @@
+"""Shared serving plumbing: gRPC server lifecycle, health, deadlines, model holder."""

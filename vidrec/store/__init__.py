@@ -1,0 +1,1 @@
+"""Stores: Redis feature store, vector index backends, artifact directories."""
