@@ -1,0 +1,62 @@
+"""The report writer produces the three files with the numbers it was given."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vidrec.evaluation.report import metric_columns, parse_metric, write_report
+
+RESULTS = {
+    "two_tower (warm)": {"precision@5": 0.2, "ndcg@10": 0.15, "ndcg@5": 0.1, "map@10": 0.07,
+                         "coverage@10": 0.5, "users": 943.0, "fit_s": 1.25},
+    "mf (warm)": {"precision@5": 0.25, "ndcg@10": float("nan"), "ndcg@5": 0.12},
+}
+
+
+def test_parse_and_order_metric_keys() -> None:
+    assert parse_metric("ndcg@10") == ("ndcg", 10)
+    assert parse_metric("users") is None and parse_metric("a@b") is None
+    assert metric_columns(RESULTS) == [
+        "precision@5", "map@10", "ndcg@5", "ndcg@10", "coverage@10", "fit_s", "users",
+    ]
+
+
+def test_write_report_files_and_content(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    paths = write_report(
+        out,
+        RESULTS,
+        title="Peers on ML-100K",
+        tables={"Fit time": [{"model": "mf", "fit_s": 0.5}, {"model": "x|y", "note": "n"}]},
+        notes=["relevant = rating >= 4"],
+    )
+    assert set(paths) == {"json", "markdown", "plot"}
+    assert all(p.parent == out and p.exists() for p in paths.values())
+
+    payload = json.loads(paths["json"].read_text())
+    assert payload["title"] == "Peers on ML-100K"
+    assert payload["results"]["two_tower (warm)"]["ndcg@10"] == 0.15
+    assert payload["results"]["mf (warm)"]["ndcg@10"] is None  # NaN is not JSON
+    assert payload["notes"] == ["relevant = rating >= 4"]
+
+    md = paths["markdown"].read_text()
+    lines = md.splitlines()
+    assert lines[0] == "# Peers on ML-100K"
+    header = "| model | precision@5 | map@10 | ndcg@5 | ndcg@10 | coverage@10 | fit_s | users |"
+    assert header in lines
+    row = "| two_tower (warm) | 0.2000 | 0.0700 | 0.1000 | 0.1500 | 0.5000 | 1.2500 | 943 |"
+    assert row in lines
+    assert "| mf (warm) | 0.2500 |  | 0.1200 | n/a |  |  |  |" in lines
+    assert "## Fit time" in md and "| model | fit_s | note |" in lines
+    assert "| x\\|y |  | n |" in lines
+    assert "- relevant = rating >= 4" in lines
+
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths["plot"].stat().st_size > 5000
+
+
+def test_write_report_without_curves(tmp_path: Path) -> None:
+    paths = write_report(tmp_path, {"pop": {"users": 3.0}}, title="t")
+    assert paths["plot"].exists()
+    assert "## Notes" not in paths["markdown"].read_text()

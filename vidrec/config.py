@@ -1,0 +1,160 @@
+"""One typed settings object per process, read from VIDREC_* environment variables.
+
+Required addresses have no default: a gateway without VIDREC_RANKER_ADDR refuses to start
+instead of failing on its first request. Any VIDREC_* variable that no settings class
+knows is an error, so a typo cannot silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+PREFIX = "VIDREC_"
+
+
+class SettingsError(ValueError):
+    """Configuration is missing or malformed; the process must not start."""
+
+
+@dataclass(frozen=True)
+class CommonSettings:
+    log_level: str = "INFO"
+    # Redis URL, e.g. redis://127.0.0.1:6379/0.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Prefix of every Redis key (schema.Keys); lets two deployments share one Redis.
+    key_prefix: str = "vidrec"
+    # Kafka bootstrap servers, comma-separated; empty disables Kafka (offline use).
+    kafka_bootstrap: str = ""
+
+
+@dataclass(frozen=True)
+class ModelServiceSettings(CommonSettings):
+    """Settings shared by services that load a model version (candidate, ranker)."""
+
+    listen_addr: str = "127.0.0.1:0"
+    # Root of published artifacts: <root>/<version>/ with a LATEST pointer.
+    artifact_root: str = "var/artifacts"
+    # Seconds between checks of LATEST (hot swap); Kafka announcements also trigger it.
+    reload_interval_s: float = 2.0
+    # Number of model versions kept loaded so one request is served by one version.
+    keep_versions: int = 2
+    grace_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class CandidateSettings(ModelServiceSettings):
+    # Qdrant server URL; empty = the embedded qdrant-edge index under index_root.
+    qdrant_url: str = ""
+    index_root: str = "var/index"
+    # Candidates returned per request.
+    num_candidates: int = 300
+
+
+@dataclass(frozen=True)
+class RankerSettings(ModelServiceSettings):
+    top_m: int = 100
+
+
+@dataclass(frozen=True)
+class RerankerSettings(CommonSettings):
+    listen_addr: str = "127.0.0.1:0"
+    grace_s: float = 5.0
+    max_per_creator: int = 2
+    max_per_category: int = 4
+    mmr_lambda: float = 0.8
+    freshness_days: float = 14.0
+    freshness_boost: float = 0.05
+    exploration_slots: int = 1
+
+
+@dataclass(frozen=True)
+class GatewaySettings(CommonSettings):
+    candidate_addr: str = field(default="", metadata={"required": True})
+    ranker_addr: str = field(default="", metadata={"required": True})
+    reranker_addr: str = field(default="", metadata={"required": True})
+    listen_addr: str = "127.0.0.1:0"
+    grace_s: float = 5.0
+    # Deadline of one Recommend call when the client sets none.
+    default_deadline_ms: float = 300.0
+    # Share of the remaining deadline each stage may use.
+    candidate_share: float = 0.4
+    ranker_share: float = 0.6
+    # Experiment arms "name:weight,name:weight"; a user is hashed to one arm.
+    arms: str = "two_tower:1"
+    max_k: int = 500
+    log_impressions: bool = True
+
+
+@dataclass(frozen=True)
+class TrainerSettings(CommonSettings):
+    artifact_root: str = "var/artifacts"
+    data_dir: str = "var/data"
+    qdrant_url: str = ""
+    index_root: str = "var/index"
+    group_id: str = "vidrec-trainer"
+    batch_size: int = 2000
+    # Retrain after this many new events (0 = never) or seconds (0 = never).
+    retrain_every_events: int = 0
+    retrain_every_s: float = 0.0
+    # Seconds between fold-in passes over users with new events.
+    foldin_interval_s: float = 5.0
+
+
+ALL_SETTINGS: tuple[type, ...] = (
+    CandidateSettings,
+    RankerSettings,
+    RerankerSettings,
+    GatewaySettings,
+    TrainerSettings,
+)
+
+T = TypeVar("T")
+
+
+def known_keys() -> set[str]:
+    return {PREFIX + f.name.upper() for cls in ALL_SETTINGS for f in dataclasses.fields(cls)}
+
+
+def _convert(name: str, raw: str, typ: Any) -> Any:
+    if isinstance(typ, str):
+        typ = {"str": str, "int": int, "float": float, "bool": bool}[typ]
+    if typ is bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{PREFIX}{name.upper()}={raw!r}: expected true/false")
+    try:
+        return typ(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{PREFIX}{name.upper()}={raw!r}: expected {typ.__name__}") from exc
+
+
+def load_settings(cls: type[T], env: Mapping[str, str] | None = None) -> T:
+    """Build `cls` from VIDREC_* variables; raise SettingsError on unknown or missing keys."""
+    env = os.environ if env is None else env
+    unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in known_keys())
+    if unknown:
+        raise SettingsError(f"unknown settings: {', '.join(unknown)}")
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    missing = []
+    assert dataclasses.is_dataclass(cls)
+    for f in dataclasses.fields(cls):
+        key = PREFIX + f.name.upper()
+        typ = hints[f.name]
+        if isinstance(typ, types.UnionType):
+            typ = str
+        if key in env and env[key] != "":
+            values[f.name] = _convert(f.name, env[key], typ)
+        elif f.metadata.get("required"):
+            missing.append(key)
+    if missing:
+        raise SettingsError(f"required settings not set: {', '.join(missing)}")
+    return cls(**values)

@@ -1,0 +1,31 @@
+"""Logging configured once per process, with the request id on every line."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+def setup_logging(service: str, level: str = "INFO") -> None:
+    """Configure the root logger; safe to call more than once (replaces handlers)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_RequestIdFilter())
+    handler.setFormatter(
+        logging.Formatter(
+            f"%(asctime)s %(levelname)s {service} [%(request_id)s] %(name)s: %(message)s"
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("kafka", "urllib3", "httpx", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

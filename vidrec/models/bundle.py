@@ -1,0 +1,236 @@
+"""A trained model set on disk, and the batch recommender built on it.
+
+Layout of a model directory (loadable by serving without any training code path):
+
+    manifest.json   version, created_at, schema hash, dimensions, metrics, data cut-off,
+                    configs, ranker weights
+    vocab.json      FeatureEncoder (vocabularies, catalog order)
+    content.json    ContentModel (IDF weights; the projection is re-derived from its seed)
+    two_tower.pt    TwoTower state_dict + config + table sizes
+    arrays.npz      video/content vectors, MF factors, popularity (catalog order)
+    users.jsonl     per training user: profile, recent positives (history), seen videos
+    videos.csv      the catalog the model was trained with
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vidrec import schema
+from vidrec.models.content import ContentModel
+from vidrec.models.features import FeatureEncoder
+from vidrec.models.two_tower import TwoTower, TwoTowerConfig
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class RankerWeights:
+    """Second-stage score = tt + mf * z(MF score) + pop * z(log popularity) (per user z)."""
+
+    tt: float = 1.0
+    mf: float = 0.5
+    pop: float = 0.1
+
+    def to_dict(self) -> dict[str, float]:
+        return {"tt": self.tt, "mf": self.mf, "pop": self.pop}
+
+
+@dataclass
+class UserRecord:
+    profile: dict[str, Any]
+    history: list[str]  # positives, most recent first
+    seen: list[str]  # every video interacted with in training
+
+
+@dataclass
+class ModelBundle:
+    manifest: dict[str, Any]
+    encoder: FeatureEncoder
+    content: ContentModel
+    two_tower: TwoTower
+    video_vectors: np.ndarray  # two-tower, (n_videos, d), L2-normalised
+    content_vectors: np.ndarray  # (n_videos, CONTENT_DIM)
+    mf_video: np.ndarray  # (n_videos, f); zero rows for videos without interactions
+    mf_user: np.ndarray  # (n_mf_users, f)
+    mf_user_ids: np.ndarray
+    popularity: np.ndarray  # positives per video in training
+    users: dict[str, UserRecord]
+    videos: pd.DataFrame
+    ranker: RankerWeights = field(default_factory=RankerWeights)
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest.get("version", "unversioned"))
+
+    @property
+    def video_ids(self) -> list[str]:
+        return self.encoder.video_ids
+
+    def save(self, out: Path) -> None:
+        """Write atomically: a temp dir next to `out`, renamed into place at the end."""
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        self.encoder.save(tmp / "vocab.json")
+        (tmp / "content.json").write_text(json.dumps(self.content.to_json()))
+        torch.save({"state_dict": self.two_tower.state_dict(),
+                    "config": self.two_tower.cfg.to_dict(),
+                    "sizes": self.two_tower.sizes}, tmp / "two_tower.pt")
+        np.savez(tmp / "arrays.npz", video_vectors=self.video_vectors,
+                 content_vectors=self.content_vectors, mf_video=self.mf_video,
+                 mf_user=self.mf_user, mf_user_ids=self.mf_user_ids.astype(str),
+                 popularity=self.popularity)
+        with (tmp / "users.jsonl").open("w") as f:
+            for uid, rec in self.users.items():
+                f.write(json.dumps({"user_id": uid, "profile": rec.profile,
+                                    "history": rec.history, "seen": rec.seen}) + "\n")
+        self.videos.to_csv(tmp / "videos.csv", index=False)
+        manifest = dict(self.manifest)
+        manifest["ranker"] = self.ranker.to_dict()
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        if out.exists():
+            old = out.with_name(f".{out.name}.old.{time.time_ns()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+
+    @classmethod
+    def load(cls, path: Path) -> ModelBundle:
+        path = Path(path)
+        if not (path / MANIFEST).exists():
+            raise FileNotFoundError(f"{path}: not a model directory (no {MANIFEST})")
+        manifest = json.loads((path / MANIFEST).read_text())
+        if manifest.get("schema_hash") != schema.schema_hash():
+            raise ValueError(f"{path}: trained with feature schema {manifest.get('schema_hash')},"
+                             f" this code has {schema.schema_hash()}; retrain")
+        encoder = FeatureEncoder.load(path / "vocab.json")
+        content = ContentModel.from_json(json.loads((path / "content.json").read_text()))
+        blob = torch.load(path / "two_tower.pt", map_location="cpu", weights_only=True)
+        tt = TwoTower(blob["sizes"], TwoTowerConfig(**blob["config"]))
+        tt.load_state_dict(blob["state_dict"])
+        tt.eval()
+        arr = np.load(path / "arrays.npz", allow_pickle=False)
+        users = {}
+        with (path / "users.jsonl").open() as f:
+            for line in f:
+                d = json.loads(line)
+                users[d["user_id"]] = UserRecord(d["profile"], d["history"], d["seen"])
+        videos = pd.read_csv(path / "videos.csv", dtype=str, keep_default_na=False)
+        return cls(manifest, encoder, content, tt, arr["video_vectors"],
+                   arr["content_vectors"], arr["mf_video"], arr["mf_user"],
+                   arr["mf_user_ids"].astype(object), arr["popularity"], users, videos,
+                   RankerWeights(**manifest.get("ranker", {})))
+
+    def video_rows(self) -> list[dict[str, Any]]:
+        return self.videos.to_dict("records")
+
+
+def _zrows(m: np.ndarray) -> np.ndarray:
+    mu = m.mean(axis=1, keepdims=True)
+    sd = m.std(axis=1, keepdims=True)
+    return (m - mu) / np.maximum(sd, 1e-9)
+
+
+class BatchRecommender:
+    """Vectorised offline mirror of the serving funnel (CF candidates -> scoring).
+
+    modes: "hybrid" (MF + two-tower candidates, blended second-stage score), "mf",
+    "two_tower", "popularity".
+    """
+
+    def __init__(self, bundle: ModelBundle, n_candidates: int = 300) -> None:
+        self.b = bundle
+        self.n_candidates = n_candidates
+        self.mf_row = {u: i for i, u in enumerate(bundle.mf_user_ids)}
+        self.vid = {v: i for i, v in enumerate(bundle.video_ids)}
+        pop = np.log1p(bundle.popularity.astype(np.float64))
+        self.pop_z = (pop - pop.mean()) / max(pop.std(), 1e-9)
+
+    def user_tower(self, profiles: Sequence[Mapping[str, Any]],
+                   histories: Sequence[Sequence[str]]) -> np.ndarray:
+        from vidrec.models.two_tower_task import embed_users
+
+        return embed_users(self.b.two_tower, self.b.encoder.encode_users(profiles),
+                           self.b.encoder.encode_history(histories))
+
+    def recommend(self, user_ids: Sequence[str], k: int, mode: str = "hybrid",
+                  profiles: Sequence[Mapping[str, Any]] | None = None,
+                  weights: RankerWeights | None = None, chunk: int = 1024
+                  ) -> list[list[str]]:
+        """Top-k per user, never a video the user interacted with in training.
+
+        Users not in the training data are cold-start users: `profiles[i]` describes them.
+        """
+        out: list[list[str]] = []
+        for s in range(0, len(user_ids), chunk):
+            ids = list(user_ids[s: s + chunk])
+            profs = list(profiles[s: s + chunk]) if profiles is not None else [{}] * len(ids)
+            out += self._chunk(ids, profs, k, mode, weights or self.b.ranker)
+        return out
+
+    def _chunk(self, ids: list[str], profs: list[Mapping[str, Any]], k: int, mode: str,
+               w: RankerWeights) -> list[list[str]]:
+        recs = [self.b.users.get(u) for u in ids]
+        n, nv = len(ids), len(self.b.video_ids)
+        profiles = [r.profile if r else p for r, p in zip(recs, profs, strict=True)]
+        hist = [r.history if r else [] for r in recs]
+        pop = np.broadcast_to(self.pop_z, (n, nv))
+        tt = self.user_tower(profiles, hist) @ self.b.video_vectors.T
+        mf = np.zeros((n, nv), dtype=np.float32)
+        has_mf = np.zeros(n, dtype=bool)
+        for i, u in enumerate(ids):
+            r = self.mf_row.get(u)
+            if r is not None:
+                mf[i] = self.b.mf_user[r] @ self.b.mf_video.T
+                has_mf[i] = True
+        if mode == "popularity":
+            score = pop.copy()
+        elif mode == "mf":
+            score = np.where(has_mf[:, None], mf, pop)
+        elif mode == "two_tower":
+            score = tt.astype(np.float64)
+        elif mode == "hybrid":
+            cand = self._candidates(tt, np.where(has_mf[:, None], mf, -np.inf))
+            mfz = np.where(has_mf[:, None], _zrows(mf), 0.0)
+            score = w.tt * _zrows(tt) + w.mf * mfz + w.pop * pop
+            score = np.where(cand, score, -np.inf)
+        else:
+            raise ValueError(f"unknown mode {mode!r}")
+        score = np.array(score, dtype=np.float64)
+        for i, r in enumerate(recs):
+            if r:
+                seen = [self.vid[v] for v in r.seen if v in self.vid]
+                score[i, seen] = -np.inf
+        kk = min(k, nv)
+        top = np.argpartition(-score, kk - 1, axis=1)[:, :kk]
+        order = np.take_along_axis(score, top, 1).argsort(axis=1)[:, ::-1]
+        top = np.take_along_axis(top, order, 1)
+        vids = self.b.video_ids
+        return [[vids[j] for j in row if np.isfinite(score[i, j])] for i, row in enumerate(top)]
+
+    def _candidates(self, tt: np.ndarray, mf: np.ndarray) -> np.ndarray:
+        """CF stage: the union of each source's top n_candidates."""
+        n, nv = tt.shape
+        c = min(self.n_candidates, nv)
+        mask = np.zeros((n, nv), dtype=bool)
+        for m in (tt, mf):
+            top = np.argpartition(-m, c - 1, axis=1)[:, :c]
+            rows = np.repeat(np.arange(n), c)
+            finite = np.isfinite(m[rows, top.ravel()])
+            mask[rows[finite], top.ravel()[finite]] = True
+        return mask

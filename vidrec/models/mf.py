@@ -1,0 +1,126 @@
+"""Matrix factorization by weighted alternating least squares (Hu, Koren & Volinsky 2008).
+
+Why ALS and not SGD: with confidence weights every unobserved cell counts as a weak
+negative, and ALS handles that exactly with the YᵀY trick in O(nnz·f² + n·f³) per sweep,
+no sampling. The same normal equations give fold-in: a user's fresh vector from their
+interactions in a single f x f solve (well under a millisecond), no retraining.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from tqdm import tqdm
+
+from vidrec.data.feedback import FeedbackMatrix
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MFConfig:
+    factors: int = 64
+    regularization: float = 0.05
+    iterations: int = 12
+    seed: int = 0
+    # Rescales the matrix confidences: c = 1 + conf_scale * (confidence - 1).
+    conf_scale: float = 1.0
+
+
+@dataclass
+class MFModel:
+    config: MFConfig
+    user_factors: np.ndarray  # (n_users, f) float32
+    video_factors: np.ndarray  # (n_videos, f) float32
+    user_ids: np.ndarray
+    video_ids: np.ndarray
+    train_seconds: float = 0.0
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)
+
+
+def _solve_side(
+    fixed: np.ndarray,
+    conf: sp.csr_matrix,
+    pref: sp.csr_matrix,
+    reg: float,
+) -> np.ndarray:
+    """Solve every row's normal equations against the fixed side's factors."""
+    f = fixed.shape[1]
+    gram = fixed.T @ fixed + reg * np.eye(f, dtype=np.float64)
+    n = conf.shape[0]
+    out = np.zeros((n, f), dtype=np.float64)
+    chunk = 512
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        a = np.repeat(gram[None], stop - start, axis=0)
+        b = np.zeros((stop - start, f), dtype=np.float64)
+        for j, row in enumerate(range(start, stop)):
+            lo, hi = conf.indptr[row], conf.indptr[row + 1]
+            if lo == hi:
+                continue
+            cols = conf.indices[lo:hi]
+            c = conf.data[lo:hi].astype(np.float64)
+            p = pref.data[lo:hi].astype(np.float64)
+            y = fixed[cols]
+            a[j] += (y * (c - 1.0)[:, None]).T @ y
+            b[j] = (c * p) @ y
+        out[start:stop] = np.linalg.solve(a, b[..., None])[..., 0]
+    return out
+
+
+def _scaled(fm: FeedbackMatrix, cfg: MFConfig) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    conf = fm.confidence.copy()
+    conf.data = 1.0 + cfg.conf_scale * (conf.data - 1.0)
+    return conf, fm.preference
+
+
+def train_mf(fm: FeedbackMatrix, cfg: MFConfig | None = None, progress: bool = True) -> MFModel:
+    cfg = cfg or MFConfig()
+    rng = np.random.default_rng(cfg.seed)
+    n_users, n_videos = fm.shape
+    t0 = time.perf_counter()
+    users = rng.normal(0, 0.01, (n_users, cfg.factors))
+    videos = rng.normal(0, 0.01, (n_videos, cfg.factors))
+    conf, pref = _scaled(fm, cfg)
+    conf_t, pref_t = conf.T.tocsr(), pref.T.tocsr()
+    # Same sparsity pattern for conf and pref is required by _solve_side.
+    assert np.array_equal(conf.indices, pref.indices)
+    for _ in tqdm(range(cfg.iterations), desc="MF (ALS)", disable=not progress, leave=False):
+        users = _solve_side(videos, conf, pref, cfg.regularization)
+        videos = _solve_side(users, conf_t, pref_t, cfg.regularization)
+    seconds = time.perf_counter() - t0
+    log.info("MF trained: %d users x %d videos, f=%d in %.1fs", n_users, n_videos,
+             cfg.factors, seconds)
+    return MFModel(cfg, users.astype(np.float32), videos.astype(np.float32),
+                   fm.user_ids, fm.video_ids, seconds)
+
+
+def fold_in(
+    video_factors: np.ndarray,
+    video_idx: np.ndarray,
+    confidence: np.ndarray,
+    preference: np.ndarray,
+    regularization: float,
+    gram: np.ndarray | None = None,
+) -> np.ndarray:
+    """A user vector from their interactions, holding video factors fixed (one f x f solve).
+
+    `gram` (Yᵀ Y + λI) can be precomputed once per model to make this ~0.1 ms.
+    """
+    y = video_factors.astype(np.float64)
+    f = y.shape[1]
+    if gram is None:
+        gram = y.T @ y + regularization * np.eye(f)
+    if len(video_idx) == 0:
+        return np.zeros(f, dtype=np.float32)
+    yu = y[video_idx]
+    c = confidence.astype(np.float64)
+    a = gram + (yu * (c - 1.0)[:, None]).T @ yu
+    b = (c * preference) @ yu
+    return np.linalg.solve(a, b).astype(np.float32)

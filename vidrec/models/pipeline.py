@@ -1,0 +1,112 @@
+"""`vidrec train`: a data directory in, a model directory out (everything serving needs)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vidrec import schema
+from vidrec.data.dataset import Dataset
+from vidrec.data.feedback import FeedbackWeights, build_feedback_matrix, event_scores
+from vidrec.models.bundle import ModelBundle, RankerWeights, UserRecord
+from vidrec.models.content import ContentModel
+from vidrec.models.features import FeatureEncoder
+from vidrec.models.mf import MFConfig, train_mf
+from vidrec.models.two_tower import TwoTowerConfig
+from vidrec.models.two_tower_task import (
+    TrainConfig,
+    build_sequences,
+    embed_videos,
+    train_two_tower,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineConfig:
+    weights: FeedbackWeights = field(default_factory=FeedbackWeights)
+    mf: MFConfig = field(default_factory=MFConfig)
+    two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ranker: RankerWeights = field(default_factory=RankerWeights)
+
+
+def positives(interactions: pd.DataFrame, weights: FeedbackWeights) -> pd.DataFrame:
+    """Positive (user, video) pairs with the time of their first positive event."""
+    s = event_scores(interactions, weights)
+    pos = interactions.loc[s > 0, ["user_id", "video_id", "timestamp"]]
+    return pos.drop_duplicates(["user_id", "video_id"], keep="first")
+
+
+def train_bundle(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool = True,
+                 version: str | None = None) -> ModelBundle:
+    cfg = cfg or PipelineConfig()
+    t0 = time.perf_counter()
+    inter = ds.interactions
+    cutoff = float(inter["timestamp"].max()) if len(inter) else time.time()
+    videos = ds.videos.reset_index(drop=True)
+    encoder = FeatureEncoder.fit(videos, ds.users, ref_ts=cutoff)
+    video_rows = videos.to_dict("records")
+
+    fm = build_feedback_matrix(inter, cfg.weights,
+                               video_ids=np.array(encoder.video_ids, dtype=object))
+    mf = train_mf(fm, cfg.mf, progress=progress)
+
+    pos = positives(inter, cfg.weights)
+    user_profiles = {str(r["user_id"]): _clean(r) for r in ds.users.to_dict("records")}
+    user_list = list(user_profiles)
+    user_row = {u: i for i, u in enumerate(user_list)}
+    user_cats = encoder.encode_users([user_profiles[u] for u in user_list])
+    seqs = build_sequences(pos, encoder, user_row)
+    vt = encoder.encode_videos(video_rows)
+    tt, tt_seconds = train_two_tower(encoder, vt, user_cats, seqs, cfg.two_tower, cfg.train,
+                                     progress=progress)
+    video_vectors = embed_videos(tt, vt)
+    content = ContentModel.fit(video_rows)
+    content_vectors = content.vectors(video_rows)
+    popularity = np.bincount(pos["video_id"].map(encoder.video_index).dropna().astype(int),
+                             minlength=len(encoder.video_ids))
+
+    users = _user_records(inter, pos, user_profiles)
+    manifest: dict[str, Any] = {
+        "version": version or datetime.now(UTC).strftime("m%Y%m%d%H%M%S"),
+        "created_at": datetime.now(UTC).isoformat(),
+        "schema_hash": schema.schema_hash(),
+        "data_cutoff": cutoff,
+        "dims": {"two_tower": int(video_vectors.shape[1]), "mf": mf.config.factors,
+                 "content": int(content_vectors.shape[1])},
+        "counts": {"users": len(user_list), "videos": len(encoder.video_ids),
+                   "interactions": len(inter), "positives": len(pos)},
+        "config": {"weights": asdict(cfg.weights), "mf": asdict(cfg.mf),
+                   "two_tower": cfg.two_tower.to_dict(), "train": cfg.train.to_dict()},
+        "train_seconds": {"mf": round(mf.train_seconds, 3), "two_tower": round(tt_seconds, 3),
+                          "total": round(time.perf_counter() - t0, 3)},
+        "metrics": {},
+    }
+    return ModelBundle(manifest, encoder, content, tt, video_vectors, content_vectors,
+                       mf.video_factors, mf.user_factors, mf.user_ids, popularity, users,
+                       videos, cfg.ranker)
+
+
+def _clean(r: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+
+
+def _user_records(inter: pd.DataFrame, pos: pd.DataFrame,
+                  profiles: dict[str, dict[str, Any]]) -> dict[str, UserRecord]:
+    hist = (pos.sort_values("timestamp", kind="stable", ascending=False)
+            .groupby("user_id", sort=False)["video_id"].apply(
+                lambda s: list(s[: schema.HISTORY_LEN])).to_dict())
+    seen = inter.groupby("user_id", sort=False)["video_id"].apply(
+        lambda s: list(dict.fromkeys(s))).to_dict()
+    out = {}
+    for u in set(seen) | set(profiles):
+        out[str(u)] = UserRecord(profiles.get(u, {}), hist.get(u, []), seen.get(u, []))
+    return out
