@@ -473,9 +473,9 @@ def lightfm_warp(
 # --- the protocol ---------------------------------------------------------------------------
 
 ALS_GRID: dict[str, list[Any]] = {
-    "factors": [32, 64, 128],
-    "regularization": [0.01, 0.1],
-    "alpha": [1.0, 5.0],
+    "factors": [16, 32, 64, 128],
+    "regularization": [0.01, 0.1, 1.0],
+    "alpha": [0.5, 1.0, 5.0],
     "weighting": ["binary", "linear"],
     "positives_only": [False, True],
 }
@@ -485,7 +485,8 @@ LIGHTFM_GRID: dict[str, list[Any]] = {
     "item_alpha": [0.0, 1e-5],
     "train_on": ["positive", "all"],
 }
-LIGHTFM_EPOCHS = [5, 10, 20, 30, 50]
+# Epoch counts read off one fit per grid point (fit_partial), so more of them cost nothing.
+LIGHTFM_EPOCHS = [5, 10, 20, 30, 50, 75, 100]
 POPULARITY_GRID: dict[str, list[Any]] = {"positives_only": [False, True]}
 TUNE_METRIC = "ndcg@10"
 

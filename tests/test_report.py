@@ -28,7 +28,8 @@ def test_write_report_files_and_content(tmp_path: Path) -> None:
         out,
         RESULTS,
         title="Peers on ML-100K",
-        tables={"Fit time": [{"model": "mf", "fit_s": 0.5}, {"model": "x|y", "note": "n"}]},
+        tables={"Fit time": [{"model": "mf", "fit_s": 0.5, "l2": 1e-05},
+                             {"model": "x|y", "note": "n"}]},
         notes=["relevant = rating >= 4"],
     )
     assert set(paths) == {"json", "markdown", "plot"}
@@ -48,8 +49,9 @@ def test_write_report_files_and_content(tmp_path: Path) -> None:
     row = "| two_tower (warm) | 0.2000 | 0.0700 | 0.1000 | 0.1500 | 0.5000 | 1.2500 | 943 |"
     assert row in lines
     assert "| mf (warm) | 0.2500 |  | 0.1200 | n/a |  |  |  |" in lines
-    assert "## Fit time" in md and "| model | fit_s | note |" in lines
-    assert "| x\\|y |  | n |" in lines
+    assert "## Fit time" in md and "| model | fit_s | l2 | note |" in lines
+    assert "| mf | 0.5000 | 1e-05 |  |" in lines
+    assert "| x\\|y |  |  | n |" in lines
     assert "- relevant = rating >= 4" in lines
 
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

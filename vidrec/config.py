@@ -71,6 +71,8 @@ class RerankerSettings(CommonSettings):
     freshness_days: float = 14.0
     freshness_boost: float = 0.05
     exploration_slots: int = 1
+    # Enabled rules in order, comma-separated; empty = all (services/reranker/rules.py).
+    rules: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,19 @@ ALL_SETTINGS: tuple[type, ...] = (
 )
 
 T = TypeVar("T")
+
+SERVICE_SETTINGS: dict[str, type] = {
+    "candidate": CandidateSettings,
+    "ranker": RankerSettings,
+    "reranker": RerankerSettings,
+    "gateway": GatewaySettings,
+    "trainer": TrainerSettings,
+}
+
+
+def settings_for(service: str) -> list[str]:
+    """Field names of a service's settings class."""
+    return [f.name for f in dataclasses.fields(SERVICE_SETTINGS[service])]
 
 
 def known_keys() -> set[str]:

@@ -60,7 +60,7 @@ def _fmt(value: Any) -> str:
             return "n/a"
         if value.is_integer() and abs(value) > 1:  # counts such as "users"
             return str(int(value))
-        return f"{value:.4f}"
+        return f"{value:.4g}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 

@@ -38,14 +38,21 @@ MANIFEST = "manifest.json"
 
 @dataclass
 class RankerWeights:
-    """Second-stage score = tt + mf * z(MF score) + pop * z(log popularity) (per user z)."""
+    """Second-stage score = tt * z(two-tower) + mf * z(MF) + pop * z(log popularity).
+
+    z is per user over the catalog. A user with no history (cold start) gets `cold_pop`
+    instead of `pop`: the log-Q corrected two-tower deliberately leaves the popularity prior
+    out of its scores, and with nothing but a profile to go on that prior matters most.
+    All weights are tuned on a validation split carved from training data.
+    """
 
     tt: float = 1.0
     mf: float = 0.5
     pop: float = 0.1
+    cold_pop: float = 2.0
 
     def to_dict(self) -> dict[str, float]:
-        return {"tt": self.tt, "mf": self.mf, "pop": self.pop}
+        return {"tt": self.tt, "mf": self.mf, "pop": self.pop, "cold_pop": self.cold_pop}
 
 
 @dataclass
@@ -207,7 +214,8 @@ class BatchRecommender:
         elif mode == "hybrid":
             cand = self._candidates(tt, np.where(has_mf[:, None], mf, -np.inf))
             mfz = np.where(has_mf[:, None], _zrows(mf), 0.0)
-            score = w.tt * _zrows(tt) + w.mf * mfz + w.pop * pop
+            no_hist = np.array([not h for h in hist])[:, None]
+            score = w.tt * _zrows(tt) + w.mf * mfz + np.where(no_hist, w.cold_pop, w.pop) * pop
             score = np.where(cand, score, -np.inf)
         else:
             raise ValueError(f"unknown mode {mode!r}")

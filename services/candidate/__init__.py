@@ -1,0 +1,1 @@
+"""Candidate service: collaborative filtering stage (user vector -> ANN over video vectors)."""

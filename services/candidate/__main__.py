@@ -1,0 +1,63 @@
+"""python -m services.candidate: wire settings, stores, model holder and the gRPC server."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from pathlib import Path
+
+from services.candidate.servicer import CandidateServicer
+from services.candidate.sources import CandidateModel
+from vidrec.config import CandidateSettings, SettingsError, load_settings
+from vidrec.logs import setup_logging
+from vidrec.serving.holder import ModelHolder
+from vidrec.serving.server import Server
+from vidrec.store.artifacts import ArtifactStore
+from vidrec.store.features import FeatureStore
+from vidrec.store.index import open_index
+from vidrec.v1 import candidate_pb2, candidate_pb2_grpc
+
+log = logging.getLogger("services.candidate")
+
+
+def main() -> int:
+    try:
+        s = load_settings(CandidateSettings)
+    except SettingsError as exc:
+        print(f"candidate: {exc}", file=sys.stderr)
+        return 2
+    setup_logging("candidate", s.log_level)
+    index = open_index(s.qdrant_url, s.index_root)
+    store = FeatureStore.from_url(s.redis_url, s.key_prefix)
+    holder: ModelHolder[CandidateModel] = ModelHolder(
+        ArtifactStore(s.artifact_root), lambda v, p: CandidateModel(v, Path(p), index),
+        keep=s.keep_versions)
+    servicer = CandidateServicer(holder, store, s.num_candidates)
+    server = Server("candidate", s.listen_addr,
+                    [candidate_pb2.DESCRIPTOR.services_by_name["Candidate"].full_name],
+                    lambda g: candidate_pb2_grpc.add_CandidateServicer_to_server(servicer, g),
+                    grace_s=s.grace_s)
+    server.start()
+
+    def ready_when_loaded() -> None:
+        while holder.version is None:
+            try:
+                holder.refresh()
+            except Exception:
+                log.exception("model load failed; retrying")
+            if holder.version is None:
+                threading.Event().wait(1.0)
+        server.set_serving(True)
+        log.info("candidate SERVING model %s", holder.version)
+        holder.watch(s.reload_interval_s)
+
+    threading.Thread(target=ready_when_loaded, daemon=True).start()
+    server.run_until_signal()
+    holder.stop()
+    index.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Candidate.Generate: protobuf in, candidate sources (sources.py) out."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from services.candidate.sources import CandidateModel, generate, user_mf_vector
+from vidrec.logs import request_id_var
+from vidrec.serving.convert import profile_dict, search_filter, source_enum
+from vidrec.serving.holder import ModelHolder, VersionUnavailable
+from vidrec.store.features import FeatureStore
+from vidrec.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2
+
+log = logging.getLogger(__name__)
+
+MAX_N = 2000
+
+
+class CandidateServicer(candidate_pb2_grpc.CandidateServicer):
+    def __init__(self, holder: ModelHolder[CandidateModel], store: FeatureStore,
+                 default_n: int) -> None:
+        self.holder = holder
+        self.store = store
+        self.default_n = default_n
+
+    def Generate(self, request: candidate_pb2.GenerateRequest, context: grpc.ServicerContext
+                 ) -> candidate_pb2.GenerateResponse:
+        request_id_var.set(request.request_id or "-")
+        n = request.n or self.default_n
+        if not 0 < n <= MAX_N:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"n must be in 1..{MAX_N}, got {n}")
+        try:
+            if request.model_version:
+                cm = self.holder.get(request.model_version)
+            else:
+                _, cm = self.holder.current()
+        except VersionUnavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        u = request.user
+        history = list(u.recent_video_ids)
+        mf = user_mf_vector(cm, u.user_id, list(u.mf_vector), u.mf_vector_version)
+        uv = cm.online.user_vectors(u.user_id, profile_dict(u.profile), history, mf)
+        seen = set(u.seen_video_ids) | set(u.negative_video_ids) | set(history)
+        try:
+            fresh = self.store.get_list(self.store.keys.fresh(), 50)
+        except Exception:  # fresh list is a nice-to-have; Redis trouble must not fail this
+            log.warning("fresh list unavailable")
+            fresh = []
+        cands = generate(cm, u.user_id, uv, history, seen, n, search_filter(request.filters),
+                         fresh, u.experiment_arm)
+        return candidate_pb2.GenerateResponse(
+            model_version=cm.version,
+            candidates=[common_pb2.CandidateVideo(video_id=c.video_id, source=source_enum(
+                c.source), score=c.score, anchor_video_id=c.anchor) for c in cands])

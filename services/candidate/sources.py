@@ -1,0 +1,103 @@
+"""Candidate sources and their merge; no gRPC here.
+
+Sources, in merge priority: two-tower ANN (Qdrant), MF nearest videos, content-similar to
+the last watches, fresh uploads, popular. A video found by several sources keeps the
+first; every candidate keeps the source that produced it (the reranker's reasons use it).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vidrec.models.bundle import ModelBundle
+from vidrec.models.online import OnlineModel, UserVectors
+from vidrec.serving.convert import passes
+from vidrec.serving.publish import collection_name
+from vidrec.store.index import SearchFilter, VectorIndex
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Cand:
+    video_id: str
+    source: str
+    score: float
+    anchor: str = ""
+
+
+class CandidateModel:
+    """One model version as the candidate stage needs it: model + its index collection."""
+
+    def __init__(self, version: str, path: Path, index: VectorIndex) -> None:
+        self.version = version
+        self.online = OnlineModel(ModelBundle.load(path))
+        self.online.version = version
+        self.index = index
+        self.collection = collection_name(version)
+        # Warm up: open the shard and touch the HNSW graph before taking traffic.
+        self.index.search(self.collection, self.online.b.video_vectors[0], 10)
+
+    def add_video(self, record: dict) -> None:
+        from vidrec.serving.publish import video_payload
+
+        vec = self.online.add_video(record)
+        self.index.upsert(self.collection, [str(record["video_id"])], vec[None, :],
+                          [video_payload(record)])
+
+
+@dataclass(frozen=True)
+class Mix:
+    """How many candidates each source contributes (two-tower gets the rest)."""
+
+    mf: int = 100
+    content_anchors: int = 3
+    content_per_anchor: int = 15
+    fresh: int = 20
+    popular: int = 30
+
+
+def generate(cm: CandidateModel, user_id: str, uv: UserVectors, history: list[str],
+             seen: set[str], n: int, flt: SearchFilter, fresh_ids: list[str], arm: str,
+             mix: Mix = Mix()) -> list[Cand]:
+    out: dict[str, Cand] = {}
+
+    def add(vid: str, source: str, score: float, anchor: str = "") -> None:
+        if vid not in out and vid not in seen:
+            out[vid] = Cand(vid, source, score, anchor)
+
+    o = cm.online
+    mf_only = arm == "mf_only" and uv.mf is not None
+    if not mf_only:
+        hits = cm.index.search(cm.collection, uv.two_tower, min(n + len(seen), 4 * n), flt)
+        for vid, s in hits:
+            add(vid, "two_tower", s)
+    if uv.mf is not None:
+        k = n if mf_only else mix.mf
+        for vid, s in o.mf_top(uv.mf, k + 50, seen):
+            if passes(flt, o.videos.get(vid)):
+                add(vid, "mf", s)
+    for vid, s, anchor in o.content_similar(history[: mix.content_anchors],
+                                            mix.content_per_anchor, seen):
+        if passes(flt, o.videos.get(vid)):
+            add(vid, "content_similar", s, anchor)
+    for vid in fresh_ids[: mix.fresh]:
+        if passes(flt, o.videos.get(vid)):
+            add(vid, "fresh", 0.0)
+    for rank, vid in enumerate(o.popular[: mix.popular + len(seen)]):
+        if passes(flt, o.videos.get(vid)):
+            add(vid, "popular", float(-rank))
+    cands = list(out.values())
+    return cands[: max(n, 1)] if len(cands) > n else cands
+
+
+def user_mf_vector(cm: CandidateModel, user_id: str, vec: list[float], vec_version: str
+                   ) -> np.ndarray | None:
+    """The trainer's folded-in vector if it belongs to this model version."""
+    if vec and vec_version == cm.version:
+        return np.asarray(vec, dtype=np.float32)
+    return None

@@ -1,0 +1,1 @@
+"""Gateway: the public Recommend / LogEvents / GetStats entry point."""

@@ -1,0 +1,69 @@
+"""python -m services.gateway: wire settings, channels, Redis, Kafka and the gRPC server."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import grpc
+
+from services.gateway.arms import parse_arms
+from services.gateway.funnel import Budget, Stubs
+from services.gateway.servicer import GatewayServicer
+from vidrec.config import GatewaySettings, SettingsError, load_settings
+from vidrec.logs import setup_logging
+from vidrec.serving.server import Server
+from vidrec.store.features import FeatureStore
+from vidrec.v1 import (
+    candidate_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    ranker_pb2_grpc,
+    reranker_pb2_grpc,
+)
+
+log = logging.getLogger("services.gateway")
+
+# Round-robin over every address DNS returns: replicas behind a headless Service share load.
+CHANNEL_OPTIONS = [("grpc.lb_policy_name", "round_robin"),
+                   ("grpc.max_receive_message_length", 4 * 1024 * 1024)]
+
+
+def main() -> int:
+    try:
+        s = load_settings(GatewaySettings)
+        arms = parse_arms(s.arms)
+    except (SettingsError, ValueError) as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    setup_logging("gateway", s.log_level)
+    channels = [grpc.insecure_channel(a, options=CHANNEL_OPTIONS)
+                for a in (s.candidate_addr, s.ranker_addr, s.reranker_addr)]
+    stubs = Stubs(candidate_pb2_grpc.CandidateStub(channels[0]),
+                  ranker_pb2_grpc.RankerStub(channels[1]),
+                  reranker_pb2_grpc.RerankerStub(channels[2]))
+    store = FeatureStore.from_url(s.redis_url, s.key_prefix)
+    producer = None
+    if s.kafka_bootstrap:
+        from vidrec.infra.kafka import EventProducer
+
+        producer = EventProducer(s.kafka_bootstrap, ack_timeout_s=5.0)
+    servicer = GatewayServicer(stubs, store, producer, arms,
+                               Budget(s.candidate_share, s.ranker_share),
+                               s.max_k, s.default_deadline_ms / 1000, s.log_impressions)
+    server = Server("gateway", s.listen_addr,
+                    [gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name],
+                    lambda g: gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, g),
+                    workers=32, grace_s=s.grace_s)
+    server.start()
+    server.set_serving(True)
+    server.run_until_signal()
+    if producer is not None:
+        producer.close()
+    for ch in channels:
+        ch.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The Recommend funnel: candidate -> ranker -> reranker, each with a deadline share,
+each degrading instead of failing (DESIGN.md §1):
+
+  candidate down -> popular/fresh lists from Redis
+  ranker down    -> candidate order
+  reranker down  -> minimal rules here (seen filter, per-creator/category caps)
+
+A degraded answer says which stages were skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from vidrec.store.features import FeatureStore, UserState
+from vidrec.v1 import (
+    candidate_pb2,
+    candidate_pb2_grpc,
+    common_pb2,
+    ranker_pb2,
+    ranker_pb2_grpc,
+    reranker_pb2,
+    reranker_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+DEGRADABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL,
+              grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED)
+
+
+@dataclass
+class Stubs:
+    candidate: candidate_pb2_grpc.CandidateStub
+    ranker: ranker_pb2_grpc.RankerStub
+    reranker: reranker_pb2_grpc.RerankerStub
+
+
+@dataclass
+class FunnelResult:
+    videos: list[common_pb2.ScoredVideo]
+    model_version: str
+    degraded: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Budget:
+    candidate_share: float = 0.4
+    ranker_share: float = 0.6
+    max_per_creator: int = 2
+    max_per_category: int = 4
+    top_m: int = 100
+    num_candidates: int = 300
+
+
+def _left(deadline: float) -> float:
+    return max(0.001, deadline - time.monotonic())
+
+
+def run_funnel(stubs: Stubs, store: FeatureStore, request_id: str, user: common_pb2.UserContext,
+               state: UserState, k: int, filters: common_pb2.Filters, deadline: float,
+               budget: Budget) -> FunnelResult:
+    degraded: list[str] = []
+    version = ""
+    # 1. candidates
+    try:
+        cresp = stubs.candidate.Generate(
+            candidate_pb2.GenerateRequest(request_id=request_id, user=user,
+                                          n=budget.num_candidates, filters=filters),
+            timeout=_left(deadline) * budget.candidate_share)
+        cands = list(cresp.candidates)
+        version = cresp.model_version
+    except grpc.RpcError as exc:
+        if exc.code() not in DEGRADABLE:
+            raise
+        log.warning("candidate stage %s: serving popular/fresh", exc.code().name)
+        degraded.append("candidate")
+        cands = fallback_candidates(store, state, 3 * k + 50)
+    # 2. scoring (same model version as the candidates)
+    scored: list[common_pb2.ScoredVideo]
+    try:
+        if "candidate" in degraded:
+            raise _Skip()
+        sresp = stubs.ranker.Score(
+            ranker_pb2.ScoreRequest(request_id=request_id, user=user, candidates=cands,
+                                    top_m=max(budget.top_m, k), model_version=version),
+            timeout=_left(deadline) * budget.ranker_share)
+        scored = list(sresp.videos)
+        version = sresp.model_version or version
+    except (grpc.RpcError, _Skip) as exc:
+        if isinstance(exc, grpc.RpcError):
+            if exc.code() not in DEGRADABLE:
+                raise
+            log.warning("ranker stage %s: keeping candidate order", exc.code().name)
+            degraded.append("ranker")
+        n = len(cands)
+        scored = [common_pb2.ScoredVideo(video_id=c.video_id, score=float(n - i),
+                                         source=c.source, anchor_video_id=c.anchor_video_id)
+                  for i, c in enumerate(cands)]
+    # 3. business rules
+    try:
+        rresp = stubs.reranker.Rerank(
+            reranker_pb2.RerankRequest(request_id=request_id, user=user, videos=scored, k=k),
+            timeout=_left(deadline))
+        final = list(rresp.videos)
+    except grpc.RpcError as exc:
+        if exc.code() not in DEGRADABLE:
+            raise
+        log.warning("reranker stage %s: minimal rules", exc.code().name)
+        degraded.append("reranker")
+        final = minimal_rules(store, scored, state.seen, k, budget)
+    return FunnelResult(final, version, degraded)
+
+
+class _Skip(Exception):
+    pass
+
+
+def fallback_candidates(store: FeatureStore, state: UserState, n: int
+                        ) -> list[common_pb2.CandidateVideo]:
+    out = []
+    seen = state.seen | set(state.history)
+    for key, src in ((store.keys.fresh(), common_pb2.CANDIDATE_SOURCE_FRESH),
+                     (store.keys.popular(), common_pb2.CANDIDATE_SOURCE_POPULAR)):
+        try:
+            ids = store.get_list(key, n)
+        except Exception:
+            log.warning("fallback list %s unavailable", key)
+            continue
+        limit = n // 5 if src == common_pb2.CANDIDATE_SOURCE_FRESH else n
+        for v in ids[:limit]:
+            if v not in seen:
+                seen.add(v)
+                out.append(common_pb2.CandidateVideo(video_id=v, source=src))
+    return out
+
+
+REASONS = {
+    common_pb2.CANDIDATE_SOURCE_POPULAR: "Popular right now",
+    common_pb2.CANDIDATE_SOURCE_FRESH: "Just uploaded",
+    common_pb2.CANDIDATE_SOURCE_CONTENT_SIMILAR: "Similar to videos you watched",
+}
+
+
+def minimal_rules(store: FeatureStore, scored: list[common_pb2.ScoredVideo], seen: set[str],
+                  k: int, budget: Budget) -> list[common_pb2.ScoredVideo]:
+    """Seen filter + per-creator and per-category caps, in score order."""
+    try:
+        meta = store.videos([s.video_id for s in scored])
+    except Exception:
+        meta = {}
+    creators: dict[str, int] = {}
+    cats: dict[str, int] = {}
+    out = []
+    for s in sorted(scored, key=lambda s: -s.score):
+        if s.video_id in seen:
+            continue
+        m = meta.get(s.video_id, {})
+        cr, ca = m.get("creator_id", ""), m.get("category", "")
+        if cr and creators.get(cr, 0) >= budget.max_per_creator:
+            continue
+        if ca and cats.get(ca, 0) >= budget.max_per_category:
+            continue
+        if cr:
+            creators[cr] = creators.get(cr, 0) + 1
+        if ca:
+            cats[ca] = cats.get(ca, 0) + 1
+        v = common_pb2.ScoredVideo()
+        v.CopyFrom(s)
+        v.reason = REASONS.get(s.source, "Picked for you")
+        out.append(v)
+        if len(out) == k:
+            break
+    return out

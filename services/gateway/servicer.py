@@ -1,0 +1,142 @@
+"""Gateway servicer: validate, load the user from Redis, run the funnel, log impressions."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import grpc
+
+from services.gateway.arms import assign
+from services.gateway.funnel import Budget, Stubs, run_funnel
+from services.gateway.validation import Invalid, check_events, check_recommend
+from vidrec import schema
+from vidrec.logs import request_id_var
+from vidrec.serving.convert import profile_dict, profile_proto
+from vidrec.store.features import FeatureStore
+from vidrec.v1 import common_pb2, events_pb2, gateway_pb2, gateway_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    def __init__(self, stubs: Stubs, store: FeatureStore, producer: Any,
+                 arms: list[tuple[str, float]], budget: Budget, max_k: int,
+                 default_deadline_s: float, log_impressions: bool = True) -> None:
+        self.stubs = stubs
+        self.store = store
+        self.producer = producer  # vidrec.infra.kafka.EventProducer or None
+        self.arms = arms
+        self.budget = budget
+        self.max_k = max_k
+        self.default_deadline_s = default_deadline_s
+        self.log_impressions = log_impressions
+
+    # --- Recommend -------------------------------------------------------------------
+
+    def Recommend(self, request: gateway_pb2.RecommendRequest, context: grpc.ServicerContext
+                  ) -> gateway_pb2.RecommendResponse:
+        request_id = uuid.uuid4().hex[:16]
+        request_id_var.set(request_id)
+        try:
+            check_recommend(request, self.max_k)
+        except Invalid as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        remaining = context.time_remaining()
+        budget_s = self.default_deadline_s if remaining is None else min(remaining, 60.0)
+        deadline = time.monotonic() + budget_s * 0.95
+        try:
+            state = self.store.user(request.user_id) if request.user_id else None
+        except Exception:
+            log.warning("Redis unavailable: treating the user as new")
+            state = None
+        from vidrec.store.features import UserState
+
+        state = state or UserState(request.user_id)
+        profile = dict(state.profile)
+        profile.update(profile_dict(request.profile))
+        arm = assign(request.user_id or request_id, self.arms)
+        user = common_pb2.UserContext(
+            user_id=request.user_id, profile=profile_proto(profile),
+            recent_video_ids=state.history, negative_video_ids=state.negatives,
+            seen_video_ids=sorted(state.seen), is_new_user=not state.known,
+            experiment_arm=arm)
+        if state.mf_vector is not None:
+            user.mf_vector.extend(state.mf_vector.tolist())
+            user.mf_vector_version = state.mf_version
+        try:
+            res = run_funnel(self.stubs, self.store, request_id, user, state, request.k,
+                             request.filters, deadline, self.budget)
+        except grpc.RpcError as exc:
+            log.error("funnel failed: %s", exc.code().name)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "recommendation stages unavailable")
+        resp = gateway_pb2.RecommendResponse(
+            request_id=request_id, model_version=res.model_version, experiment_arm=arm,
+            degraded=bool(res.degraded), degraded_stages=res.degraded,
+            videos=[gateway_pb2.RecommendedVideo(video_id=v.video_id, score=v.score,
+                                                 reason=v.reason, source=v.source)
+                    for v in res.videos])
+        log.info("recommend user=%s k=%d -> %d videos, model=%s arm=%s degraded=%s",
+                 request.user_id or "<new>", request.k, len(resp.videos), res.model_version,
+                 arm, ",".join(res.degraded) or "-")
+        if self.log_impressions and self.producer is not None and request.user_id:
+            self._impressions(request.user_id, request_id, resp)
+        return resp
+
+    def _impressions(self, user_id: str, request_id: str,
+                     resp: gateway_pb2.RecommendResponse) -> None:
+        """One impression per shown video; fire-and-forget so the answer is not delayed."""
+        now = time.time()
+        try:
+            for pos, v in enumerate(resp.videos):
+                e = events_pb2.Event(
+                    event_id=f"{request_id}:{pos}", user_id=user_id, video_id=v.video_id,
+                    type=events_pb2.EVENT_TYPE_IMPRESSION, timestamp=now, request_id=request_id,
+                    position=pos, experiment_arm=resp.experiment_arm,
+                    model_version=resp.model_version)
+                self.producer.producer.send(schema.TOPIC_EVENTS, key=user_id.encode(),
+                                            value=e.SerializeToString())
+        except Exception:  # losing an impression must never fail a recommendation
+            log.warning("could not log impressions", exc_info=True)
+
+    # --- LogEvents -------------------------------------------------------------------
+
+    def LogEvents(self, request: gateway_pb2.LogEventsRequest, context: grpc.ServicerContext
+                  ) -> gateway_pb2.LogEventsResponse:
+        request_id_var.set(uuid.uuid4().hex[:16])
+        try:
+            check_events(request)
+        except Invalid as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if self.producer is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "event logging is not configured "
+                          "(VIDREC_KAFKA_BOOTSTRAP is empty)")
+        now = time.time()
+        events = []
+        for e in request.events:
+            c = events_pb2.Event()
+            c.CopyFrom(e)
+            if not c.timestamp:
+                c.timestamp = now
+            events.append(c)
+        try:
+            self.producer.send_events(events)
+        except Exception as exc:
+            log.warning("LogEvents: Kafka did not acknowledge: %s", exc)
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          "events not acknowledged by Kafka; retry the batch")
+        return gateway_pb2.LogEventsResponse(accepted=len(events))
+
+    # --- GetStats --------------------------------------------------------------------
+
+    def GetStats(self, request: gateway_pb2.GetStatsRequest, context: grpc.ServicerContext
+                 ) -> gateway_pb2.GetStatsResponse:
+        from vidrec.store.stats import read_stats
+
+        try:
+            rows = read_stats(self.store)
+        except Exception:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "stats store unavailable")
+        return gateway_pb2.GetStatsResponse(stats=[gateway_pb2.ArmStats(**r) for r in rows])

@@ -1,0 +1,1 @@
+"""Ranker service: content-based scoring of candidates with the two-tower model."""

@@ -1,0 +1,67 @@
+"""python -m services.ranker: wire settings, model holder and the gRPC server."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+
+from services.ranker.servicer import RankerServicer
+from vidrec.config import RankerSettings, SettingsError, load_settings
+from vidrec.logs import setup_logging
+from vidrec.models.bundle import ModelBundle
+from vidrec.models.online import OnlineModel
+from vidrec.serving.holder import ModelHolder
+from vidrec.serving.server import Server
+from vidrec.store.artifacts import ArtifactStore
+from vidrec.store.features import FeatureStore
+from vidrec.v1 import ranker_pb2, ranker_pb2_grpc
+
+log = logging.getLogger("services.ranker")
+
+
+def load_model(version: str, path: object) -> OnlineModel:
+    from pathlib import Path
+
+    m = OnlineModel(ModelBundle.load(Path(str(path))))
+    m.version = version
+    return m
+
+
+def main() -> int:
+    try:
+        s = load_settings(RankerSettings)
+    except SettingsError as exc:
+        print(f"ranker: {exc}", file=sys.stderr)
+        return 2
+    setup_logging("ranker", s.log_level)
+    store = FeatureStore.from_url(s.redis_url, s.key_prefix)
+    holder: ModelHolder[OnlineModel] = ModelHolder(ArtifactStore(s.artifact_root), load_model,
+                                                   keep=s.keep_versions)
+    servicer = RankerServicer(holder, store, s.top_m)
+    server = Server("ranker", s.listen_addr,
+                    [ranker_pb2.DESCRIPTOR.services_by_name["Ranker"].full_name],
+                    lambda g: ranker_pb2_grpc.add_RankerServicer_to_server(servicer, g),
+                    grace_s=s.grace_s)
+    server.start()
+
+    def ready_when_loaded() -> None:
+        while holder.version is None:
+            try:
+                holder.refresh()
+            except Exception:
+                log.exception("model load failed; retrying")
+            if holder.version is None:
+                threading.Event().wait(1.0)
+        server.set_serving(True)
+        log.info("ranker SERVING model %s", holder.version)
+        holder.watch(s.reload_interval_s)
+
+    threading.Thread(target=ready_when_loaded, daemon=True).start()
+    server.run_until_signal()
+    holder.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

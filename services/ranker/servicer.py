@@ -1,0 +1,53 @@
+"""Ranker.Score: protobuf in, scoring.py, protobuf out."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+
+from services.ranker.scoring import score_candidates
+from vidrec.logs import request_id_var
+from vidrec.models.online import OnlineModel
+from vidrec.serving.convert import profile_dict, source_enum, source_name
+from vidrec.serving.holder import ModelHolder, VersionUnavailable
+from vidrec.store.features import FeatureStore
+from vidrec.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
+
+MAX_CANDIDATES = 5000
+
+
+class RankerServicer(ranker_pb2_grpc.RankerServicer):
+    def __init__(self, holder: ModelHolder[OnlineModel], store: FeatureStore | None,
+                 default_top_m: int) -> None:
+        self.holder = holder
+        self.store = store
+        self.default_top_m = default_top_m
+
+    def Score(self, request: ranker_pb2.ScoreRequest, context: grpc.ServicerContext
+              ) -> ranker_pb2.ScoreResponse:
+        request_id_var.set(request.request_id or "-")
+        if len(request.candidates) > MAX_CANDIDATES:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"at most {MAX_CANDIDATES} candidates, got {len(request.candidates)}")
+        top_m = request.top_m or self.default_top_m
+        if top_m < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "top_m must be positive")
+        try:
+            if request.model_version:
+                model = self.holder.get(request.model_version)
+                version = request.model_version
+            else:
+                version, model = self.holder.current()
+        except VersionUnavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        u = request.user
+        mf = (np.asarray(u.mf_vector, dtype=np.float32)
+              if u.mf_vector and u.mf_vector_version == version else None)
+        cands = [(c.video_id, source_name(c.source), c.anchor_video_id)
+                 for c in request.candidates]
+        scored = score_candidates(model, self.store, u.user_id, profile_dict(u.profile),
+                                  list(u.recent_video_ids), mf, cands, top_m)
+        return ranker_pb2.ScoreResponse(model_version=version, videos=[
+            common_pb2.ScoredVideo(video_id=s.video_id, score=s.score,
+                                   source=source_enum(s.source), anchor_video_id=s.anchor)
+            for s in scored])

@@ -1,0 +1,37 @@
+"""python -m services.reranker: wire settings, Redis and the gRPC server."""
+
+from __future__ import annotations
+
+import sys
+
+from services.reranker.rules import RerankConfig
+from services.reranker.servicer import RerankerServicer
+from vidrec.config import RerankerSettings, SettingsError, load_settings
+from vidrec.logs import setup_logging
+from vidrec.serving.server import Server
+from vidrec.store.features import FeatureStore
+from vidrec.v1 import reranker_pb2, reranker_pb2_grpc
+
+
+def main() -> int:
+    try:
+        s = load_settings(RerankerSettings)
+        cfg = RerankConfig.from_settings(s)
+    except (SettingsError, ValueError) as exc:
+        print(f"reranker: {exc}", file=sys.stderr)
+        return 2
+    setup_logging("reranker", s.log_level)
+    store = FeatureStore.from_url(s.redis_url, s.key_prefix)
+    servicer = RerankerServicer(store, cfg)
+    server = Server("reranker", s.listen_addr,
+                    [reranker_pb2.DESCRIPTOR.services_by_name["Reranker"].full_name],
+                    lambda g: reranker_pb2_grpc.add_RerankerServicer_to_server(servicer, g),
+                    grace_s=s.grace_s)
+    server.start()
+    server.set_serving(True)
+    server.run_until_signal()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,537 @@
+"""Business rules of the reranker stage, as plain functions over domain objects.
+
+The reranker turns the ranker's top ~100 into the k videos a user sees. Each rule is a small
+function registered by name in `RULES`; `RerankConfig.rules` says which run and in what order,
+so a deployment can switch one off without touching code. A rule configures a `RerankPlan`:
+pool rules (seen filter, dislikes, freshness) rewrite the candidate pool at once, selection
+rules (caps, MMR, exploration) add constraints or objectives that the greedy selection in
+`rerank` honours afterwards. Nothing here knows about gRPC: the servicer converts protobuf
+to these types and back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Protocol
+
+import numpy as np
+
+DAY_S = 86_400.0
+
+# Lowercase names of vidrec.v1.CandidateSource without the CANDIDATE_SOURCE_ prefix.
+SOURCES: tuple[str, ...] = (
+    "two_tower",
+    "mf",
+    "content_similar",
+    "popular",
+    "fresh",
+    "exploration",
+)
+EXPLORATION = "exploration"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One candidate video with the metadata the rules need; missing metadata is allowed."""
+
+    video_id: str
+    score: float
+    source: str
+    anchor_video_id: str = ""
+    category: str = ""
+    creator_id: str = ""
+    upload_ts: float | None = None
+    # Content vector for diversity; excluded from ==/hash because arrays do not compare.
+    vector: np.ndarray | None = field(default=None, compare=False, repr=False)
+    title: str = ""
+
+
+@dataclass
+class UserState:
+    """What the rules know about the user for this request."""
+
+    user_id: str
+    seen: set[str] = field(default_factory=set)
+    # Most recent first; counts as seen too.
+    recent: list[str] = field(default_factory=list)
+    disliked_creators: set[str] = field(default_factory=set)
+    disliked_categories: set[str] = field(default_factory=set)
+    # video_id -> title of videos the user watched, to write "Because you watched ...".
+    recent_titles: dict[str, str] = field(default_factory=dict)
+    liked_creators: set[str] = field(default_factory=set)
+
+
+DEFAULT_RULES: tuple[str, ...] = (
+    "seen_filter",
+    "disliked",
+    "freshness",
+    "caps",
+    "mmr",
+    "exploration",
+)
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    """Knobs of the rules; a cap of 0 or less means "no cap"."""
+
+    max_per_creator: int = 2
+    max_per_category: int = 4
+    # 1.0 = pure relevance order, 0.0 = pure diversity.
+    mmr_lambda: float = 0.8
+    freshness_days: float = 14.0
+    # Added to the ranker score of a video uploaded just now, fading linearly to 0 at
+    # freshness_days; in the ranker's score units.
+    freshness_boost: float = 0.05
+    exploration_slots: int = 1
+    # The exploration pick is drawn from this many best eligible candidates, so exploring
+    # varies between users and days without showing the worst candidate.
+    exploration_pool: int = 5
+    rules: tuple[str, ...] = DEFAULT_RULES
+
+    def __post_init__(self) -> None:
+        # Bad knobs must stop the process at start-up, not distort answers silently.
+        if not 0.0 <= self.mmr_lambda <= 1.0:
+            raise ValueError(f"mmr_lambda must be in [0, 1], got {self.mmr_lambda}")
+        if self.freshness_days < 0:
+            raise ValueError(f"freshness_days must be >= 0, got {self.freshness_days}")
+        if self.exploration_slots < 0:
+            raise ValueError(f"exploration_slots must be >= 0, got {self.exploration_slots}")
+        if self.exploration_pool < 1:
+            raise ValueError(f"exploration_pool must be >= 1, got {self.exploration_pool}")
+
+    @classmethod
+    def from_settings(
+        cls, settings: Any, registry: Mapping[str, Rule] | None = None
+    ) -> RerankConfig:
+        """Build from vidrec.config.RerankerSettings; unknown rule names are a config error.
+
+        `settings.rules`, if the settings class has it, is a comma-separated string or a
+        sequence of names; without it every built-in rule runs in the default order.
+        """
+        raw = getattr(settings, "rules", None)
+        if raw is None or raw == "":
+            rules = DEFAULT_RULES
+        elif isinstance(raw, str):
+            rules = tuple(r.strip() for r in raw.split(",") if r.strip())
+        else:
+            rules = tuple(raw)
+        cfg = cls(
+            max_per_creator=int(settings.max_per_creator),
+            max_per_category=int(settings.max_per_category),
+            mmr_lambda=float(settings.mmr_lambda),
+            freshness_days=float(settings.freshness_days),
+            freshness_boost=float(settings.freshness_boost),
+            exploration_slots=int(settings.exploration_slots),
+            rules=rules,
+        )
+        cfg.check_rules(RULES if registry is None else registry)
+        return cfg
+
+    def check_rules(self, registry: Mapping[str, Rule]) -> None:
+        unknown = [r for r in self.rules if r not in registry]
+        if unknown:
+            raise ValueError(f"unknown rerank rules {unknown}; known: {sorted(registry)}")
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One shown video and the sentence that tells the user why it is there."""
+
+    item: Item
+    reason: str
+
+
+class Constraint(Protocol):
+    """A hard limit on the selected list, checked before each pick.
+
+    Constraints must be monotone: once an item is refused it stays refused for the request
+    (true of caps), which lets the selection drop it for good.
+    """
+
+    def allows(self, item: Item) -> bool: ...
+
+    def add(self, item: Item) -> None: ...
+
+
+class CapConstraint:
+    """At most `limit` selected items per non-empty key (creator, category)."""
+
+    def __init__(self, key: Callable[[Item], str], limit: int) -> None:
+        self._key = key
+        self._limit = limit
+        self._counts: Counter[str] = Counter()
+
+    def allows(self, item: Item) -> bool:
+        k = self._key(item)
+        return not k or self._limit <= 0 or self._counts[k] < self._limit
+
+    def add(self, item: Item) -> None:
+        k = self._key(item)
+        if k:
+            self._counts[k] += 1
+
+
+def _creator(item: Item) -> str:
+    return item.creator_id
+
+
+def _category(item: Item) -> str:
+    return item.category
+
+
+def cap_constraints(max_per_creator: int, max_per_category: int) -> list[Constraint]:
+    return [CapConstraint(_creator, max_per_creator), CapConstraint(_category, max_per_category)]
+
+
+@dataclass
+class RerankPlan:
+    """Per-request state the rules configure; `rerank` then selects from it."""
+
+    user: UserState
+    cfg: RerankConfig
+    now: float
+    pool: list[Item]
+    constraints: list[Constraint] = field(default_factory=list)
+    # 1.0 until the mmr rule runs: without it the selection is in score order.
+    mmr_lambda: float = 1.0
+    exploration_slots: int = 0
+
+
+Rule = Callable[[RerankPlan], None]
+
+
+def seen_filter(plan: RerankPlan) -> None:
+    """Drop what the user already watched: re-showing it wastes a slot."""
+    seen = plan.user.seen | set(plan.user.recent)
+    plan.pool = [it for it in plan.pool if it.video_id not in seen]
+
+
+def disliked(plan: RerankPlan) -> None:
+    """Drop creators and categories the user said no to."""
+    creators, categories = plan.user.disliked_creators, plan.user.disliked_categories
+    plan.pool = [
+        it
+        for it in plan.pool
+        if not (it.creator_id and it.creator_id in creators)
+        and not (it.category and it.category in categories)
+    ]
+
+
+def recency(item: Item, now: float, freshness_days: float) -> float:
+    """1.0 for a video uploaded now, falling linearly to 0.0 at freshness_days of age."""
+    window = freshness_days * DAY_S
+    ts = item.upload_ts
+    if window <= 0 or ts is None or not math.isfinite(ts):
+        return 0.0
+    age = max(0.0, now - ts)  # an upload "in the future" is clock skew: treat as new
+    return max(0.0, 1.0 - age / window)
+
+
+def freshness(plan: RerankPlan) -> None:
+    """Lift new uploads so the catalog's newest videos get a chance to be seen."""
+    cfg = plan.cfg
+    if cfg.freshness_boost == 0:
+        return
+    out = []
+    for it in plan.pool:
+        r = recency(it, plan.now, cfg.freshness_days)
+        out.append(replace(it, score=it.score + cfg.freshness_boost * r) if r > 0 else it)
+    plan.pool = out
+
+
+def caps(plan: RerankPlan) -> None:
+    """Limit videos per creator and per category so one of them cannot fill the page."""
+    plan.constraints.extend(cap_constraints(plan.cfg.max_per_creator, plan.cfg.max_per_category))
+
+
+def mmr(plan: RerankPlan) -> None:
+    """Select by maximal marginal relevance, trading score against similarity to picks."""
+    plan.mmr_lambda = plan.cfg.mmr_lambda
+
+
+def exploration(plan: RerankPlan) -> None:
+    """Reserve the last slots for something outside the user's current bubble."""
+    plan.exploration_slots = plan.cfg.exploration_slots
+
+
+RULES: Mapping[str, Rule] = MappingProxyType(
+    {
+        "seen_filter": seen_filter,
+        "disliked": disliked,
+        "freshness": freshness,
+        "caps": caps,
+        "mmr": mmr,
+        "exploration": exploration,
+    }
+)
+
+
+def _score_key(score: float) -> float:
+    """NaN sorts as the worst score instead of poisoning comparisons."""
+    return -math.inf if math.isnan(score) else score
+
+
+def dedupe(items: Iterable[Item]) -> list[Item]:
+    """Keep the best-scored copy of each video at its first position; drop empty ids.
+
+    Several candidate sources can return the same video; it must be shown once.
+    """
+    out: list[Item] = []
+    where: dict[str, int] = {}
+    for it in items:
+        if not it.video_id:
+            continue
+        j = where.get(it.video_id)
+        if j is None:
+            where[it.video_id] = len(out)
+            out.append(it)
+        elif _score_key(it.score) > _score_key(out[j].score):
+            out[j] = it
+    return out
+
+
+def reason_for(item: Item, user: UserState, fresh: bool = False) -> str:
+    """A sentence the user understands, from the most specific evidence available."""
+    anchor_title = user.recent_titles.get(item.anchor_video_id) if item.anchor_video_id else None
+    if anchor_title:
+        return f"Because you watched {anchor_title}"
+    if item.source == "content_similar":
+        return "Similar to videos you watched"
+    liked = bool(item.creator_id) and item.creator_id in user.liked_creators
+    if fresh and liked:
+        return f"New from {item.creator_id} — a creator you like"
+    if item.source == "popular":
+        return f"Popular in {item.category} this week" if item.category else "Popular this week"
+    if fresh:
+        return f"New in {item.category}" if item.category else "Just uploaded"
+    if liked:
+        return f"More from {item.creator_id}, a creator you like"
+    return "Picked for you"
+
+
+def _is_fresh(item: Item, now: float, freshness_days: float) -> bool:
+    return item.source == "fresh" or recency(item, now, freshness_days) > 0
+
+
+def _relevance(pool: Sequence[Item]) -> np.ndarray:
+    """Scores min-max scaled to [0, 1] so MMR weighs them against similarities in [0, 1]."""
+    s = np.array([_score_key(it.score) for it in pool], dtype=float)
+    finite = np.isfinite(s)
+    if not finite.any():
+        return np.where(s > 0, 1.0, 0.0)
+    lo, hi = float(s[finite].min()), float(s[finite].max())
+    rel = np.ones_like(s) if hi == lo else (s - lo) / (hi - lo)
+    rel[s == math.inf] = 1.0
+    rel[s == -math.inf] = 0.0
+    return rel
+
+
+def _as_vector(v: object) -> np.ndarray | None:
+    if v is None:
+        return None
+    try:
+        a = np.asarray(v, dtype=float).ravel()
+    except (TypeError, ValueError):
+        return None
+    return a if a.size and np.isfinite(a).all() else None
+
+
+class _Similarity:
+    """Pairwise similarity in [0, 1]: cosine of content vectors when both items have one,
+    else shared category / shared creator (half each)."""
+
+    def __init__(self, pool: Sequence[Item]) -> None:
+        n = len(pool)
+        vecs = [_as_vector(it.vector) for it in pool]
+        dim = next((v.size for v in vecs if v is not None), 0)
+        self._v = np.zeros((n, dim))
+        self._has = np.zeros(n, dtype=bool)
+        for i, v in enumerate(vecs):
+            if v is not None and v.size == dim:
+                norm = float(np.linalg.norm(v))
+                if norm > 0:
+                    self._v[i] = v / norm
+                    self._has[i] = True
+        self._cat = self._codes(it.category for it in pool)
+        self._cre = self._codes(it.creator_id for it in pool)
+
+    @staticmethod
+    def _codes(values: Iterable[str]) -> np.ndarray:
+        # Empty metadata gets -1, which never counts as a match.
+        ids: dict[str, int] = {}
+        return np.array([ids.setdefault(v, len(ids)) if v else -1 for v in values], dtype=int)
+
+    def row(self, i: int) -> np.ndarray:
+        sim = 0.5 * ((self._cat == self._cat[i]) & (self._cat[i] >= 0))
+        sim = sim + 0.5 * ((self._cre == self._cre[i]) & (self._cre[i] >= 0))
+        if self._has[i]:
+            sim = np.where(self._has, self._v @ self._v[i], sim)
+        return np.clip(sim, 0.0, 1.0)
+
+
+class _Greedy:
+    """Greedy MMR selection under hard constraints."""
+
+    def __init__(self, pool: Sequence[Item], lam: float, constraints: Sequence[Constraint]):
+        self.pool = pool
+        self.lam = lam
+        self.constraints = constraints
+        self.rel = _relevance(pool)
+        self.alive = np.ones(len(pool), dtype=bool)
+        self.max_sim = np.zeros(len(pool))
+        self.sim = _Similarity(pool) if lam < 1.0 else None
+
+    def allowed(self, i: int) -> bool:
+        if not self.alive[i]:
+            return False
+        if all(c.allows(self.pool[i]) for c in self.constraints):
+            return True
+        self.alive[i] = False  # constraints are monotone: refused now, refused later
+        return False
+
+    def take(self, i: int) -> None:
+        self.alive[i] = False
+        for c in self.constraints:
+            c.add(self.pool[i])
+        if self.sim is not None:
+            self.max_sim = np.maximum(self.max_sim, self.sim.row(i))
+
+    def next(self) -> int | None:
+        obj = self.lam * self.rel - (1.0 - self.lam) * self.max_sim
+        obj[~self.alive] = -math.inf
+        for i in np.argsort(-obj, kind="stable"):
+            if obj[i] == -math.inf:
+                return None
+            if self.allowed(int(i)):
+                self.take(int(i))
+                return int(i)
+        return None
+
+
+def _exploration_rng(user_id: str, now: float) -> random.Random:
+    """Same user, same day -> same pick, so answers are reproducible and stable across
+    refreshes; a new day rotates what is explored."""
+    day = int(now // DAY_S) if math.isfinite(now) else 0
+    digest = hashlib.sha256(f"{user_id}:{day}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def _pick_exploration(
+    plan: RerankPlan, greedy: _Greedy, shown_categories: set[str], rng: random.Random
+) -> tuple[int, str] | None:
+    """A candidate from a category not yet on the list; failing that, a fresh or
+    low-exposure one (source fresh/exploration). Returns (index, reason)."""
+    pool, cfg = plan.pool, plan.cfg
+    new_cat = [
+        i
+        for i in range(len(pool))
+        if pool[i].category and pool[i].category not in shown_categories and greedy.allowed(i)
+    ]
+    tiers: list[tuple[list[int], bool]] = [(new_cat, True)]
+    if not new_cat:
+        fresh = [
+            i
+            for i in range(len(pool))
+            if (
+                pool[i].source in ("fresh", EXPLORATION)
+                or recency(pool[i], plan.now, cfg.freshness_days) > 0
+            )
+            and greedy.allowed(i)
+        ]
+        tiers.append((fresh, False))
+    for cands, different in tiers:
+        if not cands:
+            continue
+        cands.sort(key=lambda i: (-_score_key(pool[i].score), pool[i].video_id))
+        i = rng.choice(cands[: cfg.exploration_pool])
+        reason = f"Something different: {pool[i].category}" if different else "Something new to try"
+        return i, reason
+    return None
+
+
+def rerank(
+    items: list[Item],
+    user: UserState,
+    k: int,
+    cfg: RerankConfig,
+    now: float,
+    registry: Mapping[str, Rule] = RULES,
+) -> list[Ranked]:
+    """Apply the enabled rules and return at most k videos, each with a reason.
+
+    Exploration picks come last and carry source "exploration". Raises ValueError only for
+    a rule name the registry does not know (a configuration error).
+    """
+    cfg.check_rules(registry)
+    if k <= 0:
+        return []
+    plan = RerankPlan(user=user, cfg=cfg, now=now, pool=dedupe(items))
+    for name in cfg.rules:
+        registry[name](plan)
+    pool = plan.pool
+    if not pool:
+        return []
+
+    explore = min(plan.exploration_slots, k - 1) if k > 1 else 0
+    greedy = _Greedy(pool, plan.mmr_lambda, plan.constraints)
+    out: list[Ranked] = []
+
+    def add(i: int) -> None:
+        it = pool[i]
+        out.append(Ranked(it, reason_for(it, user, _is_fresh(it, now, cfg.freshness_days))))
+
+    for _ in range(k - explore):
+        i = greedy.next()
+        if i is None:
+            return out
+        add(i)
+
+    rng = _exploration_rng(user.user_id, now)
+    for _ in range(explore):
+        shown = {r.item.category for r in out if r.item.category}
+        pick = _pick_exploration(plan, greedy, shown, rng)
+        if pick is None:
+            j = greedy.next()  # nothing to explore: the slot goes to the next regular pick
+            if j is None:
+                break
+            add(j)
+            continue
+        i, reason = pick
+        greedy.take(i)
+        out.append(Ranked(replace(pool[i], source=EXPLORATION), reason))
+    return out
+
+
+def minimal_rules(
+    items: Iterable[Item],
+    seen: Collection[str],
+    k: int,
+    max_per_creator: int,
+    max_per_category: int,
+) -> list[Ranked]:
+    """The gateway's fallback when the reranker is down: seen filter and caps, score order.
+
+    Kept here so the degraded answer obeys the same cap semantics as the full reranker.
+    """
+    if k <= 0:
+        return []
+    pool = [it for it in dedupe(items) if it.video_id not in seen]
+    pool.sort(key=lambda it: -_score_key(it.score))  # stable: ties keep input order
+    constraints = cap_constraints(max_per_creator, max_per_category)
+    nobody = UserState(user_id="")
+    out: list[Ranked] = []
+    for it in pool:
+        if len(out) >= k:
+            break
+        if all(c.allows(it) for c in constraints):
+            for c in constraints:
+                c.add(it)
+            out.append(Ranked(it, reason_for(it, nobody, fresh=it.source == "fresh")))
+    return out

@@ -1,0 +1,112 @@
+"""Shared pytest fixtures.
+
+Stores (Redis, Kafka) run as embedded processes on ephemeral ports by default
+(DESIGN.md §6: no Docker engine on development machines). With `TEST_CONTAINERS=1` and a
+Docker engine, the same fixtures use testcontainers instead. Either way a fixture promises
+only `.url` (Redis) or `.bootstrap` (Kafka); tests must not rely on a local process.
+
+Add fixtures under a section heading of their own below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import redis
+
+from vidrec.infra.embedded import KafkaBroker, RedisServer
+from vidrec.infra.kafka import ALL_TOPICS, ensure_topics
+
+# Not VIDREC_*: those names are reserved for service settings (vidrec.config).
+USE_CONTAINERS = os.environ.get("TEST_CONTAINERS", "") == "1"
+
+
+# --- stores ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RedisEndpoint:
+    """A Redis the tests did not start as a local process (a container)."""
+
+    url: str
+
+
+@dataclass(frozen=True)
+class KafkaEndpoint:
+    """A Kafka the tests did not start as a local process (a container)."""
+
+    bootstrap: str
+
+
+@contextlib.contextmanager
+def _redis() -> Iterator[RedisServer | RedisEndpoint]:
+    if not USE_CONTAINERS:
+        with RedisServer() as server:
+            yield server
+        return
+    from testcontainers.community.redis import RedisContainer
+
+    with RedisContainer("redis:7-alpine") as container:
+        host, port = container.get_container_host_ip(), container.get_exposed_port(6379)
+        yield RedisEndpoint(url=f"redis://{host}:{port}/0")
+
+
+@contextlib.contextmanager
+def _kafka() -> Iterator[KafkaBroker | KafkaEndpoint]:
+    if not USE_CONTAINERS:
+        with KafkaBroker() as broker:
+            yield broker
+        return
+    from testcontainers.community.kafka import KafkaContainer
+
+    with KafkaContainer("confluentinc/cp-kafka:7.6.0").with_kraft() as container:
+        yield KafkaEndpoint(bootstrap=container.get_bootstrap_server())
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer | RedisEndpoint]:
+    """One Redis for the session; tests isolate by `key_prefix` and the flush of `redis_client`."""
+    with _redis() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer | RedisEndpoint) -> Iterator[redis.Redis]:
+    """A client on the session Redis; the database is flushed after each test."""
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A Redis key prefix of this test's own (schema.Keys(prefix))."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[KafkaBroker | KafkaEndpoint]:
+    """One broker for the session with every vidrec topic created.
+
+    Topics are shared by every test of the session: a test that reads a topic from the
+    beginning sees what earlier tests wrote. Use its own topic, or `private_kafka_broker`.
+    """
+    with _kafka() as broker:
+        ensure_topics(broker.bootstrap, ALL_TOPICS)
+        yield broker
+
+
+@pytest.fixture
+def private_kafka_broker() -> Iterator[KafkaBroker | KafkaEndpoint]:
+    """A broker of this test's own, with every vidrec topic (embedded: ~0.2 s to start)."""
+    with _kafka() as broker:
+        ensure_topics(broker.bootstrap, ALL_TOPICS)
+        yield broker

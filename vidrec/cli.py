@@ -1,0 +1,251 @@
+"""`vidrec` command line: data, train, recommend, evaluate, publish, serve and operate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from vidrec.logs import setup_logging
+
+log = logging.getLogger("vidrec.cli")
+
+Handler = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, Handler] = {}
+
+
+# --- data -----------------------------------------------------------------------------
+
+
+def cmd_data_movielens(a: argparse.Namespace) -> int:
+    from vidrec.data.movielens import import_movielens
+
+    ds = import_movielens(Path(a.src), Path(a.out))
+    print(f"wrote {a.out}: {len(ds.users)} users, {len(ds.videos)} videos, "
+          f"{len(ds.interactions)} interactions")
+    return 0
+
+
+def cmd_data_synth(a: argparse.Namespace) -> int:
+    from vidrec.data.synth import generate
+
+    t0 = time.perf_counter()
+    ds = generate(Path(a.out), users=a.users, videos=a.videos, seed=a.seed,
+                  interactions_per_user=a.interactions_per_user, new_users=a.new_users,
+                  new_videos=a.new_videos)
+    print(f"wrote {a.out}: {len(ds.users)} users, {len(ds.videos)} videos, "
+          f"{len(ds.interactions)} interactions in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def cmd_data_validate(a: argparse.Namespace) -> int:
+    from vidrec.data.dataset import load_dataset
+
+    ds = load_dataset(Path(a.dir), on_bad_rows=a.on_bad_rows)
+    print(f"{a.dir}: {len(ds.users)} users, {len(ds.videos)} videos, "
+          f"{len(ds.interactions)} interactions")
+    if ds.bad_rows:
+        print(ds.bad_rows.summary())
+    return 0
+
+
+# --- models ---------------------------------------------------------------------------
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from vidrec.data.dataset import load_dataset
+    from vidrec.models.pipeline import PipelineConfig, train_bundle
+
+    t0 = time.perf_counter()
+    ds = load_dataset(Path(a.data), on_bad_rows=a.on_bad_rows)
+    if ds.bad_rows:
+        print(ds.bad_rows.summary(), file=sys.stderr)
+    cfg = PipelineConfig()
+    if a.epochs is not None:
+        from dataclasses import replace
+
+        cfg.train = replace(cfg.train, epochs=a.epochs)
+    bundle = train_bundle(ds, cfg, progress=not a.quiet)
+    bundle.save(Path(a.out))
+    secs = bundle.manifest["train_seconds"]
+    print(f"trained {bundle.version} in {time.perf_counter() - t0:.1f}s "
+          f"(MF {secs['mf']}s, two-tower {secs['two_tower']}s) -> {a.out}")
+    return 0
+
+
+def read_users_file(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """A text file of user ids (one per line) or a users.csv of new users with features."""
+    import pandas as pd
+
+    text = path.read_text()
+    first = text.splitlines()[0].strip() if text.strip() else ""
+    if "," in first and "user_id" in [c.strip() for c in first.split(",")]:
+        from vidrec.data.dataset import DataError
+
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        if df["user_id"].eq("").any():
+            line = int(df.index[df["user_id"].eq("")][0]) + 2
+            raise DataError(path, line, "user_id", "empty user_id")
+        return df["user_id"].tolist(), df.to_dict("records")
+    ids = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return ids, [{} for _ in ids]
+
+
+def cmd_recommend(a: argparse.Namespace) -> int:
+    from vidrec.models.bundle import BatchRecommender, ModelBundle
+
+    if a.k <= 0:
+        raise SystemExit("--k must be positive")
+    bundle = ModelBundle.load(Path(a.model))
+    users, profiles = read_users_file(Path(a.users))
+    unknown = sum(1 for u in users if u not in bundle.users)
+    if unknown:
+        log.info("%d of %d users are new: recommending from profile features", unknown,
+                 len(users))
+    t0 = time.perf_counter()
+    lists = BatchRecommender(bundle).recommend(users, a.k, mode=a.mode, profiles=profiles)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as f:
+        for u, vids in zip(users, lists, strict=True):
+            f.write(json.dumps({"user_id": u, "videos": vids}) + "\n")
+    print(f"wrote {len(users)} users x {a.k} to {out} in {time.perf_counter() - t0:.2f}s")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from vidrec.data.dataset import load_dataset
+    from vidrec.evaluation.offline import evaluate_dataset
+    from vidrec.evaluation.report import write_report
+
+    ds = load_dataset(Path(a.data), on_bad_rows=a.on_bad_rows)
+    ks = [int(k) for k in a.ks.split(",")]
+    res = evaluate_dataset(ds, ks=ks, seed=a.seed, progress=not a.quiet)
+    paths = write_report(Path(a.out), res.results, f"vidrec offline evaluation: {a.data}",
+                         res.tables, res.notes)
+    k = 10 if 10 in ks else ks[-1]
+    cols = [f"precision@{k}", f"recall@{k}", f"map@{k}", f"ndcg@{k}", f"coverage@{k}",
+            f"diversity@{k}", f"novelty@{k}"]
+    extra = sorted({c for m in res.results.values() for c in m if c.startswith("true_")})
+    cols += extra
+    print(f"{'model':24s}" + "".join(f"{c:>15s}" for c in cols))
+    for name, m in res.results.items():
+        print(f"{name:24s}" + "".join(f"{m.get(c, float('nan')):15.4f}" for c in cols))
+    for title, rows in res.tables.items():
+        print(f"\n{title}")
+        for row in rows:
+            print("  " + ", ".join(f"{k}={v}" for k, v in row.items()))
+    print("\nwrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------------
+
+
+def _add(sub: Any, name: str, fn: Handler, help_: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_, description=help_)
+    p.set_defaults(fn=fn)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vidrec",
+        description="vidrec: video recommendations. Typical flow: `vidrec data synth` -> "
+        "`vidrec train` -> `vidrec evaluate` / `vidrec recommend`; `make run` starts the "
+        "whole online stack.")
+    p.add_argument("--log-level", default="INFO")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="create, import and validate data directories")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    m = _add(dsub, "movielens", cmd_data_movielens,
+             "Import MovieLens-100K (u.data, u.item, u.user) into a data directory.")
+    m.add_argument("--src", required=True, help="directory holding u.data, u.item, u.user")
+    m.add_argument("--out", required=True, help="data directory to write")
+    s = _add(dsub, "synth", cmd_data_synth,
+             "Generate a synthetic data directory with a known ground truth.")
+    s.add_argument("--out", required=True)
+    s.add_argument("--users", type=int, default=2000)
+    s.add_argument("--videos", type=int, default=3000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--interactions-per-user", type=float, default=60.0,
+                   help="mean event rows per user (impressions included)")
+    s.add_argument("--new-users", type=int, default=0,
+                   help="users that appear only later (written to OUT/later/users.csv)")
+    s.add_argument("--new-videos", type=int, default=0,
+                   help="videos uploaded only later (OUT/later/videos.csv)")
+    v = _add(dsub, "validate", cmd_data_validate, "Load and validate a data directory.")
+    v.add_argument("dir")
+    v.add_argument("--on-bad-rows", choices=["fail", "skip"], default="fail")
+
+    t = _add(sub, "train", cmd_train,
+             "Train MF, the two-tower network and the content model; write a model directory.")
+    t.add_argument("--data", required=True, help="data directory (DESIGN.md §7 contract)")
+    t.add_argument("--out", required=True, help="model directory to write")
+    t.add_argument("--on-bad-rows", choices=["fail", "skip"], default="fail",
+                   help="fail on the first malformed row (default) or skip and report them")
+    t.add_argument("--epochs", type=int, default=None, help="two-tower epochs")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    r = _add(sub, "recommend", cmd_recommend,
+             "Batch recommendations: one JSON line per user, never a video seen in training.")
+    r.add_argument("--model", required=True, help="model directory from `vidrec train`")
+    r.add_argument("--users", required=True,
+                   help="text file of user ids, or a users.csv of new users (features only)")
+    r.add_argument("--k", type=int, default=10)
+    r.add_argument("--out", required=True, help="output .jsonl")
+    r.add_argument("--mode", default="hybrid", choices=["hybrid", "two_tower", "mf",
+                                                         "popularity"])
+
+    e = _add(sub, "evaluate", cmd_evaluate,
+             "Offline evaluation: per-user temporal split and cold-start split; writes "
+             "results.json, report.md and a PNG plot.")
+    e.add_argument("--data", required=True)
+    e.add_argument("--out", default="var/eval", help="report directory")
+    e.add_argument("--ks", default="1,5,10,20")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--on-bad-rows", choices=["fail", "skip"], default="fail")
+    e.add_argument("--quiet", action="store_true")
+
+    for extra in _EXTRA_PARSERS:
+        extra(sub)
+    return p
+
+
+# Later modules (serving, events, simulation) register their subcommands here.
+_EXTRA_PARSERS: list[Callable[[Any], None]] = []
+
+
+def _register_extras() -> None:
+    from vidrec import cli_ops
+
+    if cli_ops.register not in _EXTRA_PARSERS:
+        _EXTRA_PARSERS.append(cli_ops.register)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _register_extras()
+    args = build_parser().parse_args(argv)
+    setup_logging("cli", args.log_level)
+    from vidrec.data.dataset import DataError
+
+    try:
+        return int(args.fn(args) or 0)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

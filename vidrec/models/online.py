@@ -1,0 +1,145 @@
+"""Per-request model functions for the serving services, over one loaded ModelBundle.
+
+The batch recommender scores whole user x catalog matrices; serving scores one user
+against a few hundred candidates. Both use the same z-normalised blend (RankerWeights):
+the catalog mean and standard deviation of u·v are exact from the catalog's mean vector
+and covariance (mean = u·μ, var = uᵀΣu), so a candidate's serving score equals its
+offline score without scoring the whole catalog.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vidrec.models.bundle import ModelBundle
+from vidrec.models.two_tower_task import embed_users, embed_videos
+
+
+@dataclass
+class UserVectors:
+    two_tower: np.ndarray
+    mf: np.ndarray | None  # None: no MF vector (new user)
+    has_history: bool
+
+
+class _Moments:
+    def __init__(self, m: np.ndarray) -> None:
+        m64 = m.astype(np.float64)
+        self.mean = m64.mean(axis=0)
+        self.cov = np.cov(m64, rowvar=False) if len(m64) > 1 else np.zeros(
+            (m.shape[1], m.shape[1]))
+
+    def z(self, u: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        u64 = u.astype(np.float64)
+        sd = float(np.sqrt(max(u64 @ self.cov @ u64, 1e-18)))
+        return (scores - float(u64 @ self.mean)) / sd
+
+
+class OnlineModel:
+    def __init__(self, bundle: ModelBundle) -> None:
+        self.b = bundle
+        self.version = bundle.version
+        self.index = {v: i for i, v in enumerate(bundle.video_ids)}
+        self.mf_row = {u: i for i, u in enumerate(bundle.mf_user_ids)}
+        self._tt_m = _Moments(bundle.video_vectors)
+        self._mf_m = _Moments(bundle.mf_video)
+        pop = np.log1p(bundle.popularity.astype(np.float64))
+        self._pop_mu, self._pop_sd = float(pop.mean()), max(float(pop.std()), 1e-9)
+        self.pop_z = (pop - self._pop_mu) / self._pop_sd
+        self.videos = {str(r["video_id"]): r for r in bundle.video_rows()}
+        reg = float(bundle.manifest["config"]["mf"]["regularization"])
+        y = bundle.mf_video.astype(np.float64)
+        self.mf_gram = y.T @ y + reg * np.eye(y.shape[1])
+        # Videos added after training (VideoUpserted): embedded on arrival.
+        self._extra_vec: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+        order = np.argsort(-bundle.popularity, kind="stable")
+        self.popular = [bundle.video_ids[i] for i in order[:500]]
+
+    # --- users ---------------------------------------------------------------------
+
+    def user_vectors(self, user_id: str, profile: Mapping[str, Any], history: Sequence[str],
+                     folded_mf: np.ndarray | None = None) -> UserVectors:
+        tt = embed_users(self.b.two_tower, self.b.encoder.encode_users([profile]),
+                         self.b.encoder.encode_history([list(history)]))[0]
+        mf = folded_mf
+        if mf is None and (row := self.mf_row.get(user_id)) is not None:
+            mf = self.b.mf_user[row]
+        return UserVectors(tt, mf, bool(history))
+
+    # --- videos --------------------------------------------------------------------
+
+    def add_video(self, record: Mapping[str, Any]) -> np.ndarray:
+        """Embed a video that arrived after training (content features only)."""
+        vt = self.b.encoder.encode_videos([record], known_ids=False)
+        vec = embed_videos(self.b.two_tower, vt)[0]
+        with self._lock:
+            self._extra_vec[str(record["video_id"])] = vec
+            self.videos[str(record["video_id"])] = dict(record)
+        return vec
+
+    def video_vector(self, video_id: str) -> np.ndarray | None:
+        i = self.index.get(video_id)
+        if i is not None:
+            return self.b.video_vectors[i]
+        return self._extra_vec.get(video_id)
+
+    def content_vector(self, video_id: str) -> np.ndarray | None:
+        i = self.index.get(video_id)
+        if i is not None:
+            return self.b.content_vectors[i]
+        rec = self.videos.get(video_id)
+        return None if rec is None else self.b.content.vectors([rec])[0]
+
+    # --- candidate sources -----------------------------------------------------------
+
+    def mf_top(self, mf: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]:
+        scores = self.b.mf_video @ mf
+        return self._top(scores, n, exclude)
+
+    def content_similar(self, anchors: Sequence[str], n_per_anchor: int, exclude: set[str]
+                        ) -> list[tuple[str, float, str]]:
+        out: list[tuple[str, float, str]] = []
+        for a in anchors:
+            v = self.content_vector(a)
+            if v is None:
+                continue
+            for vid, s in self._top(self.b.content_vectors @ v, n_per_anchor, exclude | {a}):
+                out.append((vid, s, a))
+        return out
+
+    def _top(self, scores: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]:
+        n_fetch = min(len(scores), n + len(exclude))
+        if n_fetch <= 0:
+            return []
+        top = np.argpartition(-scores, n_fetch - 1)[:n_fetch]
+        top = top[np.argsort(-scores[top])]
+        ids = self.b.video_ids
+        return [(ids[j], float(scores[j])) for j in top if ids[j] not in exclude][:n]
+
+    # --- second stage ------------------------------------------------------------------
+
+    def score(self, user: UserVectors, video_ids: Sequence[str]) -> np.ndarray:
+        """The ranker's blended score of each candidate (same formula as offline)."""
+        w = self.b.ranker
+        vecs = []
+        mf_v = []
+        pop = []
+        for v in video_ids:
+            vec = self.video_vector(v)
+            vecs.append(vec if vec is not None else np.zeros_like(user.two_tower))
+            i = self.index.get(v)
+            mf_v.append(self.b.mf_video[i] if i is not None else np.zeros(self.b.mf_video.shape[1],
+                                                                          np.float32))
+            pop.append(self.pop_z[i] if i is not None else (0.0 - self._pop_mu) / self._pop_sd)
+        tt = np.asarray(vecs) @ user.two_tower
+        score = w.tt * self._tt_m.z(user.two_tower, tt)
+        if user.mf is not None:
+            score += w.mf * self._mf_m.z(user.mf, np.asarray(mf_v) @ user.mf)
+        score += (w.pop if user.has_history else w.cold_pop) * np.asarray(pop)
+        return score

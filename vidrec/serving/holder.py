@@ -1,0 +1,112 @@
+"""The current-model holder: which versions are loaded, and hot swap without downtime.
+
+A version is loaded fully (model + index) in a background thread and only then becomes
+current, so a request never meets a half-loaded model. The previous version stays loaded
+(`keep`), so a request that started on version N is finished on version N by every stage:
+the gateway passes the candidate's version to the ranker, which asks `get(version)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from vidrec.store.artifacts import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class VersionUnavailable(LookupError):
+    """The requested model version is neither loaded nor loadable."""
+
+
+class ModelHolder(Generic[T]):
+    def __init__(self, store: ArtifactStore, load: Callable[[str, Path], T],
+                 keep: int = 2, on_swap: Callable[[str], None] | None = None) -> None:
+        self.store = store
+        self._load = load
+        self.keep = max(keep, 1)
+        self._models: OrderedDict[str, T] = OrderedDict()
+        self._current: str | None = None
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._on_swap = on_swap
+
+    @property
+    def version(self) -> str | None:
+        return self._current
+
+    def current(self) -> tuple[str, T]:
+        with self._lock:
+            if self._current is None:
+                raise VersionUnavailable("no model loaded yet")
+            return self._current, self._models[self._current]
+
+    def get(self, version: str) -> T:
+        """That exact version: loaded already, or loaded now from the artifact store."""
+        with self._lock:
+            m = self._models.get(version)
+        if m is not None:
+            return m
+        if not (self.store.path(version) / "manifest.json").exists():
+            raise VersionUnavailable(f"model version {version!r} is not published")
+        return self._ensure(version, make_current=False)
+
+    def _ensure(self, version: str, make_current: bool) -> T:
+        with self._load_lock:
+            with self._lock:
+                m = self._models.get(version)
+            if m is None:
+                log.info("loading model %s", version)
+                m = self._load(version, self.store.path(version))
+                log.info("model %s loaded", version)
+            with self._lock:
+                self._models[version] = m
+                self._models.move_to_end(version)
+                if make_current:
+                    self._current = version
+                while len(self._models) > self.keep:
+                    old = next(iter(self._models))
+                    if old == self._current:
+                        self._models.move_to_end(old)
+                        continue
+                    self._models.pop(old)
+                    log.info("model %s unloaded", old)
+        if make_current and self._on_swap:
+            self._on_swap(version)
+        return m
+
+    def refresh(self) -> bool:
+        """Load LATEST if it changed; True when the current version switched."""
+        latest = self.store.latest()
+        if latest is None or latest == self._current:
+            return False
+        self._ensure(latest, make_current=True)
+        log.info("now serving model %s", latest)
+        return True
+
+    def watch(self, interval_s: float) -> threading.Thread:
+        """Poll LATEST in the background (a vidrec.models announcement may also call refresh)."""
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    self.refresh()
+                except Exception:  # a broken new version must not kill the watcher
+                    log.exception("could not load the latest model; still serving %s",
+                                  self._current)
+                self._stop.wait(interval_s)
+
+        t = threading.Thread(target=loop, name="model-watch", daemon=True)
+        t.start()
+        return t
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,116 @@
+"""`vidrec publish`: make a trained model directory live.
+
+Order matters for zero downtime: 1) copy into the artifact store as v{N} (not LATEST yet);
+2) load video vectors into a new collection videos_v{N} and build its index; 3) load
+features into Redis; 4) switch the alias and LATEST atomically; 5) announce on
+vidrec.models. Serving picks the new version up only at step 4, fully built.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vidrec.models.bundle import ModelBundle
+from vidrec.store.artifacts import ArtifactStore
+from vidrec.store.features import FeatureStore
+from vidrec.store.index import VectorIndex
+
+log = logging.getLogger(__name__)
+
+FRESH_LIST_LEN = 200
+POPULAR_LIST_LEN = 500
+
+
+def collection_name(version: str) -> str:
+    return f"videos_{version}"
+
+
+def video_payload(row: dict[str, Any]) -> dict[str, Any]:
+    """Filterable fields; flags as 0/1 ints (see store/index.py)."""
+    def flag(x: Any) -> int:
+        return 1 if str(x).strip().lower() in ("1", "true", "yes") else 0
+
+    up = row.get("upload_ts")
+    try:
+        up_f = float(up) if up not in (None, "") else 0.0
+    except ValueError:
+        up_f = 0.0
+    return {"category": str(row.get("category") or ""), "language": str(row.get("language") or ""),
+            "creator_id": str(row.get("creator_id") or ""), "upload_ts": up_f,
+            "hidden": flag(row.get("hidden")), "age_restricted": flag(row.get("age_restricted"))}
+
+
+def load_index(index: VectorIndex, bundle: ModelBundle, name: str) -> None:
+    rows = bundle.video_rows()
+    t0 = time.perf_counter()
+    index.create_collection(name, bundle.video_vectors.shape[1])
+    index.upsert(name, bundle.video_ids, bundle.video_vectors, [video_payload(r) for r in rows])
+    index.finalize(name)
+    release = getattr(index, "release", None)
+    if release is not None:
+        release(name)
+    log.info("index %s: %d vectors in %.1fs", name, len(rows), time.perf_counter() - t0)
+
+
+def load_features(store: FeatureStore, bundle: ModelBundle, overwrite_history: bool) -> None:
+    t0 = time.perf_counter()
+    store.put_videos(bundle.video_rows())
+    existing: set[str] = set()
+    users = list(bundle.users.items())
+    if not overwrite_history:
+        p = store.r.pipeline(transaction=False)
+        for uid, _ in users:
+            p.exists(store.keys.user_history(uid))
+        existing = {uid for (uid, _), e in zip(users, p.execute(), strict=True) if e}
+    store.put_users((uid, rec.profile, [] if uid in existing else rec.history, rec.seen)
+                    for uid, rec in users)
+    order = np.argsort(-bundle.popularity, kind="stable")[:POPULAR_LIST_LEN]
+    store.put_list(store.keys.popular(), [bundle.video_ids[i] for i in order])
+    up = bundle.videos.get("upload_ts")
+    if up is not None:
+        ts = np.array([float(x) if x not in ("", None) else -np.inf for x in up])
+        fresh = np.argsort(-ts, kind="stable")[:FRESH_LIST_LEN]
+        store.put_list(store.keys.fresh(), [bundle.video_ids[i] for i in fresh])
+    log.info("features: %d videos, %d users into Redis in %.1fs", len(bundle.video_ids),
+             len(users), time.perf_counter() - t0)
+
+
+def publish(model_dir: Path, artifacts: ArtifactStore, index: VectorIndex,
+            store: FeatureStore, producer: Any = None, overwrite_history: bool = False) -> str:
+    """Publish and return the new version (e.g. "v3")."""
+    version = artifacts.stage(Path(model_dir))
+    bundle = ModelBundle.load(artifacts.path(version))
+    name = collection_name(version)
+    load_index(index, bundle, name)
+    load_features(store, bundle, overwrite_history)
+    index.set_alias(name)
+    artifacts.set_latest(version)
+    store.r.set(store.keys.serving_version(), version)
+    log.info("published %s (collection %s)", version, name)
+    if producer is not None:
+        announce(producer, bundle, version, artifacts, name)
+    for old in artifacts.prune():
+        try:
+            index.delete_collection(collection_name(old))
+        except Exception:  # the collection may already be gone
+            log.warning("could not delete collection of pruned version %s", old)
+    return version
+
+
+def announce(producer: Any, bundle: ModelBundle, version: str, artifacts: ArtifactStore,
+             collection: str) -> None:
+    from vidrec import schema
+    from vidrec.v1 import events_pb2
+
+    msg = events_pb2.ModelPublished(
+        version=version, artifact_dir=str(artifacts.path(version)), collection=collection,
+        created_at=time.time(),
+        metrics={k: float(v) for k, v in bundle.manifest.get("metrics", {}).items()
+                 if isinstance(v, int | float)})
+    producer.send(schema.TOPIC_MODELS, key=version.encode(), value=msg.SerializeToString())
+    producer.flush(10)

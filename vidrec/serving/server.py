@@ -1,0 +1,91 @@
+"""gRPC server lifecycle shared by every service: health, reflection, graceful shutdown.
+
+Health starts NOT_SERVING and turns SERVING only when the service says it is ready (model
+and index loaded). SIGTERM/SIGINT -> NOT_SERVING (load balancers stop sending) -> stop
+accepting, let in-flight calls finish within `grace` -> exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+OVERALL = ""
+
+
+class Server:
+    def __init__(self, name: str, listen_addr: str, service_names: Sequence[str],
+                 register: Callable[[grpc.Server], None], workers: int = 16,
+                 grace_s: float = 5.0) -> None:
+        self.name = name
+        self.grace_s = grace_s
+        opts = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0)]
+        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=opts)
+        register(self.grpc)
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        self._services = list(service_names)
+        reflection.enable_server_reflection(
+            [*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc)
+        self.port = self.grpc.add_insecure_port(listen_addr)
+        if self.port == 0:
+            raise RuntimeError(f"{name}: cannot listen on {listen_addr}")
+        host = listen_addr.rsplit(":", 1)[0]
+        self.address = f"{host}:{self.port}"
+        self.set_serving(False)
+        self._stopped = threading.Event()
+
+    def set_serving(self, serving: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for svc in [OVERALL, *self._services]:
+            self.health.set(svc, status)
+
+    def start(self) -> None:
+        self.grpc.start()
+        log.info("%s listening on %s", self.name, self.address)
+
+    def stop(self) -> None:
+        """NOT_SERVING, then drain in-flight calls for up to grace_s."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.set_serving(False)
+        log.info("%s stopping: draining for up to %.1fs", self.name, self.grace_s)
+        self.grpc.stop(self.grace_s).wait()
+        log.info("%s stopped", self.name)
+
+    def run_until_signal(self) -> None:
+        """Block until SIGTERM/SIGINT, then stop gracefully (main thread only)."""
+        done = threading.Event()
+
+        def _handler(signum: int, _frame: object) -> None:
+            log.info("%s got signal %d", self.name, signum)
+            done.set()
+
+        signal.signal(signal.SIGTERM, _handler)
+        signal.signal(signal.SIGINT, _handler)
+        done.wait()
+        self.stop()
+
+
+def remaining_s(context: grpc.ServicerContext, default_s: float) -> float:
+    """Seconds left before the caller's deadline (default when the caller set none)."""
+    r = context.time_remaining()
+    return default_s if r is None else max(0.0, float(r))
+
+
+def abort_invalid(context: grpc.ServicerContext, reason: str) -> None:
+    context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)

@@ -1,0 +1,180 @@
+"""The whole online system on one machine: embedded Redis + Kafka and the five services
+as child processes, each logging to its own file. Used by `make run` and by the
+end-to-end tests, so what the tests exercise is what a newcomer runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from vidrec.infra.embedded import KafkaBroker, RedisServer, free_port
+from vidrec.serving.healthcheck import check
+
+log = logging.getLogger(__name__)
+
+GRPC_SERVICES = ("candidate", "ranker", "reranker", "gateway")
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    env: dict[str, str]
+    log_path: Path
+    addr: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.name}"], env=self.env,
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            assert self.proc is not None
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def wait_serving(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        status = "?"
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited; see {self.log_path}:\n"
+                                   + self.log_path.read_text()[-2000:])
+            status = check(self.addr, timeout=1.0)
+            if status == "SERVING":
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} at {self.addr} is {status} after {timeout_s:.0f}s; "
+                           f"see {self.log_path}")
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        if self.proc is not None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0fs; killing it", self.name, grace_s)
+                self.signal(signal.SIGKILL)
+                self.proc.wait(5)
+            self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+@dataclass
+class Stack:
+    var: Path
+    redis_url: str = ""
+    kafka_bootstrap: str = ""
+    extra_env: dict[str, str] = field(default_factory=dict)
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+    redis: RedisServer | None = None
+    kafka: KafkaBroker | None = None
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.var / "artifacts"
+
+    @property
+    def index_root(self) -> Path:
+        return self.var / "index"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.var / "logs"
+
+    def start_stores(self, kafka: bool = True) -> None:
+        if not self.redis_url:
+            self.redis = RedisServer(data_dir=self.var / "redis").start()
+            self.redis_url = self.redis.url
+        if kafka and not self.kafka_bootstrap:
+            from vidrec.infra.kafka import ALL_TOPICS, ensure_topics
+
+            self.kafka = KafkaBroker(log_path=self.log_dir / "kafka.log").start()
+            self.kafka_bootstrap = self.kafka.bootstrap
+            ensure_topics(self.kafka_bootstrap, ALL_TOPICS)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VIDREC_")}
+        env.update({
+            "VIDREC_REDIS_URL": self.redis_url,
+            "VIDREC_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "VIDREC_ARTIFACT_ROOT": str(self.artifact_root),
+            "VIDREC_INDEX_ROOT": str(self.index_root),
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update(self.extra_env)
+        env.update(extra)
+        return env
+
+    def service_env(self, name: str, addr: str) -> dict[str, str]:
+        """Only the VIDREC_* keys that service's settings class knows."""
+        from vidrec.config import settings_for
+
+        e = {"VIDREC_LISTEN_ADDR": addr}
+        if name == "gateway":
+            e.update({"VIDREC_CANDIDATE_ADDR": self.services["candidate"].addr,
+                      "VIDREC_RANKER_ADDR": self.services["ranker"].addr,
+                      "VIDREC_RERANKER_ADDR": self.services["reranker"].addr})
+        known = {f"VIDREC_{f.upper()}" for f in settings_for(name)}
+        return {k: v for k, v in self.env(**e).items()
+                if not k.startswith("VIDREC_") or k in known}
+
+    def start_service(self, name: str, port: int | None = None) -> ServiceProcess:
+        addr = f"127.0.0.1:{port or free_port()}" if name != "trainer" else ""
+        sp = ServiceProcess(name, {}, self.log_dir / f"{name}.log", addr)
+        self.services[name] = sp
+        sp.env = self.service_env(name, addr)
+        sp.start()
+        return sp
+
+    def start_services(self, ports: dict[str, int] | None = None, timeout_s: float = 120.0,
+                       trainer: bool = False) -> None:
+        ports = ports or {}
+        for name in GRPC_SERVICES:
+            # The gateway is started last: it needs the other three addresses.
+            self.start_service(name, ports.get(name))
+        for name in GRPC_SERVICES:
+            self.services[name].wait_serving(timeout_s)
+        if trainer:
+            self.start_service("trainer")
+        self.write_state()
+
+    def write_state(self) -> None:
+        state = {"services": {n: s.addr for n, s in self.services.items()},
+                 "redis": self.redis_url, "kafka": self.kafka_bootstrap, "pid": os.getpid()}
+        (self.var / "run").mkdir(parents=True, exist_ok=True)
+        (self.var / "run" / "stack.json").write_text(json.dumps(state, indent=2))
+
+    def stop(self) -> None:
+        for name in ("gateway", "trainer", "reranker", "ranker", "candidate"):
+            sp = self.services.pop(name, None)
+            if sp is not None:
+                sp.stop()
+        if self.kafka is not None:
+            self.kafka.stop()
+            self.kafka = None
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+        (self.var / "run" / "stack.json").unlink(missing_ok=True)

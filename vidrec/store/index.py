@@ -1,0 +1,261 @@
+"""Vector index behind one small interface; two backends.
+
+- EdgeIndex (default): qdrant-edge-py, the Qdrant engine in-process. One shard directory
+  per collection under `root`; the alias is a small file replaced atomically, so a reader
+  never sees a half-switched alias. A shard directory is opened by one process at a time:
+  the candidate service owns the live one and applies new-video upserts itself.
+- ServerIndex: a Qdrant server through qdrant-client (VIDREC_QDRANT_URL), with real
+  collection aliases.
+
+Point ids are a stable 63-bit hash of the video id (so a re-upsert replaces the point);
+the payload carries the video id and the filterable fields. Flags (hidden,
+age_restricted) are stored as 0/1 ints: qdrant-edge 0.9 does not match bool payloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+ALIAS = "videos"
+
+
+def point_id(video_id: str) -> int:
+    return int.from_bytes(hashlib.sha1(video_id.encode()).digest()[:8], "big") >> 1
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    languages: tuple[str, ...] = ()
+    exclude_age_restricted: bool = False
+    exclude_categories: tuple[str, ...] = ()
+    exclude_ids: tuple[str, ...] = field(default=())
+
+
+class VectorIndex(Protocol):
+    def create_collection(self, name: str, dim: int) -> None: ...
+    def upsert(self, name: str, video_ids: Sequence[str], vectors: np.ndarray,
+               payloads: Sequence[dict[str, Any]]) -> None: ...
+    def finalize(self, name: str) -> None: ...
+    def search(self, name: str, vector: np.ndarray, limit: int,
+               flt: SearchFilter | None = None, exact: bool = False
+               ) -> list[tuple[str, float]]: ...
+    def set_alias(self, name: str, alias: str = ALIAS) -> None: ...
+    def resolve_alias(self, alias: str = ALIAS) -> str | None: ...
+    def delete_collection(self, name: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def open_index(qdrant_url: str, index_root: str | Path) -> VectorIndex:
+    if qdrant_url:
+        return ServerIndex(qdrant_url)
+    return EdgeIndex(Path(index_root))
+
+
+class EdgeIndex:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._shards: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _shard(self, name: str) -> Any:
+        from qdrant_edge import EdgeShard
+
+        with self._lock:
+            shard = self._shards.get(name)
+            if shard is None:
+                path = self.root / name
+                if not path.exists():
+                    raise KeyError(f"no collection {name!r} under {self.root}")
+                shard = EdgeShard.load(str(path))
+                self._shards[name] = shard
+            return shard
+
+    def create_collection(self, name: str, dim: int) -> None:
+        from qdrant_edge import Distance, EdgeConfig, EdgeShard, EdgeVectorParams, HnswIndexConfig
+
+        path = self.root / name
+        if path.exists():
+            self.delete_collection(name)
+        cfg = EdgeConfig(vectors=EdgeVectorParams(size=dim, distance=Distance.Dot),
+                         hnsw_config=HnswIndexConfig(m=16, ef_construct=128,
+                                                     full_scan_threshold=1000))
+        with self._lock:
+            self._shards[name] = EdgeShard.create(str(path), cfg)
+
+    def upsert(self, name: str, video_ids: Sequence[str], vectors: np.ndarray,
+               payloads: Sequence[dict[str, Any]]) -> None:
+        from qdrant_edge import Point, UpdateOperation
+
+        shard = self._shard(name)
+        batch = 2048
+        for s in range(0, len(video_ids), batch):
+            pts = [Point(point_id(v), vectors[i].astype(np.float32).tolist(),
+                         {**payloads[i], "video_id": v})
+                   for i, v in enumerate(video_ids[s: s + batch], start=s)]
+            shard.update(UpdateOperation.upsert_points(pts))
+
+    def finalize(self, name: str) -> None:
+        """Build the HNSW graph and flush: after this a fresh process can load the shard."""
+        shard = self._shard(name)
+        shard.optimize()
+        shard.flush()
+
+    def search(self, name: str, vector: np.ndarray, limit: int,
+               flt: SearchFilter | None = None, exact: bool = False
+               ) -> list[tuple[str, float]]:
+        from qdrant_edge import Query, QueryRequest, SearchParams
+
+        req = QueryRequest(limit=limit, query=Query.Nearest(vector.astype(np.float32).tolist()),
+                           filter=_edge_filter(flt), with_payload=["video_id"],
+                           params=SearchParams(hnsw_ef=max(128, limit), exact=exact))
+        res = self._shard(name).query(req)
+        return [(str((p.payload or {})["video_id"]), float(p.score)) for p in res]
+
+    def _alias_file(self, alias: str) -> Path:
+        return self.root / f"ALIAS_{alias}"
+
+    def set_alias(self, name: str, alias: str = ALIAS) -> None:
+        tmp = self._alias_file(alias).with_suffix(".tmp")
+        tmp.write_text(name)
+        os.replace(tmp, self._alias_file(alias))
+
+    def resolve_alias(self, alias: str = ALIAS) -> str | None:
+        f = self._alias_file(alias)
+        return f.read_text().strip() if f.exists() else None
+
+    def delete_collection(self, name: str) -> None:
+        with self._lock:
+            shard = self._shards.pop(name, None)
+        if shard is not None:
+            shard.close()
+        shutil.rmtree(self.root / name, ignore_errors=True)
+
+    def release(self, name: str) -> None:
+        """Close this process's handle so another process may open the shard."""
+        with self._lock:
+            shard = self._shards.pop(name, None)
+        if shard is not None:
+            shard.flush()
+            shard.close()
+
+    def close(self) -> None:
+        for name in list(self._shards):
+            self.release(name)
+
+
+def _edge_filter(flt: SearchFilter | None) -> Any:
+    from qdrant_edge import FieldCondition, Filter, MatchAny, MatchValue
+
+    if flt is None:
+        return None
+    must: list[Any] = []
+    must_not: list[Any] = [FieldCondition(key="hidden", match=MatchValue(1))]
+    if flt.languages:
+        must.append(FieldCondition(key="language", match=MatchAny(list(flt.languages))))
+    if flt.exclude_age_restricted:
+        must_not.append(FieldCondition(key="age_restricted", match=MatchValue(1)))
+    if flt.exclude_categories:
+        must_not.append(FieldCondition(key="category",
+                                       match=MatchAny(list(flt.exclude_categories))))
+    if flt.exclude_ids:
+        must_not.append(FieldCondition(key="video_id", match=MatchAny(list(flt.exclude_ids))))
+    return Filter(must=must or None, must_not=must_not)
+
+
+class ServerIndex:
+    """A Qdrant server (deployed shape)."""
+
+    def __init__(self, url: str) -> None:
+        from qdrant_client import QdrantClient
+
+        self.client = QdrantClient(url=url, timeout=5)
+
+    def create_collection(self, name: str, dim: int) -> None:
+        from qdrant_client import models
+
+        if self.client.collection_exists(name):
+            self.client.delete_collection(name)
+        self.client.create_collection(
+            name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.DOT))
+        for key in ("language", "category", "video_id"):
+            self.client.create_payload_index(name, key, models.PayloadSchemaType.KEYWORD)
+
+    def upsert(self, name: str, video_ids: Sequence[str], vectors: np.ndarray,
+               payloads: Sequence[dict[str, Any]]) -> None:
+        from qdrant_client import models
+
+        pts = [models.PointStruct(id=point_id(v), vector=vectors[i].astype(float).tolist(),
+                                  payload={**payloads[i], "video_id": v})
+               for i, v in enumerate(video_ids)]
+        for s in range(0, len(pts), 1024):
+            self.client.upsert(name, pts[s: s + 1024], wait=True)
+
+    def finalize(self, name: str) -> None:
+        return None
+
+    def search(self, name: str, vector: np.ndarray, limit: int,
+               flt: SearchFilter | None = None, exact: bool = False
+               ) -> list[tuple[str, float]]:
+        from qdrant_client import models
+
+        res = self.client.query_points(
+            name, query=vector.astype(float).tolist(), limit=limit,
+            query_filter=_server_filter(flt), with_payload=["video_id"],
+            search_params=models.SearchParams(exact=exact)).points
+        return [(str((p.payload or {})["video_id"]), float(p.score)) for p in res]
+
+    def set_alias(self, name: str, alias: str = ALIAS) -> None:
+        from qdrant_client import models
+
+        ops: list[Any] = []
+        if self.resolve_alias(alias):
+            ops.append(models.DeleteAliasOperation(
+                delete_alias=models.DeleteAlias(alias_name=alias)))
+        ops.append(models.CreateAliasOperation(
+            create_alias=models.CreateAlias(collection_name=name, alias_name=alias)))
+        self.client.update_collection_aliases(change_aliases_operations=ops)
+
+    def resolve_alias(self, alias: str = ALIAS) -> str | None:
+        for a in self.client.get_aliases().aliases:
+            if a.alias_name == alias:
+                return str(a.collection_name)
+        return None
+
+    def delete_collection(self, name: str) -> None:
+        self.client.delete_collection(name)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _server_filter(flt: SearchFilter | None) -> Any:
+    from qdrant_client import models
+
+    if flt is None:
+        return None
+    must: list[Any] = []
+    must_not: list[Any] = [models.FieldCondition(key="hidden",
+                                                 match=models.MatchValue(value=1))]
+    if flt.languages:
+        must.append(models.FieldCondition(key="language",
+                                          match=models.MatchAny(any=list(flt.languages))))
+    if flt.exclude_age_restricted:
+        must_not.append(models.FieldCondition(key="age_restricted",
+                                              match=models.MatchValue(value=1)))
+    if flt.exclude_categories:
+        must_not.append(models.FieldCondition(
+            key="category", match=models.MatchAny(any=list(flt.exclude_categories))))
+    if flt.exclude_ids:
+        must_not.append(models.FieldCondition(
+            key="video_id", match=models.MatchAny(any=list(flt.exclude_ids))))
+    return models.Filter(must=must or None, must_not=must_not)
