@@ -473,16 +473,16 @@ def lightfm_warp(
 # --- the protocol ---------------------------------------------------------------------------
 
 ALS_GRID: dict[str, list[Any]] = {
-    "factors": [16, 32, 64, 128],
+    "factors": [8, 16, 32, 64],
     "regularization": [0.01, 0.1, 1.0],
-    "alpha": [0.5, 1.0, 5.0],
+    "alpha": [0.1, 0.5, 1.0, 5.0],
     "weighting": ["binary", "linear"],
     "positives_only": [False, True],
 }
 LIGHTFM_GRID: dict[str, list[Any]] = {
-    "no_components": [32, 64],
-    "learning_rate": [0.05],
-    "item_alpha": [0.0, 1e-5],
+    "no_components": [64, 128],
+    "learning_rate": [0.05, 0.1],
+    "item_alpha": [0.0],
     "train_on": ["positive", "all"],
 }
 # Epoch counts read off one fit per grid point (fit_partial), so more of them cost nothing.

@@ -10,6 +10,7 @@ import textwrap
 import time
 import uuid
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import redis
@@ -178,13 +179,15 @@ def test_fixed_port_in_use_is_a_clear_error() -> None:
 
 
 @embedded_only
-def test_no_orphans_when_the_parent_is_killed() -> None:
+def test_no_orphans_when_the_parent_is_killed(tmp_path: Path) -> None:
     # SIGKILL skips stop() and atexit: the watchdog must still take the servers down.
+    # (Nothing is left to remove the servers' directories, hence tmp_path.)
     script = textwrap.dedent(
-        """
+        f"""
         import os, signal
         from vidrec.infra.embedded import KafkaBroker, RedisServer
-        r, k = RedisServer().start(), KafkaBroker().start()
+        r = RedisServer(data_dir={str(tmp_path / "redis")!r}).start()
+        k = KafkaBroker(log_path={str(tmp_path / "tansu.log")!r}).start()
         print(r.port, k.port, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
         """

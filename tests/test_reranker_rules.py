@@ -339,16 +339,11 @@ def test_from_settings_uses_reranker_settings() -> None:
 
 
 def test_from_settings_reads_rules_and_rejects_unknown() -> None:
-    class WithRules(RerankerSettings):
-        rules: str = " seen_filter, caps "
-
-    assert RerankConfig.from_settings(WithRules()).rules == ("seen_filter", "caps")
-
-    class Typo(RerankerSettings):
-        rules: str = "seen_filter,capz"
+    with_rules = RerankerSettings(rules=" seen_filter, caps ")
+    assert RerankConfig.from_settings(with_rules).rules == ("seen_filter", "caps")
 
     with pytest.raises(ValueError, match="capz"):
-        RerankConfig.from_settings(Typo())
+        RerankConfig.from_settings(RerankerSettings(rules="seen_filter,capz"))
     with pytest.raises(ValueError, match="nope"):
         rerank([item("a", 1)], USER, 1, cfg("nope"), NOW)
     with pytest.raises(ValueError):

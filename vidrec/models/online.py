@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from vidrec.models.bundle import ModelBundle
-from vidrec.models.two_tower_task import embed_users, embed_videos
+from vidrec.models.two_tower_task import embed_users, embed_videos, set_cpu_threads
 
 
 @dataclass
@@ -42,6 +42,7 @@ class _Moments:
 
 class OnlineModel:
     def __init__(self, bundle: ModelBundle) -> None:
+        set_cpu_threads()
         self.b = bundle
         self.version = bundle.version
         self.index = {v: i for i, v in enumerate(bundle.video_ids)}

@@ -48,8 +48,13 @@ class FeatureStore:
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "vidrec") -> FeatureStore:
-        return cls(redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0),
-                   prefix)
+        # No retry with backoff: redis-py's default spends ~5 s on a dead server, longer than
+        # any request deadline; callers degrade instead.
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        return cls(redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=0.5,
+                                        retry=Retry(NoBackoff(), 0)), prefix)
 
     # --- users -----------------------------------------------------------------------
 
