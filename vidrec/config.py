@@ -106,6 +106,10 @@ class TrainerSettings(CommonSettings):
     retrain_every_s: float = 0.0
     # Seconds between fold-in passes over users with new events.
     foldin_interval_s: float = 5.0
+    # Where the trainer appends applied events and upserted videos (the retrain's input).
+    events_dir: str = "var/events"
+    # Retrain gate: the newest fraction of logged events both models are scored on.
+    retrain_window: float = 0.2
 
 
 ALL_SETTINGS: tuple[type, ...] = (

@@ -95,7 +95,9 @@ def train_mf(fm: FeedbackMatrix, cfg: MFConfig | None = None, progress: bool = T
     limits = threadpool_limits(1)
     # Same sparsity pattern for conf and pref is required by _solve_side.
     assert np.array_equal(conf.indices, pref.indices)
-    for _ in tqdm(range(cfg.iterations), desc="MF (ALS)", disable=not progress, leave=False, mininterval=0.5):
+    bar = tqdm(range(cfg.iterations), desc="MF (ALS)", disable=not progress, leave=False,
+               mininterval=0.5)
+    for _ in bar:
         users = _solve_side(videos, conf, pref, cfg.regularization)
         videos = _solve_side(users, conf_t, pref_t, cfg.regularization)
     limits.restore_original_limits()

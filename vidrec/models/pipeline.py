@@ -46,7 +46,10 @@ def positives(interactions: pd.DataFrame, weights: FeedbackWeights) -> pd.DataFr
 
 
 def train_bundle(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool = True,
-                 version: str | None = None) -> ModelBundle:
+                 version: str | None = None, init_from: ModelBundle | None = None
+                 ) -> ModelBundle:
+    """Train every model serving needs. `init_from` warm-starts the two-tower network from
+    a previous version (tables whose shape still matches are copied)."""
     cfg = cfg or PipelineConfig()
     t0 = time.perf_counter()
     inter = ds.interactions
@@ -66,8 +69,9 @@ def train_bundle(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool 
     user_cats = encoder.encode_users([user_profiles[u] for u in user_list])
     seqs = build_sequences(pos, encoder, user_row)
     vt = encoder.encode_videos(video_rows)
+    init = init_from.two_tower.state_dict() if init_from is not None else None
     tt, tt_seconds = train_two_tower(encoder, vt, user_cats, seqs, cfg.two_tower, cfg.train,
-                                     progress=progress)
+                                     progress=progress, init_state=init)
     video_vectors = embed_videos(tt, vt)
     content = ContentModel.fit(video_rows)
     content_vectors = content.vectors(video_rows)

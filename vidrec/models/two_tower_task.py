@@ -105,15 +105,26 @@ def train_two_tower(
     model_cfg: TwoTowerConfig | None = None,
     cfg: TrainConfig | None = None,
     progress: bool = True,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> tuple[TwoTower, float]:
-    """Train; returns the model (eval mode, on CPU) and the training seconds."""
+    """Train; returns the model (eval mode, on CPU) and the training seconds.
+
+    `init_state` (a previous version's state_dict) warm-starts every tensor whose shape
+    still matches; a grown vocabulary keeps its fresh random rows.
+    """
     model_cfg = model_cfg or TwoTowerConfig()
     cfg = cfg or TrainConfig()
     set_cpu_threads()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     dev = device()
-    model = TwoTower(encoder.sizes(), model_cfg).to(dev)
+    model = TwoTower(encoder.sizes(), model_cfg)
+    if init_state is not None:
+        own = model.state_dict()
+        same = {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(same, strict=False)
+        log.info("two-tower warm start: %d of %d tensors reused", len(same), len(own))
+    model = model.to(dev)
     vt = _tensors(video_tensors, dev)
     ucats = torch.from_numpy(user_cats).to(dev)
 

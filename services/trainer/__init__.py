@@ -1,0 +1,1 @@
+"""Trainer: consumes events; keeps histories, counters, vectors and models fresh."""

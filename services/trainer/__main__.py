@@ -1,0 +1,145 @@
+"""python -m services.trainer: the event consumer plus fold-in and retrain timers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from services.trainer.eventlog import EventLog
+from services.trainer.foldin import fold_in_dirty
+from services.trainer.loop import TrainerLoop
+from services.trainer.retrain import retrain
+from vidrec import schema
+from vidrec.config import SettingsError, TrainerSettings, load_settings
+from vidrec.logs import setup_logging
+from vidrec.models.bundle import ModelBundle
+from vidrec.models.online import OnlineModel
+from vidrec.store.artifacts import ArtifactStore
+from vidrec.store.features import FeatureStore
+
+log = logging.getLogger("services.trainer")
+
+
+def main() -> int:
+    try:
+        s = load_settings(TrainerSettings)
+        if not s.kafka_bootstrap:
+            raise SettingsError("VIDREC_KAFKA_BOOTSTRAP is required for the trainer")
+    except SettingsError as exc:
+        print(f"trainer: {exc}", file=sys.stderr)
+        return 2
+    setup_logging("trainer", s.log_level)
+    from vidrec.infra.kafka import ALL_TOPICS, EventProducer, ensure_topics, make_consumer
+
+    ensure_topics(s.kafka_bootstrap, ALL_TOPICS)
+    store = FeatureStore.from_url(s.redis_url, s.key_prefix)
+    producer = EventProducer(s.kafka_bootstrap)
+    consumer = make_consumer(s.kafka_bootstrap, s.group_id,
+                             [schema.TOPIC_EVENTS, schema.TOPIC_VIDEOS])
+    events = EventLog(Path(s.events_dir))
+    videos_log = Path(s.events_dir) / "videos.jsonl"
+
+    def on_video(row: dict) -> None:
+        with videos_log.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    loop = TrainerLoop(consumer, store, producer, events, s.batch_size, on_video=on_video)
+    artifacts = ArtifactStore(s.artifact_root)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    model: dict[str, OnlineModel] = {}
+
+    def foldin_loop() -> None:
+        while not stop.wait(s.foldin_interval_s):
+            try:
+                v = artifacts.latest()
+                if v is None:
+                    continue
+                if v not in model:
+                    model.clear()
+                    model[v] = OnlineModel(ModelBundle.load(artifacts.path(v)))
+                fold_in_dirty(store, model[v], v)
+            except Exception:
+                log.exception("fold-in pass failed; will retry")
+
+    def retrain_loop() -> None:
+        last_t, last_n = time.monotonic(), events.count()
+        while not stop.wait(2.0):
+            n = events.count()
+            due_n = s.retrain_every_events and n - last_n >= s.retrain_every_events
+            due_t = s.retrain_every_s and time.monotonic() - last_t >= s.retrain_every_s
+            if not (due_n or due_t):
+                continue
+            last_t, last_n = time.monotonic(), n
+            try:
+                run_retrain(s, events, videos_log, artifacts, store, producer)
+            except Exception:
+                log.exception("retrain failed; serving version unchanged")
+
+    threading.Thread(target=foldin_loop, name="fold-in", daemon=True).start()
+    threading.Thread(target=retrain_loop, name="retrain", daemon=True).start()
+    log.info("trainer consuming %s, %s as group %s", schema.TOPIC_EVENTS, schema.TOPIC_VIDEOS,
+             s.group_id)
+    last_beat = 0.0
+    while not stop.is_set():
+        try:
+            loop.run_once(timeout_ms=500)
+        except Exception:
+            # Nothing was committed for this batch: it is redelivered after a pause.
+            log.exception("batch failed; not committed, retrying")
+            time.sleep(1.0)
+            rewind(consumer)
+        if time.monotonic() - last_beat > 2.0:
+            last_beat = time.monotonic()
+            store.r.set(f"{s.key_prefix}:trainer:heartbeat",
+                        json.dumps({"t": time.time(), **loop.stats.__dict__}), ex=30)
+    log.info("trainer stopping: %s", loop.stats)
+    consumer.close(autocommit=False)
+    producer.close()
+    return 0
+
+
+def rewind(consumer: object) -> None:
+    """Back to the last committed offsets, so the failed batch is fetched again."""
+    for tp in consumer.assignment():  # type: ignore[attr-defined]
+        committed = consumer.committed(tp)  # type: ignore[attr-defined]
+        if committed is None:
+            consumer.seek_to_beginning(tp)  # type: ignore[attr-defined]
+        else:
+            consumer.seek(tp, committed)  # type: ignore[attr-defined]
+
+
+def run_retrain(s: TrainerSettings, events: EventLog, videos_log: Path,
+                artifacts: ArtifactStore, store: FeatureStore, producer: object) -> None:
+    import pandas as pd
+
+    from vidrec.serving.publish import publish
+    from vidrec.store.index import open_index
+
+    vids = pd.read_json(videos_log, lines=True, dtype=False) if videos_log.exists() else None
+    if vids is not None and "tags" in vids:
+        vids["tags"] = vids["tags"].apply(
+            lambda t: schema.TAG_SEPARATOR.join(t) if isinstance(t, list) else t)
+
+    def publish_fn(out: Path) -> str:
+        index = open_index(s.qdrant_url, s.index_root)
+        try:
+            return publish(out, artifacts, index, store, getattr(producer, "producer", None))
+        finally:
+            index.close()
+
+    res = retrain(Path(s.data_dir), events.read(), vids, artifacts, publish_fn,
+                  window_frac=s.retrain_window)
+    log.info("retrain: %s (serving %s, candidate %s, %.1fs)", res.reason, res.serving_ndcg,
+             res.candidate_ndcg, res.seconds)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

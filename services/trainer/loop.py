@@ -1,0 +1,128 @@
+"""The consuming loop: poll -> decode -> log -> apply -> dead letters -> commit.
+
+Offsets are committed only after the batch's effects are in Redis (EXEC returned), its
+events are in the fsync'd log and its dead letters are acknowledged by Kafka. A crash
+anywhere before the commit redelivers the batch, and apply_batch skips what was applied.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.trainer.apply import apply_batch
+from services.trainer.eventlog import EventLog
+from services.trainer.events import DeadLetter, decode
+from vidrec import schema
+from vidrec.store.features import FeatureStore
+from vidrec.v1 import events_pb2
+
+log = logging.getLogger(__name__)
+
+FRESH_LEN = 200
+
+
+@dataclass
+class LoopStats:
+    batches: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead: int = 0
+    videos: int = 0
+    last_batch_s: float = 0.0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def dead_letter(reason: str, record: Any) -> bytes:
+    return json.dumps({
+        "reason": reason, "topic": record.topic, "partition": record.partition,
+        "offset": record.offset,
+        "key": record.key.decode("utf-8", "replace") if record.key else None,
+        "value_b64": base64.b64encode(record.value or b"").decode()[:100_000],
+    }).encode()
+
+
+class TrainerLoop:
+    def __init__(self, consumer: Any, store: FeatureStore, producer: Any, event_log: EventLog,
+                 batch_size: int = 2000, on_video: Any = None) -> None:
+        self.consumer = consumer
+        self.store = store
+        self.producer = producer  # vidrec.infra.kafka.EventProducer
+        self.log = event_log
+        self.batch_size = batch_size
+        self.stats = LoopStats()
+        self.on_video = on_video
+
+    def run_once(self, timeout_ms: int = 500) -> int:
+        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.batch_size)
+        records = [r for rs in polled.values() for r in rs]
+        if not records:
+            return 0
+        t0 = time.perf_counter()
+        good: list[tuple[Any, events_pb2.Event]] = []
+        dead: list[tuple[str, Any]] = []
+        for r in records:
+            if r.topic == schema.TOPIC_VIDEOS:
+                self._video(r, dead)
+                continue
+            d = decode(r.value)
+            if isinstance(d, DeadLetter):
+                dead.append((d.reason, r))
+            else:
+                good.append((r, d))
+        events = [e for _, e in good]
+        self.log.append(events)
+        res = apply_batch(self.store, events)
+        unknown = {id(e) for e in res.unknown_video}
+        dead += [(f"unknown video {e.video_id!r}", r) for r, e in good if id(e) in unknown]
+        if dead:
+            self.producer.send_records(schema.TOPIC_EVENTS_DLQ,
+                                       [(r.key, dead_letter(reason, r)) for reason, r in dead])
+            for reason, _ in dead:
+                key = reason.split(":")[0].split(" '")[0][:60]
+                self.stats.reasons[key] = self.stats.reasons.get(key, 0) + 1
+        self.consumer.commit()
+        s = self.stats
+        s.batches += 1
+        s.applied += len(res.applied)
+        s.duplicates += res.duplicates
+        s.dead += len(dead)
+        s.last_batch_s = time.perf_counter() - t0
+        if dead:
+            log.warning("batch: %d applied, %d duplicates, %d to DLQ", len(res.applied),
+                        res.duplicates, len(dead))
+        return len(records)
+
+    def _video(self, r: Any, dead: list[tuple[str, Any]]) -> None:
+        v = events_pb2.VideoUpserted()
+        try:
+            v.ParseFromString(r.value or b"")
+        except Exception as exc:
+            dead.append((f"not a vidrec.v1.VideoUpserted: {exc}", r))
+            return
+        if not v.video_id:
+            dead.append(("video_id is empty", r))
+            return
+        row = video_row(v)
+        self.store.put_videos([row])
+        if not v.hidden:
+            k = self.store.keys.fresh()
+            p = self.store.r.pipeline(transaction=True)
+            p.lrem(k, 0, v.video_id)
+            p.lpush(k, v.video_id)
+            p.ltrim(k, 0, FRESH_LEN - 1)
+            p.execute()
+        self.stats.videos += 1
+        if self.on_video is not None:
+            self.on_video(row)
+
+
+def video_row(v: events_pb2.VideoUpserted) -> dict[str, Any]:
+    return {"video_id": v.video_id, "title": v.title, "category": v.category,
+            "tags": list(v.tags), "creator_id": v.creator_id, "language": v.language,
+            "duration_s": v.duration_s or None, "upload_ts": v.upload_ts or time.time(),
+            "hidden": int(v.hidden), "age_restricted": int(v.age_restricted)}
