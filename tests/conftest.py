@@ -126,3 +126,33 @@ def private_kafka_broker() -> Iterator[KafkaBroker | KafkaEndpoint]:
     """A broker of this test's own, with every vidrec topic (embedded: ~0.2 s to start)."""
     with _kafka() as broker:
         yield broker
+
+
+# --- trained models and a running stack ---------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A small synthetic data directory (with ground truth and later users/videos)."""
+    from vidrec.data.synth import generate
+
+    out = tmp_path_factory.mktemp("data") / "small"
+    generate(out, users=300, videos=400, seed=3, interactions_per_user=120.0, new_users=20,
+             new_videos=20)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_model(small_dataset, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A model directory trained on `small_dataset` (few epochs: behaviour, not quality)."""
+    from dataclasses import replace
+
+    from vidrec.data.dataset import load_dataset
+    from vidrec.models.pipeline import PipelineConfig, train_bundle
+
+    cfg = PipelineConfig()
+    cfg.train = replace(cfg.train, epochs=3)
+    cfg.mf = replace(cfg.mf, iterations=4)
+    out = tmp_path_factory.mktemp("models") / "m1"
+    train_bundle(load_dataset(small_dataset), cfg, progress=False).save(out)
+    return out

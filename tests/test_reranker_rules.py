@@ -198,12 +198,18 @@ def test_exploration_is_deterministic_per_user_and_day() -> None:
     assert picks <= {"x0", "x1", "x2", "x3", "x4"}
 
 
-def test_exploration_falls_back_to_fresh_then_to_regular_pick() -> None:
+def test_exploration_prefers_a_new_upload_then_a_new_category_then_regular() -> None:
     items = [item(f"m{i}", 1.0 - i / 100, category="music") for i in range(4)]
     fresh = item("f", 0.1, category="music", source="fresh")
     out = rerank(items + [fresh], USER, 3, cfg("exploration"), NOW)
     assert ids(out) == ["m0", "m1", "f"]
     assert out[-1].reason == "Something new to try"
+    fresh = item("f", 0.1, category="music", source="fresh", upload_ts=NOW - 3600)
+    out = rerank(items + [fresh], USER, 3, cfg("exploration"), NOW)
+    assert out[-1].reason == "Just uploaded in music"
+    other = item("sci", 0.5, category="science")
+    out = rerank(items + [fresh, other], USER, 3, cfg("exploration"), NOW)
+    assert ids(out)[-1] == "f"  # a new upload beats a new category for the slot
     assert out[-1].item.source == "exploration"
     out = rerank(items, USER, 3, cfg("exploration"), NOW)
     assert ids(out) == ["m0", "m1", "m2"]

@@ -21,6 +21,38 @@ from vidrec.v1 import candidate_pb2, candidate_pb2_grpc
 log = logging.getLogger("services.candidate")
 
 
+def follow_videos(s: CandidateSettings, holder: ModelHolder[CandidateModel]) -> None:
+    """Upsert videos announced on vidrec.videos into the live index within seconds.
+
+    Each candidate process reads the whole topic in a group of its own (every replica must
+    index every video); offsets are committed after the upsert.
+    """
+    import socket
+
+    from vidrec import schema
+    from vidrec.infra.kafka import make_consumer
+    from vidrec.serving.convert import video_row
+    from vidrec.v1 import events_pb2
+
+    group = f"vidrec-candidate-{socket.gethostname()}-{s.listen_addr.rsplit(':', 1)[-1]}"
+    consumer = make_consumer(s.kafka_bootstrap, group, [schema.TOPIC_VIDEOS])
+    while True:
+        try:
+            for records in consumer.poll(timeout_ms=1000).values():
+                for r in records:
+                    msg = events_pb2.VideoUpserted()
+                    msg.ParseFromString(r.value or b"")
+                    if not msg.video_id or holder.version is None:
+                        continue
+                    _, cm = holder.current()
+                    cm.add_video(video_row(msg))
+                    log.info("indexed new video %s", msg.video_id)
+            consumer.commit()
+        except Exception:
+            log.exception("vidrec.videos follower failed; retrying")
+            threading.Event().wait(1.0)
+
+
 def main() -> int:
     try:
         s = load_settings(CandidateSettings)
@@ -53,6 +85,8 @@ def main() -> int:
         holder.watch(s.reload_interval_s)
 
     threading.Thread(target=ready_when_loaded, daemon=True).start()
+    if s.kafka_bootstrap:
+        threading.Thread(target=follow_videos, args=(s, holder), daemon=True).start()
     server.run_until_signal()
     holder.stop()
     index.close()

@@ -48,6 +48,11 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServicer):
         except Exception:  # fresh list is a nice-to-have; Redis trouble must not fail this
             log.warning("fresh list unavailable")
             fresh = []
+        unknown = [v for v in fresh if v not in cm.online.videos]
+        if unknown:
+            # Uploaded after this model was trained: embed from Redis features, index it.
+            for rec in self.store.videos(unknown).values():
+                cm.add_video(rec)
         cands = generate(cm, u.user_id, uv, history, seen, n, search_filter(request.filters),
                          fresh, u.experiment_arm)
         return candidate_pb2.GenerateResponse(

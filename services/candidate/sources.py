@@ -64,35 +64,48 @@ class Mix:
 def generate(cm: CandidateModel, user_id: str, uv: UserVectors, history: list[str],
              seen: set[str], n: int, flt: SearchFilter, fresh_ids: list[str], arm: str,
              mix: Mix = Mix()) -> list[Cand]:
-    out: dict[str, Cand] = {}
-
-    def add(vid: str, source: str, score: float, anchor: str = "") -> None:
-        if vid not in out and vid not in seen:
-            out[vid] = Cand(vid, source, score, anchor)
-
+    """Up to n candidates: each side source gets its quota (at most half of n together),
+    the two-tower ANN fills the rest. Two-tower hits come first, so that with the ranker
+    down the candidate order is still the best guess."""
     o = cm.online
     mf_only = arm == "mf_only" and uv.mf is not None
-    if not mf_only:
-        hits = cm.index.search(cm.collection, uv.two_tower, min(n + len(seen), 4 * n), flt)
-        for vid, s in hits:
-            add(vid, "two_tower", s)
+    side: list[Cand] = []
+    taken = set(seen)
+
+    def add(vid: str, source: str, score: float, anchor: str = "") -> None:
+        if vid not in taken:
+            taken.add(vid)
+            side.append(Cand(vid, source, score, anchor))
+
     if uv.mf is not None:
-        k = n if mf_only else mix.mf
-        for vid, s in o.mf_top(uv.mf, k + 50, seen):
+        for vid, sc in o.mf_top(uv.mf, (n if mf_only else mix.mf) + 50, seen):
             if passes(flt, o.videos.get(vid)):
-                add(vid, "mf", s)
-    for vid, s, anchor in o.content_similar(history[: mix.content_anchors],
-                                            mix.content_per_anchor, seen):
+                add(vid, "mf", sc)
+    if mf_only:
+        return side[:n]
+    side = side[: mix.mf]
+    for vid, sc, anchor in o.content_similar(history[: mix.content_anchors],
+                                             mix.content_per_anchor, seen):
         if passes(flt, o.videos.get(vid)):
-            add(vid, "content_similar", s, anchor)
+            add(vid, "content_similar", sc, anchor)
     for vid in fresh_ids[: mix.fresh]:
         if passes(flt, o.videos.get(vid)):
             add(vid, "fresh", 0.0)
     for rank, vid in enumerate(o.popular[: mix.popular + len(seen)]):
         if passes(flt, o.videos.get(vid)):
             add(vid, "popular", float(-rank))
-    cands = list(out.values())
-    return cands[: max(n, 1)] if len(cands) > n else cands
+    side = side[: n // 2]
+    taken = set(seen) | {c.video_id for c in side}
+    ann: list[Cand] = []
+    want = n - len(side)
+    hits = cm.index.search(cm.collection, uv.two_tower, min(want + len(taken), 4 * n), flt)
+    for vid, sc in hits:
+        if vid not in taken:
+            taken.add(vid)
+            ann.append(Cand(vid, "two_tower", sc))
+            if len(ann) == want:
+                break
+    return ann + side
 
 
 def user_mf_vector(cm: CandidateModel, user_id: str, vec: list[float], vec_version: str

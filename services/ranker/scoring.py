@@ -19,6 +19,9 @@ from vidrec.store.features import FeatureStore
 log = logging.getLogger(__name__)
 
 
+KEEP_FRESH = 5
+
+
 @dataclass
 class Scored:
     video_id: str
@@ -41,5 +44,12 @@ def score_candidates(model: OnlineModel, store: FeatureStore | None, user_id: st
         return []
     uv = model.user_vectors(user_id, profile, history, mf_vector)
     s = model.score(uv, [v for v, _, _ in known])
-    order = np.argsort(-s, kind="stable")[:top_m]
+    order = list(np.argsort(-s, kind="stable")[:top_m])
+    # New uploads (fresh source, or unknown to the trained catalog) rarely out-score
+    # videos with history; pass a few through so the reranker's new-video slot can show them.
+    chosen = set(order)
+    fresh = [i for i in np.argsort(-s, kind="stable")
+             if (known[i][1] == "fresh" or known[i][0] not in model.index)
+             and i not in chosen][:KEEP_FRESH]
+    order += fresh
     return [Scored(known[i][0], float(s[i]), known[i][1], known[i][2]) for i in order]

@@ -426,32 +426,40 @@ def _exploration_rng(user_id: str, now: float) -> random.Random:
 def _pick_exploration(
     plan: RerankPlan, greedy: _Greedy, shown_categories: set[str], rng: random.Random
 ) -> tuple[int, str] | None:
-    """A candidate from a category not yet on the list; failing that, a fresh or
-    low-exposure one (source fresh/exploration). Returns (index, reason)."""
+    """A video uploaded within freshness_days (new videos need exposure to collect the
+    feedback that lets the models learn them); failing that, one from a category not yet
+    on the list; failing that, a low-exposure one (source fresh/exploration).
+    Returns (index, reason)."""
     pool, cfg = plan.pool, plan.cfg
+    recent = [
+        i
+        for i in range(len(pool))
+        if recency(pool[i], plan.now, cfg.freshness_days) > 0 and greedy.allowed(i)
+    ]
     new_cat = [
         i
         for i in range(len(pool))
         if pool[i].category and pool[i].category not in shown_categories and greedy.allowed(i)
     ]
-    tiers: list[tuple[list[int], bool]] = [(new_cat, True)]
-    if not new_cat:
-        fresh = [
-            i
-            for i in range(len(pool))
-            if (
-                pool[i].source in ("fresh", EXPLORATION)
-                or recency(pool[i], plan.now, cfg.freshness_days) > 0
-            )
-            and greedy.allowed(i)
-        ]
-        tiers.append((fresh, False))
-    for cands, different in tiers:
+    low_exposure = [
+        i
+        for i in range(len(pool))
+        if pool[i].source in ("fresh", EXPLORATION) and greedy.allowed(i)
+    ]
+    tiers: list[tuple[list[int], str]] = [
+        (recent, "new"), (new_cat, "different"), (low_exposure, "try")
+    ]
+    for cands, kind in tiers:
         if not cands:
             continue
         cands.sort(key=lambda i: (-_score_key(pool[i].score), pool[i].video_id))
         i = rng.choice(cands[: cfg.exploration_pool])
-        reason = f"Something different: {pool[i].category}" if different else "Something new to try"
+        if kind == "different":
+            reason = f"Something different: {pool[i].category}"
+        elif kind == "new":
+            reason = f"Just uploaded in {pool[i].category}" if pool[i].category else "Just uploaded"
+        else:
+            reason = "Something new to try"
         return i, reason
     return None
 

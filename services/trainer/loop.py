@@ -18,6 +18,7 @@ from services.trainer.apply import apply_batch
 from services.trainer.eventlog import EventLog
 from services.trainer.events import DeadLetter, decode
 from vidrec import schema
+from vidrec.serving.convert import video_row
 from vidrec.store.features import FeatureStore
 from vidrec.v1 import events_pb2
 
@@ -119,10 +120,3 @@ class TrainerLoop:
         self.stats.videos += 1
         if self.on_video is not None:
             self.on_video(row)
-
-
-def video_row(v: events_pb2.VideoUpserted) -> dict[str, Any]:
-    return {"video_id": v.video_id, "title": v.title, "category": v.category,
-            "tags": list(v.tags), "creator_id": v.creator_id, "language": v.language,
-            "duration_s": v.duration_s or None, "upload_ts": v.upload_ts or time.time(),
-            "hidden": int(v.hidden), "age_restricted": int(v.age_restricted)}

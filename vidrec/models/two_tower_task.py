@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 12
+    epochs: int = 8
     batch_size: int = 512
     lr: float = 3e-3
     weight_decay: float = 1e-6

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from vidrec.store.index import SearchFilter
-from vidrec.v1 import common_pb2
+from vidrec.v1 import common_pb2, events_pb2
 
 SOURCE_NAMES = {
     common_pb2.CANDIDATE_SOURCE_TWO_TOWER: "two_tower",
@@ -71,3 +72,11 @@ def passes(flt: SearchFilter, row: dict[str, Any] | None) -> bool:
     if flt.exclude_age_restricted and str(row.get("age_restricted", "")).lower() in ("1", "true"):
         return False
     return not (flt.exclude_categories and str(row.get("category", "")) in flt.exclude_categories)
+
+
+def video_row(v: events_pb2.VideoUpserted) -> dict[str, Any]:
+    """A VideoUpserted message as a videos.csv-like record (Redis hash, encoders)."""
+    return {"video_id": v.video_id, "title": v.title, "category": v.category,
+            "tags": list(v.tags), "creator_id": v.creator_id, "language": v.language,
+            "duration_s": v.duration_s or None, "upload_ts": v.upload_ts or time.time(),
+            "hidden": int(v.hidden), "age_restricted": int(v.age_restricted)}

@@ -1,0 +1,262 @@
+"""The online system end to end: real processes (candidate, ranker, reranker, gateway,
+trainer), real Redis and Kafka (embedded), the qdrant-edge index, a published model.
+
+Tests run in file order against one stack; the ones that stop services come last.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from vidrec.serving.publish import publish
+from vidrec.stack import Stack
+from vidrec.store.artifacts import ArtifactStore
+from vidrec.store.features import FeatureStore
+from vidrec.store.index import EdgeIndex
+from vidrec.v1 import common_pb2, events_pb2, gateway_pb2, gateway_pb2_grpc
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def stack(small_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    var = tmp_path_factory.mktemp("var")
+    st = Stack(var, extra_env={"VIDREC_FOLDIN_INTERVAL_S": "1"})
+    try:
+        st.start_stores()
+        index = EdgeIndex(st.index_root)
+        publish(small_model, ArtifactStore(st.artifact_root), index,
+                FeatureStore.from_url(st.redis_url), overwrite_history=True)
+        index.close()
+        st.start_services(trainer=True, timeout_s=180)
+        yield st
+    finally:
+        st.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(stack: Stack) -> Iterator[gateway_pb2_grpc.GatewayStub]:
+    with grpc.insecure_channel(stack.services["gateway"].addr) as ch:
+        yield gateway_pb2_grpc.GatewayStub(ch)
+
+
+def rec(gw: gateway_pb2_grpc.GatewayStub, **kw: object) -> gateway_pb2.RecommendResponse:
+    return gw.Recommend(gateway_pb2.RecommendRequest(**kw), timeout=10)  # type: ignore[arg-type]
+
+
+def seen_of(stack: Stack, user: str) -> set[str]:
+    return FeatureStore.from_url(stack.redis_url).user(user).seen
+
+
+def test_known_user_gets_k_unseen_videos_with_reasons(stack: Stack, gw) -> None:  # type: ignore[no-untyped-def]
+    r = rec(gw, user_id="u00001", k=10)
+    assert len(r.videos) == 10
+    assert r.model_version == "v1" and not r.degraded and r.request_id
+    ids = [v.video_id for v in r.videos]
+    assert len(set(ids)) == 10
+    assert not set(ids) & seen_of(stack, "u00001")
+    assert all(v.reason for v in r.videos)
+
+
+def test_new_user_with_profile_only(gw) -> None:  # type: ignore[no-untyped-def]
+    r = rec(gw, k=5, profile=common_pb2.UserProfile(age=30, country="IN", language="hi"))
+    assert len(r.videos) == 5 and not r.degraded
+
+
+def test_unknown_user_without_features_gets_cold_start(gw) -> None:  # type: ignore[no-untyped-def]
+    r = rec(gw, user_id="never-seen-before", k=5)
+    assert len(r.videos) == 5
+
+
+BAD = [
+    ({"user_id": "u1", "k": 0}, "k must be in 1..500"),
+    ({"user_id": "u1", "k": 501}, "k must be in 1..500"),
+    ({"user_id": "u1", "k": -3}, "k must be in 1..500"),
+    ({"user_id": "x" * 200, "k": 5}, "longer than 128"),
+    ({"user_id": "bad id\n", "k": 5}, "characters outside"),
+    ({"k": 5, "profile": common_pb2.UserProfile(age=500)}, "profile.age"),
+    ({"k": 5, "profile": common_pb2.UserProfile(country="x" * 100)}, "profile.country"),
+    ({"k": 5, "profile": common_pb2.UserProfile(extra={f"f{i}": "v" for i in range(40)})},
+     "more than 32"),
+    ({"k": 5, "filters": common_pb2.Filters(languages=["x" * 5000] * 20)}, "bytes; the limit"),
+]
+
+
+@pytest.mark.parametrize(("kw", "reason"), BAD)
+def test_bad_recommend_input_is_invalid_argument(gw, kw: dict, reason: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as err:
+        rec(gw, **kw)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason in (err.value.details() or "")
+
+
+def event(user: str, video: str, etype: int, value: float = 0.0, **kw: object) -> events_pb2.Event:
+    return events_pb2.Event(event_id=uuid.uuid4().hex, user_id=user, video_id=video, type=etype,
+                            value=value, timestamp=time.time(), **kw)  # type: ignore[arg-type]
+
+
+BAD_EVENTS = [
+    (event("u1", "v00001", 99), "not a known event type"),
+    (event("u1", "v00001", events_pb2.EVENT_TYPE_WATCH, 1.5), "watched fraction"),
+    (event("u1", "v00001", events_pb2.EVENT_TYPE_RATING, 9), "rating must be in 1..5"),
+    (event("u1", "v00001", events_pb2.EVENT_TYPE_WATCH, float("nan")), "not a finite number"),
+    (event("", "v00001", events_pb2.EVENT_TYPE_CLICK), "user_id is required"),
+]
+
+
+@pytest.mark.parametrize(("ev", "reason"), BAD_EVENTS)
+def test_bad_events_are_invalid_argument(gw, ev: events_pb2.Event, reason: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as err:
+        gw.LogEvents(gateway_pb2.LogEventsRequest(events=[ev]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason in (err.value.details() or "")
+
+
+def test_a_watch_shows_in_the_next_recommend(stack: Stack, gw) -> None:  # type: ignore[no-untyped-def]
+    user = "u00002"
+    first = rec(gw, user_id=user, k=10)
+    top = first.videos[0].video_id
+    ack = gw.LogEvents(gateway_pb2.LogEventsRequest(events=[
+        event(user, top, events_pb2.EVENT_TYPE_WATCH, 0.95, watch_time_s=120,
+              model_version=first.model_version, experiment_arm=first.experiment_arm)]),
+        timeout=10)
+    assert ack.accepted == 1
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        r = rec(gw, user_id=user, k=10)
+        if top not in {v.video_id for v in r.videos}:
+            break
+        time.sleep(0.1)
+    assert top not in {v.video_id for v in r.videos}
+    st = FeatureStore.from_url(stack.redis_url).user(user)
+    assert st.history[0] == top and top in st.seen
+
+
+def test_stats_count_impressions_and_watches(gw) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        stats = gw.GetStats(gateway_pb2.GetStatsRequest(), timeout=5).stats
+        row = next((s for s in stats if s.model_version == "v1"), None)
+        if row is not None and row.impressions > 0 and row.watches > 0:
+            break
+        time.sleep(0.2)
+    assert row is not None and row.impressions >= 10 and row.watches >= 1
+    assert row.completed >= 1 and row.watch_time_s >= 120
+    assert 0 < row.ctr <= 1 or row.clicks == 0
+
+
+def test_poison_messages_go_to_dlq_and_good_events_flow(stack: Stack) -> None:
+    from vidrec import schema
+    from vidrec.infra.kafka import EventProducer, make_consumer, poll_records
+
+    good = event("u00003", "v00005", events_pb2.EVENT_TYPE_LIKE)
+    poison = [
+        (b"u1", b"\xff\xfe not protobuf"),
+        (b"u1", event("u1", "no-such-video", events_pb2.EVENT_TYPE_CLICK).SerializeToString()),
+        (b"u1", event("u1", "v00001", events_pb2.EVENT_TYPE_WATCH,
+                      float("nan")).SerializeToString()),
+        (b"u1", b"\x0a" + b"x" * 70_000),
+    ]
+    with EventProducer(stack.kafka_bootstrap) as p:
+        p.send_records(schema.TOPIC_EVENTS, [*poison, (b"u00003", good.SerializeToString())])
+    consumer = make_consumer(stack.kafka_bootstrap, f"dlq-reader-{uuid.uuid4().hex[:6]}",
+                             [schema.TOPIC_EVENTS_DLQ])
+    try:
+        recs = poll_records(consumer, 4, timeout_s=30)
+    finally:
+        consumer.close()
+    reasons = [json.loads(r.value)["reason"] for r in recs]
+    assert any("not a vidrec.v1.Event" in r for r in reasons)
+    assert any("unknown video" in r for r in reasons)
+    assert any("not a finite number" in r for r in reasons)
+    assert any("bytes; the limit" in r for r in reasons)
+    assert all("offset" in json.loads(r.value) for r in recs)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and "v00005" not in seen_of(stack, "u00003"):
+        time.sleep(0.1)
+    assert "v00005" in seen_of(stack, "u00003")
+
+
+def test_new_video_becomes_recommendable(stack: Stack, gw) -> None:  # type: ignore[no-untyped-def]
+    from vidrec import schema
+    from vidrec.infra.kafka import EventProducer
+
+    vid = "brand-new-video"
+    msg = events_pb2.VideoUpserted(video_id=vid, title="Brand new travel vlog", category="travel",
+                                   tags=["travel"], creator_id="c-new", language="en",
+                                   duration_s=300, upload_ts=time.time())
+    with EventProducer(stack.kafka_bootstrap) as p:
+        p.send_records(schema.TOPIC_VIDEOS, [(vid.encode(), msg.SerializeToString())])
+    deadline = time.monotonic() + 20
+    found = False
+    while time.monotonic() < deadline and not found:
+        for u in ("u00010", "u00011", "u00012", "u00013"):
+            if vid in {v.video_id for v in rec(gw, user_id=u, k=50).videos}:
+                found = True
+                break
+        time.sleep(0.2)
+    assert found, "a video upserted through vidrec.videos was never recommended"
+
+
+def test_hot_swap_under_load_has_no_failures(stack: Stack, gw, small_model: Path) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    results: list[str] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                r = rec(gw, user_id="u00020", k=10)
+                results.append(r.model_version if not r.degraded else "degraded")
+            except grpc.RpcError as exc:
+                errors.append(exc.code().name)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    index = EdgeIndex(stack.index_root)
+    v2 = publish(small_model, ArtifactStore(stack.artifact_root), index,
+                 FeatureStore.from_url(stack.redis_url))
+    index.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not results or results[-1] != v2):
+        time.sleep(0.1)
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert "degraded" not in results
+    assert set(results) <= {"v1", v2} and results[-1] == v2
+
+
+def test_rollback_returns_to_previous_version(stack: Stack, gw) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "vidrec.cli", "rollback"], env=stack.env(),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    prev = ArtifactStore(stack.artifact_root).latest()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and rec(gw, user_id="u00001", k=5).model_version != prev:
+        time.sleep(0.2)
+    assert rec(gw, user_id="u00001", k=5).model_version == prev
+
+
+@pytest.mark.parametrize("service", ["reranker", "ranker", "candidate"])
+def test_a_stopped_stage_degrades_instead_of_failing(stack: Stack, gw, service: str) -> None:  # type: ignore[no-untyped-def]
+    stack.services[service].stop()
+    r = rec(gw, user_id="u00001", k=10)
+    assert r.degraded and service in r.degraded_stages
+    assert len(r.videos) == 10
+    assert not {v.video_id for v in r.videos} & seen_of(stack, "u00001")
