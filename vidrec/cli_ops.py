@@ -72,6 +72,29 @@ def cmd_rollback(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(a: argparse.Namespace) -> int:
+    from services.trainer.eventlog import EventLog
+    from services.trainer.retrain import run_retrain
+    from vidrec.store.artifacts import ArtifactStore
+    from vidrec.store.features import FeatureStore
+
+    s = _ops_settings()
+    producer = _producer(s.kafka_bootstrap)
+    try:
+        res = run_retrain(s, EventLog(Path(s.events_dir)), Path(s.events_dir) / "videos.jsonl",
+                          ArtifactStore(s.artifact_root),
+                          FeatureStore.from_url(s.redis_url, s.key_prefix), producer,
+                          force=a.force)
+    finally:
+        if producer is not None:
+            producer.close()
+    gate = (f"serving NDCG@10 {res.serving_ndcg:.4f}, candidate {res.candidate_ndcg:.4f}"
+            if res.serving_ndcg is not None and res.candidate_ndcg is not None else "no gate")
+    print(f"retrain: {res.reason}; {gate}; published {res.published or '-'} "
+          f"in {res.seconds:.1f}s")
+    return 0 if res.published or not a.force else 1
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     sys.argv = [f"services.{a.name}"]
     runpy.run_module(f"services.{a.name}", run_name="__main__")
@@ -97,14 +120,35 @@ def cmd_status(a: argparse.Namespace) -> int:
     from vidrec.store.artifacts import ArtifactStore
 
     latest = ArtifactStore(Path(a.var) / "artifacts").latest() or "-"
+    redis_url = json.loads(state.read_text()).get("redis", "") if state.exists() else ""
     print(f"{'service':10s} {'address':22s} {'health':14s} model")
     worst = 0
     for name, addr in addrs.items():
-        status = check(addr) if addr else "n/a"
-        worst |= status not in ("SERVING", "n/a")
+        status = check(addr) if addr else _trainer_status(redis_url)
+        worst |= status not in ("SERVING", "RUNNING")
         model = latest if name in ("candidate", "ranker", "gateway") else "-"
         print(f"{name:10s} {addr or '-':22s} {status:14s} {model}")
     return int(worst)
+
+
+def _trainer_status(redis_url: str) -> str:
+    """The trainer has no port: its heartbeat in Redis (refreshed every 2 s) tells."""
+    import json
+    import time
+
+    if not redis_url:
+        return "unknown"
+    from vidrec.store.features import FeatureStore
+
+    try:
+        raw = FeatureStore.from_url(redis_url).r.get("vidrec:trainer:heartbeat")
+    except Exception:
+        return "unknown"
+    if not raw:
+        return "NO HEARTBEAT"
+    beat = json.loads(raw)
+    age = time.time() - beat["t"]
+    return "RUNNING" if age < 10 else f"STALE ({age:.0f}s)"
 
 
 def cmd_stats(a: argparse.Namespace) -> int:
@@ -124,6 +168,25 @@ def cmd_stats(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(a: argparse.Namespace) -> int:
+    from vidrec.simulate import server_stats, simulate, write_report
+
+    res = simulate(a.gateway, Path(a.data), a.steps, a.k, a.seed, a.new_users, a.window,
+                   a.rate)
+    try:
+        stats = server_stats(a.gateway)
+    except Exception:
+        stats = []
+    report = write_report(res, Path(a.out), stats)
+    for arm, w in sorted(res.totals.items()):
+        r = w.row()
+        print(f"arm {arm:10s} requests {r['requests']:5.0f}  CTR {r['ctr']:.3f}  completion "
+              f"{r['completion_rate']:.3f}  watch {r['watch_min_per_request']:.2f} min/req  "
+              f"true precision {r['true_precision']:.3f}")
+    print(f"report: {report} (+ simulation.png)")
+    return 0
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("publish", help="make a trained model directory live",
                        description="Copy a model directory into the artifact store as the "
@@ -137,6 +200,11 @@ def register(sub: Any) -> None:
     p.set_defaults(fn=cmd_publish)
     r = sub.add_parser("rollback", help="serve the previous published version again")
     r.set_defaults(fn=cmd_rollback)
+    rt = sub.add_parser("retrain", help="retrain on base data + the event log; publish if "
+                        "not worse than serving (the trainer also does this periodically)")
+    rt.add_argument("--force", action="store_true", help="publish even without enough "
+                    "new evidence (the gate still refuses a worse model unless forced)")
+    rt.set_defaults(fn=cmd_retrain)
     s = sub.add_parser("serve", help="run one service in the foreground")
     s.add_argument("name", choices=SERVICES)
     s.set_defaults(fn=cmd_serve)
@@ -147,3 +215,21 @@ def register(sub: Any) -> None:
     sa = sub.add_parser("stats", help="online metrics per model version and experiment arm")
     sa.add_argument("--gateway", default="127.0.0.1:50051")
     sa.set_defaults(fn=cmd_stats)
+    sm = sub.add_parser(
+        "simulate", help="synthetic users with known tastes use the live system",
+        description="Simulated users (ground truth of a `vidrec data synth` directory) ask the "
+        "gateway for recommendations and react to them through the real event path; writes "
+        "a Markdown report and a PNG of CTR, completion, watch time and true precision over "
+        "time per experiment arm.")
+    sm.add_argument("--gateway", default="127.0.0.1:50051")
+    sm.add_argument("--data", default="var/data/demo", help="synthetic data directory")
+    sm.add_argument("--steps", type=int, default=2000, help="recommendation requests")
+    sm.add_argument("--k", type=int, default=10)
+    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--new-users", type=float, default=0.2,
+                    help="share of requests from new users (profile only)")
+    sm.add_argument("--window", type=int, default=100, help="requests per plotted point")
+    sm.add_argument("--rate", type=float, default=0.0, help="requests/s (0 = as fast as "
+                    "possible)")
+    sm.add_argument("--out", default="var/simulation")
+    sm.set_defaults(fn=cmd_simulate)

@@ -88,7 +88,7 @@ class GatewaySettings(CommonSettings):
     candidate_share: float = 0.4
     ranker_share: float = 0.6
     # Experiment arms "name:weight,name:weight"; a user is hashed to one arm.
-    arms: str = "two_tower:1"
+    arms: str = "hybrid:1"
     max_k: int = 500
     log_impressions: bool = True
 

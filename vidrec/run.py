@@ -31,7 +31,7 @@ DEMO = {"users": 2000, "videos": 3000, "seed": 7, "interactions_per_user": 150.0
 def prepare(var: Path) -> tuple[Path, Path]:
     from vidrec.data.dataset import load_dataset
     from vidrec.data.synth import generate
-    from vidrec.models.pipeline import train_bundle
+    from vidrec.models.pipeline import train_tuned
 
     data, model = var / "data" / "demo", var / "models" / "initial"
     if not (data / "interactions.csv").exists():
@@ -42,7 +42,7 @@ def prepare(var: Path) -> tuple[Path, Path]:
     if not (model / "manifest.json").exists():
         print(f"[2/4] training into {model} ...", flush=True)
         t0 = time.perf_counter()
-        train_bundle(load_dataset(data)).save(model)
+        train_tuned(load_dataset(data)).save(model)
         print(f"      trained in {time.perf_counter() - t0:.1f}s", flush=True)
     else:
         print(f"[2/4] model: reusing {model}", flush=True)
@@ -114,7 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stack = Stack(var)
+    # Two experiment arms so `vidrec simulate` shows an online comparison: the full hybrid
+    # funnel vs MF-only candidates.
+    stack = Stack(var, extra_env={"VIDREC_ARMS": "hybrid:1,mf_only:1",
+                                  "VIDREC_RETRAIN_EVERY_EVENTS": "50000",
+                                  "VIDREC_DATA_DIR": str(data),
+                                  "VIDREC_EVENTS_DIR": str(var / "events")})
     try:
         print("[3/4] starting Redis and Kafka (embedded), publishing the model ...", flush=True)
         stack.start_stores()

@@ -13,7 +13,7 @@ from pathlib import Path
 from services.trainer.eventlog import EventLog
 from services.trainer.foldin import fold_in_dirty
 from services.trainer.loop import TrainerLoop
-from services.trainer.retrain import retrain
+from services.trainer.retrain import run_retrain
 from vidrec import schema
 from vidrec.config import SettingsError, TrainerSettings, load_settings
 from vidrec.logs import setup_logging
@@ -114,31 +114,6 @@ def rewind(consumer: object) -> None:
             consumer.seek_to_beginning(tp)  # type: ignore[attr-defined]
         else:
             consumer.seek(tp, committed)  # type: ignore[attr-defined]
-
-
-def run_retrain(s: TrainerSettings, events: EventLog, videos_log: Path,
-                artifacts: ArtifactStore, store: FeatureStore, producer: object) -> None:
-    import pandas as pd
-
-    from vidrec.serving.publish import publish
-    from vidrec.store.index import open_index
-
-    vids = pd.read_json(videos_log, lines=True, dtype=False) if videos_log.exists() else None
-    if vids is not None and "tags" in vids:
-        vids["tags"] = vids["tags"].apply(
-            lambda t: schema.TAG_SEPARATOR.join(t) if isinstance(t, list) else t)
-
-    def publish_fn(out: Path) -> str:
-        index = open_index(s.qdrant_url, s.index_root)
-        try:
-            return publish(out, artifacts, index, store, getattr(producer, "producer", None))
-        finally:
-            index.close()
-
-    res = retrain(Path(s.data_dir), events.read(), vids, artifacts, publish_fn,
-                  window_frac=s.retrain_window)
-    log.info("retrain: %s (serving %s, candidate %s, %.1fs)", res.reason, res.serving_ndcg,
-             res.candidate_ndcg, res.seconds)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from services.trainer.eventlog import EventLog
+from vidrec.config import TrainerSettings
 from vidrec.data.dataset import Dataset, load_dataset
 from vidrec.evaluation.metrics import evaluate
 from vidrec.evaluation.splits import relevant_sets
 from vidrec.models.bundle import BatchRecommender, ModelBundle
 from vidrec.models.pipeline import PipelineConfig, train_bundle
 from vidrec.store.artifacts import ArtifactStore
+from vidrec.store.features import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +111,30 @@ def retrain(base: Path, events: pd.DataFrame, videos_log: pd.DataFrame | None,
         version = publish_fn(out)
     log.info("retrain published %s in %.1fs", version, time.perf_counter() - t0)
     return RetrainResult(version, s_ndcg, c_ndcg, "published", time.perf_counter() - t0)
+
+
+def run_retrain(s: TrainerSettings, events: EventLog, videos_log: Path,
+                artifacts: ArtifactStore, store: FeatureStore, producer: object,
+                force: bool = False) -> RetrainResult:
+    """Retrain from the trainer's settings: base data dir + event log + upserted videos."""
+    from vidrec import schema
+    from vidrec.serving.publish import publish
+    from vidrec.store.index import open_index
+
+    vids = pd.read_json(videos_log, lines=True, dtype=False) if videos_log.exists() else None
+    if vids is not None and "tags" in vids:
+        vids["tags"] = vids["tags"].apply(
+            lambda t: schema.TAG_SEPARATOR.join(t) if isinstance(t, list) else t)
+
+    def publish_fn(out: Path) -> str:
+        index = open_index(s.qdrant_url, s.index_root)
+        try:
+            return publish(out, artifacts, index, store, getattr(producer, "producer", None))
+        finally:
+            index.close()
+
+    res = retrain(Path(s.data_dir), events.read(), vids, artifacts, publish_fn,
+                  window_frac=s.retrain_window, force=force)
+    log.info("retrain: %s (serving %s, candidate %s, %.1fs)", res.reason, res.serving_ndcg,
+             res.candidate_ndcg, res.seconds)
+    return res

@@ -1,0 +1,211 @@
+"""`vidrec simulate`: synthetic users with known tastes use the live system.
+
+Each step one simulated user (a known user, or a new one from the generator's `later/`
+users, who arrives with profile features only) asks the gateway for k videos, reacts to
+them the way the generator's hidden model says (GroundTruth.respond: clicks, watches with
+fractions, likes, dislikes, skips, shares) and sends those events back through
+Gateway.LogEvents, tagged with the request id, position, model version and arm. The
+gateway logs the impressions itself. So online metrics move through the real path:
+gateway -> Kafka -> trainer -> Redis -> the next Recommend.
+
+Writes report.md, metrics.json and simulation.png (metrics over time, per arm).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from vidrec.v1 import common_pb2, events_pb2, gateway_pb2, gateway_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+TYPES = {"click": events_pb2.EVENT_TYPE_CLICK, "watch": events_pb2.EVENT_TYPE_WATCH,
+         "like": events_pb2.EVENT_TYPE_LIKE, "dislike": events_pb2.EVENT_TYPE_DISLIKE,
+         "share": events_pb2.EVENT_TYPE_SHARE, "skip": events_pb2.EVENT_TYPE_SKIP}
+COMPLETE = 0.9
+
+
+@dataclass
+class Window:
+    requests: int = 0
+    shown: int = 0
+    clicks: int = 0
+    watches: int = 0
+    completed: int = 0
+    watch_time_s: float = 0.0
+    likes: int = 0
+    dislikes: int = 0
+    relevant: int = 0
+    degraded: int = 0
+    errors: int = 0
+
+    def row(self) -> dict[str, float]:
+        return {
+            "requests": self.requests, "ctr": self.clicks / max(self.shown, 1),
+            "completion_rate": self.completed / max(self.watches, 1),
+            "watch_min_per_request": self.watch_time_s / 60 / max(self.requests, 1),
+            "likes_per_request": self.likes / max(self.requests, 1),
+            "dislikes_per_request": self.dislikes / max(self.requests, 1),
+            "true_precision": self.relevant / max(self.shown, 1),
+            "degraded": self.degraded, "errors": self.errors,
+        }
+
+
+@dataclass
+class SimResult:
+    windows: list[dict[str, dict[str, float]]] = field(default_factory=list)  # per arm
+    totals: dict[str, Window] = field(default_factory=dict)
+    versions: set[str] = field(default_factory=set)
+
+
+def _profile(row: dict[str, Any]) -> common_pb2.UserProfile:
+    from vidrec.serving.convert import profile_proto
+
+    return profile_proto({k: v for k, v in row.items() if k != "user_id"})
+
+
+def simulate(gateway: str, data: Path, steps: int, k: int, seed: int, new_user_share: float,
+             window: int, rate: float = 0.0, progress: bool = True) -> SimResult:
+    from vidrec.data.synth import GroundTruth
+
+    truth = GroundTruth.load(data)
+    rng = np.random.default_rng(seed)
+    known = pd.read_csv(data / "users.csv", dtype=str, keep_default_na=False)
+    later_path = data / "later" / "users.csv"
+    later = (pd.read_csv(later_path, dtype=str, keep_default_na=False)
+             if later_path.exists() else known.iloc[:0])
+    durations = pd.read_csv(data / "videos.csv", usecols=["video_id", "duration_s"],
+                            dtype={"video_id": str}).set_index("video_id")["duration_s"]
+    truth_videos = set(truth.video_ids)
+    res = SimResult()
+    cur: dict[str, Window] = defaultdict(Window)
+    tot: dict[str, Window] = defaultdict(Window)
+    with grpc.insecure_channel(gateway) as ch:
+        stub = gateway_pb2_grpc.GatewayStub(ch)
+        for step in tqdm(range(steps), desc="simulate", disable=not progress, mininterval=0.5):
+            t_step = time.monotonic()
+            new = len(later) > 0 and rng.random() < new_user_share
+            row = (later if new else known).iloc[int(rng.integers(len(later if new else known)))]
+            uid = str(row["user_id"])
+            req = gateway_pb2.RecommendRequest(user_id=uid, k=k)
+            if new:
+                req.profile.CopyFrom(_profile(row.to_dict()))
+            try:
+                resp = stub.Recommend(req, timeout=2.0)
+            except grpc.RpcError as exc:
+                log.warning("Recommend failed: %s", exc.code().name)
+                cur["?"].errors += 1
+                continue
+            arm = resp.experiment_arm
+            res.versions.add(resp.model_version)
+            shown = [v.video_id for v in resp.videos if v.video_id in truth_videos]
+            rel = truth.relevant_matrix([uid], video_ids=shown)[0] if shown else []
+            events = []
+            for vid, ev, value in truth.respond(uid, shown, rng, now=None):
+                if ev == "impression":
+                    continue
+                pos = shown.index(vid)
+                wt = float(value or 0) * float(durations.get(vid, 0) or 0) if ev == "watch" else 0
+                events.append(events_pb2.Event(
+                    event_id=uuid.uuid4().hex, user_id=uid, video_id=vid, type=TYPES[ev],
+                    value=float(value or 0), timestamp=time.time(), request_id=resp.request_id,
+                    position=pos, experiment_arm=arm, model_version=resp.model_version,
+                    watch_time_s=wt))
+            if events:
+                try:
+                    stub.LogEvents(gateway_pb2.LogEventsRequest(events=events), timeout=5.0)
+                except grpc.RpcError as exc:
+                    log.warning("LogEvents failed: %s", exc.code().name)
+            for w in (cur[arm], tot[arm]):
+                w.requests += 1
+                w.shown += len(resp.videos)
+                w.relevant += int(np.sum(rel))
+                w.degraded += int(resp.degraded)
+                for e in events:
+                    w.clicks += e.type == events_pb2.EVENT_TYPE_CLICK
+                    w.likes += e.type == events_pb2.EVENT_TYPE_LIKE
+                    w.dislikes += e.type == events_pb2.EVENT_TYPE_DISLIKE
+                    if e.type == events_pb2.EVENT_TYPE_WATCH:
+                        w.watches += 1
+                        w.completed += e.value >= COMPLETE
+                        w.watch_time_s += e.watch_time_s
+            if (step + 1) % window == 0:
+                res.windows.append({a: w.row() for a, w in cur.items()})
+                cur = defaultdict(Window)
+            if rate > 0:
+                time.sleep(max(0.0, 1 / rate - (time.monotonic() - t_step)))
+    if any(w.requests for w in cur.values()):
+        res.windows.append({a: w.row() for a, w in cur.items()})
+    res.totals = dict(tot)
+    return res
+
+
+def write_report(res: SimResult, out: Path, stats: list[dict[str, Any]] | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = ("ctr", "completion_rate", "watch_min_per_request", "true_precision")
+    arms = sorted({a for w in res.windows for a in w})
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4))
+    for ax, m in zip(axes, metrics, strict=True):
+        for a in arms:
+            xs = [i + 1 for i, w in enumerate(res.windows) if a in w]
+            ys = [w[a][m] for w in res.windows if a in w]
+            ax.plot(xs, ys, marker="o", ms=3, label=a)
+        ax.set_title(m.replace("_", " "))
+        ax.set_xlabel("window")
+        ax.grid(alpha=0.3)
+    axes[0].legend(title="arm")
+    fig.suptitle("vidrec simulation: online metrics over time, per experiment arm")
+    fig.tight_layout()
+    png = out / "simulation.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    totals = {a: w.row() for a, w in res.totals.items()}
+    (out / "metrics.json").write_text(json.dumps(
+        {"totals": totals, "windows": res.windows, "server_stats": stats or [],
+         "model_versions": sorted(res.versions)}, indent=2))
+    lines = ["# vidrec simulation", "", "![metrics over time](simulation.png)", "",
+             "## Totals per arm (client side)", "",
+             "| arm | requests | CTR | completion | watch min/request | likes/req | "
+             "dislikes/req | true precision |", "|---|---|---|---|---|---|---|---|"]
+    for a, r in sorted(totals.items()):
+        lines.append(f"| {a} | {r['requests']:.0f} | {r['ctr']:.3f} | {r['completion_rate']:.3f}"
+                     f" | {r['watch_min_per_request']:.2f} | {r['likes_per_request']:.3f} | "
+                     f"{r['dislikes_per_request']:.3f} | {r['true_precision']:.3f} |")
+    if stats:
+        lines += ["", "## Server side (Gateway.GetStats, from the event stream)", "",
+                  "| model | arm | impressions | CTR | completion | watch h |",
+                  "|---|---|---|---|---|---|"]
+        for s in stats:
+            lines.append(f"| {s['model_version']} | {s['experiment_arm']} | {s['impressions']} |"
+                         f" {s['ctr']:.3f} | {s['completion_rate']:.3f} | "
+                         f"{s['watch_time_s'] / 3600:.2f} |")
+    lines += ["", f"Model versions seen: {', '.join(sorted(res.versions))}", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    return out / "report.md"
+
+
+def server_stats(gateway: str) -> list[dict[str, Any]]:
+    from google.protobuf.json_format import MessageToDict
+
+    with grpc.insecure_channel(gateway) as ch:
+        resp = gateway_pb2_grpc.GatewayStub(ch).GetStats(gateway_pb2.GetStatsRequest(),
+                                                         timeout=5)
+    return [MessageToDict(s, preserving_proto_field_name=True,
+                          always_print_fields_with_no_presence=True) for s in resp.stats]
