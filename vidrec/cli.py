@@ -59,7 +59,7 @@ def cmd_data_validate(a: argparse.Namespace) -> int:
 
 def cmd_train(a: argparse.Namespace) -> int:
     from vidrec.data.dataset import load_dataset
-    from vidrec.models.pipeline import PipelineConfig, train_bundle
+    from vidrec.models.pipeline import PipelineConfig, train_bundle, train_tuned
 
     t0 = time.perf_counter()
     ds = load_dataset(Path(a.data), on_bad_rows=a.on_bad_rows)
@@ -70,11 +70,13 @@ def cmd_train(a: argparse.Namespace) -> int:
         from dataclasses import replace
 
         cfg.train = replace(cfg.train, epochs=a.epochs)
-    bundle = train_bundle(ds, cfg, progress=not a.quiet)
+    train = train_tuned if a.tune else train_bundle
+    bundle = train(ds, cfg, progress=not a.quiet)
     bundle.save(Path(a.out))
     secs = bundle.manifest["train_seconds"]
+    tuned = f", tuning {secs['tune']}s" if "tune" in secs else ""
     print(f"trained {bundle.version} in {time.perf_counter() - t0:.1f}s "
-          f"(MF {secs['mf']}s, two-tower {secs['two_tower']}s) -> {a.out}")
+          f"(MF {secs['mf']}s, two-tower {secs['two_tower']}s{tuned}) -> {a.out}")
     return 0
 
 
@@ -191,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--on-bad-rows", choices=["fail", "skip"], default="fail",
                    help="fail on the first malformed row (default) or skip and report them")
     t.add_argument("--epochs", type=int, default=None, help="two-tower epochs")
+    t.add_argument("--no-tune", dest="tune", action="store_false",
+                   help="skip tuning the ranker weights on a validation split (faster)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
     r = _add(sub, "recommend", cmd_recommend,

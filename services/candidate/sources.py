@@ -17,7 +17,7 @@ from vidrec.models.bundle import ModelBundle
 from vidrec.models.online import OnlineModel, UserVectors
 from vidrec.serving.convert import passes
 from vidrec.serving.publish import collection_name
-from vidrec.store.index import SearchFilter, VectorIndex
+from vidrec.store.index import CONTENT, MF, TT, SearchFilter, VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,16 @@ class CandidateModel:
         from vidrec.serving.publish import video_payload
 
         vec = self.online.add_video(record)
-        self.index.upsert(self.collection, [str(record["video_id"])], vec[None, :],
+        vid = str(record["video_id"])
+        content = self.online.content_vector(vid)
+        mf = np.zeros(self.online.b.mf_video.shape[1], dtype=np.float32)  # no MF history yet
+        self.index.upsert(self.collection, [vid],
+                          {TT: vec[None, :], MF: mf[None, :], CONTENT: content[None, :]},
                           [video_payload(record)])
+
+
+# ANN results fetched per query at most: seen videos are dropped after the search.
+MAX_FETCH = 1000
 
 
 @dataclass(frozen=True)
@@ -78,16 +86,24 @@ def generate(cm: CandidateModel, user_id: str, uv: UserVectors, history: list[st
             side.append(Cand(vid, source, score, anchor))
 
     if uv.mf is not None:
-        for vid, sc in o.mf_top(uv.mf, (n if mf_only else mix.mf) + 50, seen):
-            if passes(flt, o.videos.get(vid)):
-                add(vid, "mf", sc)
+        want = n if mf_only else mix.mf
+        limit = min(want + len(seen), MAX_FETCH)
+        for vid, sc in cm.index.search(cm.collection, uv.mf, limit, flt, using=MF):
+            add(vid, "mf", sc)
     if mf_only:
         return side[:n]
     side = side[: mix.mf]
-    for vid, sc, anchor in o.content_similar(history[: mix.content_anchors],
-                                             mix.content_per_anchor, seen):
-        if passes(flt, o.videos.get(vid)):
-            add(vid, "content_similar", sc, anchor)
+    for anchor in history[: mix.content_anchors]:
+        cv = o.content_vector(anchor)
+        if cv is None:
+            continue
+        limit = min(mix.content_per_anchor + len(seen) + 1, MAX_FETCH)
+        hits = cm.index.search(cm.collection, cv, limit, flt, using=CONTENT)
+        got = 0
+        for vid, sc in hits:
+            if vid != anchor and vid not in taken and got < mix.content_per_anchor:
+                add(vid, "content_similar", sc, anchor)
+                got += 1
     for vid in fresh_ids[: mix.fresh]:
         if passes(flt, o.videos.get(vid)):
             add(vid, "fresh", 0.0)
@@ -98,7 +114,7 @@ def generate(cm: CandidateModel, user_id: str, uv: UserVectors, history: list[st
     taken = set(seen) | {c.video_id for c in side}
     ann: list[Cand] = []
     want = n - len(side)
-    hits = cm.index.search(cm.collection, uv.two_tower, min(want + len(taken), 4 * n), flt)
+    hits = cm.index.search(cm.collection, uv.two_tower, min(want + len(taken), MAX_FETCH), flt)
     for vid, sc in hits:
         if vid not in taken:
             taken.add(vid)

@@ -45,11 +45,18 @@ def video_payload(row: dict[str, Any]) -> dict[str, Any]:
             "hidden": flag(row.get("hidden")), "age_restricted": flag(row.get("age_restricted"))}
 
 
+def index_vectors(bundle: ModelBundle) -> dict[str, np.ndarray]:
+    from vidrec.store.index import CONTENT, MF, TT
+
+    return {TT: bundle.video_vectors, MF: bundle.mf_video, CONTENT: bundle.content_vectors}
+
+
 def load_index(index: VectorIndex, bundle: ModelBundle, name: str) -> None:
     rows = bundle.video_rows()
     t0 = time.perf_counter()
-    index.create_collection(name, bundle.video_vectors.shape[1])
-    index.upsert(name, bundle.video_ids, bundle.video_vectors, [video_payload(r) for r in rows])
+    vectors = index_vectors(bundle)
+    index.create_collection(name, {n: m.shape[1] for n, m in vectors.items()})
+    index.upsert(name, bundle.video_ids, vectors, [video_payload(r) for r in rows])
     index.finalize(name)
     release = getattr(index, "release", None)
     if release is not None:

@@ -7,6 +7,8 @@
 - ServerIndex: a Qdrant server through qdrant-client (VIDREC_QDRANT_URL), with real
   collection aliases.
 
+Each point carries three named vectors ("tt": two-tower, "mf": matrix factorization,
+"content": content-only), so every candidate source is an ANN query, not a scan.
 Point ids are a stable 63-bit hash of the video id (so a re-upsert replaces the point);
 the payload carries the video id and the filterable fields. Flags (hidden,
 age_restricted) are stored as 0/1 ints: qdrant-edge 0.9 does not match bool payloads.
@@ -18,7 +20,7 @@ import hashlib
 import os
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 ALIAS = "videos"
+TT, MF, CONTENT = "tt", "mf", "content"
 
 
 def point_id(video_id: str) -> int:
@@ -41,12 +44,12 @@ class SearchFilter:
 
 
 class VectorIndex(Protocol):
-    def create_collection(self, name: str, dim: int) -> None: ...
-    def upsert(self, name: str, video_ids: Sequence[str], vectors: np.ndarray,
+    def create_collection(self, name: str, dims: Mapping[str, int]) -> None: ...
+    def upsert(self, name: str, video_ids: Sequence[str], vectors: Mapping[str, np.ndarray],
                payloads: Sequence[dict[str, Any]]) -> None: ...
     def finalize(self, name: str) -> None: ...
     def search(self, name: str, vector: np.ndarray, limit: int,
-               flt: SearchFilter | None = None, exact: bool = False
+               flt: SearchFilter | None = None, exact: bool = False, using: str = TT
                ) -> list[tuple[str, float]]: ...
     def set_alias(self, name: str, alias: str = ALIAS) -> None: ...
     def resolve_alias(self, alias: str = ALIAS) -> str | None: ...
@@ -80,26 +83,28 @@ class EdgeIndex:
                 self._shards[name] = shard
             return shard
 
-    def create_collection(self, name: str, dim: int) -> None:
+    def create_collection(self, name: str, dims: Mapping[str, int]) -> None:
         from qdrant_edge import Distance, EdgeConfig, EdgeShard, EdgeVectorParams, HnswIndexConfig
 
         path = self.root / name
         if path.exists():
             self.delete_collection(name)
-        cfg = EdgeConfig(vectors=EdgeVectorParams(size=dim, distance=Distance.Dot),
+        cfg = EdgeConfig(vectors={n: EdgeVectorParams(size=d, distance=Distance.Dot)
+                                  for n, d in dims.items()},
                          hnsw_config=HnswIndexConfig(m=16, ef_construct=128,
                                                      full_scan_threshold=1000))
         with self._lock:
             self._shards[name] = EdgeShard.create(str(path), cfg)
 
-    def upsert(self, name: str, video_ids: Sequence[str], vectors: np.ndarray,
+    def upsert(self, name: str, video_ids: Sequence[str], vectors: Mapping[str, np.ndarray],
                payloads: Sequence[dict[str, Any]]) -> None:
         from qdrant_edge import Point, UpdateOperation
 
         shard = self._shard(name)
+        lists = {n: m.astype(np.float32).tolist() for n, m in vectors.items()}
         batch = 2048
         for s in range(0, len(video_ids), batch):
-            pts = [Point(point_id(v), vectors[i].astype(np.float32).tolist(),
+            pts = [Point(point_id(v), {n: lst[i] for n, lst in lists.items()},
                          {**payloads[i], "video_id": v})
                    for i, v in enumerate(video_ids[s: s + batch], start=s)]
             shard.update(UpdateOperation.upsert_points(pts))
@@ -111,11 +116,12 @@ class EdgeIndex:
         shard.flush()
 
     def search(self, name: str, vector: np.ndarray, limit: int,
-               flt: SearchFilter | None = None, exact: bool = False
+               flt: SearchFilter | None = None, exact: bool = False, using: str = TT
                ) -> list[tuple[str, float]]:
         from qdrant_edge import Query, QueryRequest, SearchParams
 
-        req = QueryRequest(limit=limit, query=Query.Nearest(vector.astype(np.float32).tolist()),
+        req = QueryRequest(limit=limit,
+                           query=Query.Nearest(vector.astype(np.float32).tolist(), using=using),
                            filter=_edge_filter(flt), with_payload=["video_id"],
                            params=SearchParams(hnsw_ef=max(128, limit), exact=exact))
         res = self._shard(name).query(req)
@@ -180,21 +186,22 @@ class ServerIndex:
 
         self.client = QdrantClient(url=url, timeout=5)
 
-    def create_collection(self, name: str, dim: int) -> None:
+    def create_collection(self, name: str, dims: Mapping[str, int]) -> None:
         from qdrant_client import models
 
         if self.client.collection_exists(name):
             self.client.delete_collection(name)
-        self.client.create_collection(
-            name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.DOT))
+        self.client.create_collection(name, vectors_config={
+            n: models.VectorParams(size=d, distance=models.Distance.DOT) for n, d in dims.items()})
         for key in ("language", "category", "video_id"):
             self.client.create_payload_index(name, key, models.PayloadSchemaType.KEYWORD)
 
-    def upsert(self, name: str, video_ids: Sequence[str], vectors: np.ndarray,
+    def upsert(self, name: str, video_ids: Sequence[str], vectors: Mapping[str, np.ndarray],
                payloads: Sequence[dict[str, Any]]) -> None:
         from qdrant_client import models
 
-        pts = [models.PointStruct(id=point_id(v), vector=vectors[i].astype(float).tolist(),
+        lists = {n: m.astype(float).tolist() for n, m in vectors.items()}
+        pts = [models.PointStruct(id=point_id(v), vector={n: lst[i] for n, lst in lists.items()},
                                   payload={**payloads[i], "video_id": v})
                for i, v in enumerate(video_ids)]
         for s in range(0, len(pts), 1024):
@@ -204,12 +211,12 @@ class ServerIndex:
         return None
 
     def search(self, name: str, vector: np.ndarray, limit: int,
-               flt: SearchFilter | None = None, exact: bool = False
+               flt: SearchFilter | None = None, exact: bool = False, using: str = TT
                ) -> list[tuple[str, float]]:
         from qdrant_client import models
 
         res = self.client.query_points(
-            name, query=vector.astype(float).tolist(), limit=limit,
+            name, query=vector.astype(float).tolist(), using=using, limit=limit,
             query_filter=_server_filter(flt), with_payload=["video_id"],
             search_params=models.SearchParams(exact=exact)).points
         return [(str((p.payload or {})["video_id"]), float(p.score)) for p in res]

@@ -1,0 +1,73 @@
+"""Open-loop gRPC load generator, run in its own process.
+
+Requests are sent on a fixed schedule whatever the responses do (open loop), and each
+latency is measured from the *scheduled* send time, so a stalled server cannot hide its
+queueing (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import threading
+import time
+
+import grpc
+
+from vidrec.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+
+
+def run(addr: str, rate: float, duration_s: float, users: list[str], k: int, seed: int,
+        new_user_share: float = 0.1) -> dict:
+    rng = random.Random(seed)
+    lat: list[float] = []
+    errors: dict[str, int] = {}
+    lock = threading.Lock()
+    pending = threading.Semaphore(0)
+    n = int(rate * duration_s)
+    with grpc.insecure_channel(addr) as ch:
+        stub = gateway_pb2_grpc.GatewayStub(ch)
+        stub.Recommend(gateway_pb2.RecommendRequest(user_id=users[0], k=k), timeout=10)
+        t0 = time.perf_counter() + 0.1
+        for i in range(n):
+            due = t0 + i / rate
+            now = time.perf_counter()
+            if due > now:
+                time.sleep(due - now)
+            if rng.random() < new_user_share:
+                req = gateway_pb2.RecommendRequest(k=k, profile=common_pb2.UserProfile(
+                    age=rng.randint(16, 70), country=rng.choice(["US", "IN", "BR", "DE"])))
+            else:
+                req = gateway_pb2.RecommendRequest(user_id=rng.choice(users), k=k)
+            fut = stub.Recommend.future(req, timeout=2.0)
+
+            def done(f: grpc.Future, due: float = due) -> None:
+                t = time.perf_counter() - due
+                with lock:
+                    exc = f.exception()
+                    if exc is None:
+                        lat.append(t * 1000)
+                    else:
+                        code = exc.code().name if hasattr(exc, "code") else repr(exc)
+                        errors[code] = errors.get(code, 0) + 1
+                pending.release()
+
+            fut.add_done_callback(done)
+        for _ in range(n):
+            pending.acquire(timeout=10)
+        wall = time.perf_counter() - t0
+    lat.sort()
+
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, int(p / 100 * len(lat)))] if lat else float("nan")
+
+    return {"rate": rate, "sent": n, "ok": len(lat), "errors": errors,
+            "achieved_rps": len(lat) / wall if wall > 0 else 0.0,
+            "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99),
+            "max_ms": lat[-1] if lat else float("nan")}
+
+
+if __name__ == "__main__":
+    args = json.loads(sys.argv[1])
+    print(json.dumps(run(**args)))

@@ -1,0 +1,127 @@
+"""Serving benchmark: ANN recall against exact search, and gateway latency under an
+open-loop load at increasing request rates (the load generator runs in its own process).
+
+    python -m benchmarks.serving --data DIR --model MODEL_DIR [--rates 50,100,200]
+
+Everything runs on this machine: embedded Redis + Kafka, the four gRPC services and the
+trainer (it consumes the gateway's impressions, as in production), plus the generator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vidrec.models.bundle import ModelBundle
+from vidrec.models.online import OnlineModel
+from vidrec.serving.publish import collection_name, publish
+from vidrec.stack import Stack
+from vidrec.store.artifacts import ArtifactStore
+from vidrec.store.features import FeatureStore
+from vidrec.store.index import EdgeIndex
+
+
+def ann_recall(index: EdgeIndex, version: str, bundle: ModelBundle, n_users: int = 200,
+               k: int = 100, seed: int = 0) -> dict[str, float]:
+    rng = np.random.default_rng(seed)
+    online = OnlineModel(bundle)
+    users = rng.choice(list(bundle.users), size=min(n_users, len(bundle.users)), replace=False)
+    recalls, ann_ms, exact_ms = [], [], []
+    for u in users:
+        rec = bundle.users[u]
+        v = online.user_vectors(u, rec.profile, rec.history).two_tower
+        t = time.perf_counter()
+        got = {vid for vid, _ in index.search(collection_name(version), v, k)}
+        ann_ms.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        s = bundle.video_vectors @ v
+        top = np.argpartition(-s, k)[:k]
+        exact_ms.append((time.perf_counter() - t) * 1000)
+        truth = {bundle.video_ids[i] for i in top}
+        recalls.append(len(got & truth) / k)
+    return {"recall@100": float(np.mean(recalls)), "ann_ms_p50": float(np.median(ann_ms)),
+            "exact_ms_p50": float(np.median(exact_ms)), "queries": len(users)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--rates", default="50,100,150,200,300")
+    ap.add_argument("--duration", type=float, default=20.0)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--out", default="var/bench/serving")
+    ap.add_argument("--no-trainer", action="store_true")
+    a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    var = Path(tempfile.mkdtemp(prefix="vidrec-bench-"))
+    stack = Stack(var)
+    results: dict = {"model": a.model}
+    try:
+        stack.start_stores()
+        index = EdgeIndex(stack.index_root)
+        t = time.perf_counter()
+        version = publish(Path(a.model), ArtifactStore(stack.artifact_root), index,
+                          FeatureStore.from_url(stack.redis_url), overwrite_history=True)
+        results["publish_s"] = round(time.perf_counter() - t, 1)
+        bundle = ModelBundle.load(stack.artifact_root / version)
+        results["catalog"] = len(bundle.video_ids)
+        results["dim"] = int(bundle.video_vectors.shape[1])
+        results["ann"] = ann_recall(index, version, bundle)
+        index.close()
+        print("ANN:", results["ann"], flush=True)
+        stack.start_services(trainer=not a.no_trainer, timeout_s=300)
+        users = list(bundle.users)[:2000]
+        results["load"] = []
+        for rate in [float(r) for r in a.rates.split(",")]:
+            arg = json.dumps({"addr": stack.services["gateway"].addr, "rate": rate,
+                              "duration_s": a.duration, "users": users, "k": a.k, "seed": 1})
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.loadgen", arg],
+                                  capture_output=True, text=True, timeout=a.duration * 4 + 60)
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            results["load"].append(r)
+            print(f"rate {rate:6.0f}/s: p50 {r['p50_ms']:.1f} ms, p90 {r['p90_ms']:.1f} ms, "
+                  f"p99 {r['p99_ms']:.1f} ms, errors {r['errors']}, achieved "
+                  f"{r['achieved_rps']:.0f}/s", flush=True)
+    finally:
+        stack.stop()
+    (out / "serving.json").write_text(json.dumps(results, indent=2))
+    _plot(results, out / "serving.png")
+    return 0
+
+
+def _plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    load = results.get("load", [])
+    if not load:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rates = [r["rate"] for r in load]
+    for key in ("p50_ms", "p90_ms", "p99_ms"):
+        ax.plot(rates, [r[key] for r in load], marker="o", label=key.replace("_ms", ""))
+    ax.axhline(100, color="grey", ls="--", lw=0.8)
+    ax.set_xlabel("offered load (requests/s, open loop)")
+    ax.set_ylabel("gateway latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title(f"Recommend latency, {results['catalog']:,} videos, 2 cores")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
