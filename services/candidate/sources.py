@@ -45,8 +45,12 @@ class CandidateModel:
     def add_video(self, record: dict) -> None:
         from vidrec.serving.publish import video_payload
 
-        vec = self.online.add_video(record)
         vid = str(record["video_id"])
+        if video_payload(record)["hidden"]:
+            self.index.delete(self.collection, [vid])  # hidden videos leave the index
+            self.online.videos[vid] = dict(record)
+            return
+        vec = self.online.add_video(record)
         content = self.online.content_vector(vid)
         mf = np.zeros(self.online.b.mf_video.shape[1], dtype=np.float32)  # no MF history yet
         self.index.upsert(self.collection, [vid],
@@ -63,7 +67,7 @@ class Mix:
     """How many candidates each source contributes (two-tower gets the rest)."""
 
     mf: int = 100
-    content_anchors: int = 3
+    content_anchors: int = 2
     content_per_anchor: int = 15
     fresh: int = 20
     popular: int = 30
@@ -114,7 +118,10 @@ def generate(cm: CandidateModel, user_id: str, uv: UserVectors, history: list[st
     taken = set(seen) | {c.video_id for c in side}
     ann: list[Cand] = []
     want = n - len(side)
-    hits = cm.index.search(cm.collection, uv.two_tower, min(want + len(taken), MAX_FETCH), flt)
+    # Fetch for seen + a margin for side-source overlap, not for every taken id: the
+    # search cost grows with the limit (hnsw_ef >= limit).
+    hits = cm.index.search(cm.collection, uv.two_tower, min(want + len(seen) + 50, MAX_FETCH),
+                           flt)
     for vid, sc in hits:
         if vid not in taken:
             taken.add(vid)

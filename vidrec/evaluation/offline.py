@@ -1,6 +1,7 @@
 """`vidrec evaluate`: train on a split, recommend, score — warm users and cold-start users.
 
-The models are trained only on the training side of each split; the test side is never
+The models are trained only on the training side of each split, and the ranker weights
+are tuned on a validation split carved from that training side; the test side is never
 seen by any choice made here. Also measures the seed design's claim "MF is cheaper and
 faster; the two-tower is better at cold start and quality" (cost table).
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from vidrec.evaluation.splits import (
     temporal_split,
 )
 from vidrec.models.bundle import BatchRecommender, ModelBundle
-from vidrec.models.pipeline import PipelineConfig, train_bundle
+from vidrec.models.pipeline import PipelineConfig, train_tuned
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +97,16 @@ def evaluate_dataset(ds: Dataset, cfg: PipelineConfig | None = None,
     truth = _load_truth(ds)
     train, test = temporal_split(ds.interactions)
     t0 = time.perf_counter()
-    warm = train_bundle(_subset(ds, train), cfg, progress=progress, version="eval-warm")
+    # train_tuned picks the ranker weights on a validation split carved from `train` only.
+    warm = train_tuned(_subset(ds, train), replace(cfg), progress=progress, version="eval-warm")
     log.info("warm split: trained in %.1fs", time.perf_counter() - t0)
     rel = relevant_sets(test)
     speed = score_modes(warm, ds, rel, WARM_MODES, ks, "warm", item_counts(train), out,
                         truth)
 
     ctrain, ctest, cold_users = cold_start_split(ds.interactions, 0.1, seed)
-    cold = train_bundle(_subset(ds, ctrain), cfg, progress=progress, version="eval-cold")
+    cold = train_tuned(_subset(ds, ctrain), replace(cfg), progress=progress,
+                       version="eval-cold")
     crel = relevant_sets(ctest)
     score_modes(cold, ds, crel, COLD_MODES, ks, "cold", item_counts(ctrain), out, truth)
 

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class MFConfig:
     factors: int = 64
-    regularization: float = 0.05
+    regularization: float = 20.0
     iterations: int = 12
     seed: int = 0
     # Rescales the matrix confidences: c = 1 + conf_scale * (confidence - 1).

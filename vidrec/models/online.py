@@ -4,7 +4,8 @@ The batch recommender scores whole user x catalog matrices; serving scores one u
 against a few hundred candidates. Both use the same z-normalised blend (RankerWeights):
 the catalog mean and standard deviation of u·v are exact from the catalog's mean vector
 and covariance (mean = u·μ, var = uᵀΣu), so a candidate's serving score equals its
-offline score without scoring the whole catalog.
+offline score without scoring the whole catalog. The demographic prior is a sum of a few
+table rows per profile, so its catalog z-scores are computed once per user in full.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ class UserVectors:
     two_tower: np.ndarray
     mf: np.ndarray | None  # None: no MF vector (new user)
     has_history: bool
+    # Demographic lift over the whole catalog, z-normalised (None: the model has no prior).
+    demo_z: np.ndarray | None = None
+    demo_new: float = 0.0  # z of a zero lift: a video added after training
 
 
 class _Moments:
@@ -59,6 +63,7 @@ class OnlineModel:
         # Videos added after training (VideoUpserted): embedded on arrival.
         self._extra_vec: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
+        self.demo = bundle.demographic_prior()
         order = np.argsort(-bundle.popularity, kind="stable")
         self.popular = [bundle.video_ids[i] for i in order[:500]]
 
@@ -71,7 +76,12 @@ class OnlineModel:
         mf = folded_mf
         if mf is None and (row := self.mf_row.get(user_id)) is not None:
             mf = self.b.mf_user[row]
-        return UserVectors(tt, mf, bool(history))
+        demo_z, demo_new = None, 0.0
+        if self.demo is not None:
+            d = self.demo.scores(self.b.encoder.encode_users([profile]))[0]
+            mu, sd = float(d.mean()), max(float(d.std()), 1e-9)
+            demo_z, demo_new = (d - mu) / sd, -mu / sd
+        return UserVectors(tt, mf, bool(history), demo_z, demo_new)
 
     # --- videos --------------------------------------------------------------------
 
@@ -143,4 +153,9 @@ class OnlineModel:
         if user.mf is not None:
             score += w.mf * self._mf_m.z(user.mf, np.asarray(mf_v) @ user.mf)
         score += (w.pop if user.has_history else w.cold_pop) * np.asarray(pop)
+        wd = w.demo if user.has_history else w.cold_demo
+        if user.demo_z is not None and wd:
+            # A video added after training has no demographic counts: lift 0.
+            score += wd * np.asarray([user.demo_z[i] if (i := self.index.get(v)) is not None
+                                      else user.demo_new for v in video_ids])
         return score

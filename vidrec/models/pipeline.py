@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -14,7 +15,7 @@ import pandas as pd
 from vidrec import schema
 from vidrec.data.dataset import Dataset
 from vidrec.data.feedback import FeedbackWeights, build_feedback_matrix, event_scores
-from vidrec.models.bundle import ModelBundle, RankerWeights, UserRecord
+from vidrec.models.bundle import ModelBundle, RankerWeights, UserRecord, demographic_counts
 from vidrec.models.content import ContentModel
 from vidrec.models.features import FeatureEncoder
 from vidrec.models.mf import MFConfig, train_mf
@@ -36,6 +37,19 @@ class PipelineConfig:
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ranker: RankerWeights = field(default_factory=RankerWeights)
+    # Popularity (and the demographic prior) count each positive (user, video) pair with
+    # weight score ** popularity_power, score its summed feedback (0: plain counts).
+    popularity_power: float = 1.0
+
+
+def positive_scores(interactions: pd.DataFrame, weights: FeedbackWeights) -> pd.DataFrame:
+    """user_id, video_id, score: each pair's summed, clipped feedback score where > 0."""
+    s = event_scores(interactions, weights)
+    df = pd.DataFrame({"user_id": interactions["user_id"].to_numpy(),
+                       "video_id": interactions["video_id"].to_numpy(), "score": s})
+    df = df.groupby(["user_id", "video_id"], sort=False, as_index=False)["score"].sum()
+    df["score"] = df["score"].clip(upper=weights.max_abs)
+    return df[df["score"] > 0].reset_index(drop=True)
 
 
 def positives(interactions: pd.DataFrame, weights: FeedbackWeights) -> pd.DataFrame:
@@ -75,8 +89,18 @@ def train_bundle(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool 
     video_vectors = embed_videos(tt, vt)
     content = ContentModel.fit(video_rows)
     content_vectors = content.vectors(video_rows)
-    popularity = np.bincount(pos["video_id"].map(encoder.video_index).dropna().astype(int),
-                             minlength=len(encoder.video_ids))
+
+    pscore = positive_scores(inter, cfg.weights)
+    pscore = pscore[pscore["video_id"].isin(encoder.video_index)]
+    pw = pscore["score"].to_numpy(np.float64) ** cfg.popularity_power
+    popularity = np.bincount(pscore["video_id"].map(encoder.video_index).to_numpy(np.int64),
+                             weights=pw, minlength=len(encoder.video_ids))
+    known = pscore["user_id"].isin(user_row).to_numpy()
+    demo_counts = demographic_counts(
+        user_cats, pscore["user_id"][known].map(user_row).to_numpy(np.int64),
+        pscore["video_id"][known].map(encoder.video_index).to_numpy(np.int64),
+        [encoder.sizes()["user." + n] for n in schema.USER_CAT_FEATURES],
+        len(encoder.video_ids), pw[known])
 
     users = _user_records(inter, pos, user_profiles)
     manifest: dict[str, Any] = {
@@ -96,7 +120,7 @@ def train_bundle(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool 
     }
     return ModelBundle(manifest, encoder, content, tt, video_vectors, content_vectors,
                        mf.video_factors, mf.user_factors, mf.user_ids, popularity, users,
-                       videos, cfg.ranker)
+                       videos, cfg.ranker, demo_counts)
 
 
 @dataclass
@@ -106,9 +130,11 @@ class TuneResult:
     seconds: float
 
 
-WARM_GRID_MF = (0.0, 0.25, 0.5, 1.0)
-WARM_GRID_POP = (0.0, 0.15, 0.3, 0.6)
-COLD_GRID_POP = (0.5, 1.0, 2.0, 3.0, 5.0)
+WARM_GRID_MF = (0.15, 0.25, 0.4)
+WARM_GRID_POP = (0.0, 0.15, 0.3)
+WARM_GRID_DEMO = (0.0, 0.15, 0.3)
+COLD_GRID_POP = (5.0, 8.0, 12.0)
+COLD_GRID_DEMO = (0.0, 5.0, 8.0, 12.0)
 
 
 def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool = True
@@ -136,24 +162,25 @@ def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool 
     users = sorted(rel)
     if users:
         scores = {}
-        for mf in WARM_GRID_MF:
-            for pop in WARM_GRID_POP:
-                lists = rec.recommend(users, 10, weights=RankerWeights(1.0, mf, pop, 0.0))
-                m = evaluate(dict(zip(users, lists, strict=True)), rel, [10], bundle.video_ids)
-                scores[(mf, pop)] = m["ndcg@10"]
-        (w.mf, w.pop), best["val_warm_ndcg@10"] = max(scores.items(), key=lambda kv: kv[1])
+        for mf, pop, demo in itertools.product(WARM_GRID_MF, WARM_GRID_POP, WARM_GRID_DEMO):
+            lists = rec.recommend(users, 10, weights=RankerWeights(1.0, mf, pop, 0.0, demo, 0.0))
+            m = evaluate(dict(zip(users, lists, strict=True)), rel, [10], bundle.video_ids)
+            scores[(mf, pop, demo)] = m["ndcg@10"]
+        (w.mf, w.pop, w.demo), best["val_warm_ndcg@10"] = max(scores.items(),
+                                                              key=lambda kv: kv[1])
     crel = relevant_sets(cold_val)
     cusers = sorted(crel)
     if cusers:
         profiles = {str(r["user_id"]): _clean(r) for r in ds.users.to_dict("records")}
         prof = [profiles.get(u, {}) for u in cusers]
         cscores = {}
-        for cp in COLD_GRID_POP:
+        for cp, cd in itertools.product(COLD_GRID_POP, COLD_GRID_DEMO):
             lists = rec.recommend(cusers, 10, profiles=prof,
-                                  weights=RankerWeights(1.0, 0.0, 0.0, cp))
+                                  weights=RankerWeights(1.0, 0.0, 0.0, cp, 0.0, cd))
             m = evaluate(dict(zip(cusers, lists, strict=True)), crel, [10], bundle.video_ids)
-            cscores[cp] = m["ndcg@10"]
-        w.cold_pop, best["val_cold_ndcg@10"] = max(cscores.items(), key=lambda kv: kv[1])
+            cscores[(cp, cd)] = m["ndcg@10"]
+        (w.cold_pop, w.cold_demo), best["val_cold_ndcg@10"] = max(cscores.items(),
+                                                                  key=lambda kv: kv[1])
     seconds = time.perf_counter() - t0
     log.info("tuned ranker weights %s on validation (%d warm, %d cold users) in %.1fs: %s",
              w.to_dict(), len(users), len(cold_users), seconds, best)

@@ -34,7 +34,7 @@ class TrainConfig:
     batch_size: int = 512
     lr: float = 3e-3
     weight_decay: float = 1e-6
-    temperature: float = 0.07
+    temperature: float = 0.05
     # Probability of hiding the history (teaches the profile-only cold-start path).
     history_dropout: float = 0.15
     # Probability of hiding a video's id (teaches the content-only cold-start path).

@@ -56,7 +56,10 @@ def load_index(index: VectorIndex, bundle: ModelBundle, name: str) -> None:
     t0 = time.perf_counter()
     vectors = index_vectors(bundle)
     index.create_collection(name, {n: m.shape[1] for n, m in vectors.items()})
-    index.upsert(name, bundle.video_ids, vectors, [video_payload(r) for r in rows])
+    payloads = [video_payload(r) for r in rows]
+    keep = [i for i, p in enumerate(payloads) if not p["hidden"]]  # hidden: not indexed
+    index.upsert(name, [bundle.video_ids[i] for i in keep],
+                 {n: m[keep] for n, m in vectors.items()}, [payloads[i] for i in keep])
     index.finalize(name)
     release = getattr(index, "release", None)
     if release is not None:

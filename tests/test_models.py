@@ -1,0 +1,149 @@
+"""Value checks of the models: feedback matrix, MF fold-in, two-tower outputs, the
+demographic prior and the batch recommender's seen filter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vidrec.data.dataset import Dataset
+from vidrec.data.feedback import FeedbackWeights, build_feedback_matrix
+from vidrec.models.bundle import BatchRecommender, DemographicPrior, ModelBundle
+from vidrec.models.mf import MFConfig, fold_in, train_mf
+from vidrec.models.online import OnlineModel
+from vidrec.models.pipeline import PipelineConfig, train_bundle
+from vidrec.models.two_tower_task import TrainConfig
+
+
+def _inter(rows: list[tuple[str, str, int, str, float]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["user_id", "video_id", "timestamp", "event", "value"])
+
+
+def test_feedback_matrix_hand_computed() -> None:
+    w = FeedbackWeights()  # rating_base 1, rating_centred 0.5, alpha 2, watch 2 / 0.25
+    inter = _inter([
+        ("a", "v1", 1, "rating", 5.0),  # a's mean rating is 4: 1 + 0.5 * (5 - 4) = 1.5
+        ("a", "v2", 2, "rating", 3.0),  # 1 + 0.5 * (3 - 4) = 0.5
+        ("b", "v1", 3, "click", np.nan),  # +0.5
+        ("b", "v1", 4, "skip", np.nan),  # -1 -> pair total -0.5
+        ("b", "v2", 5, "watch", 0.1),  # 2 * (0.1 - 0.25) = -0.3
+        ("b", "v3", 6, "like", np.nan),  # +2
+    ])
+    fm = build_feedback_matrix(inter, w)
+    assert list(fm.user_ids) == ["a", "b"] and list(fm.video_ids) == ["v1", "v2", "v3"]
+    score = fm.score.toarray()
+    np.testing.assert_allclose(score, [[1.5, 0.5, 0.0], [-0.5, -0.3, 2.0]], atol=1e-6)
+    np.testing.assert_array_equal(fm.preference.toarray(), [[1, 1, 0], [0, 0, 1]])
+    # confidence = 1 + alpha * |score| on observed cells only (unobserved: implicit 1).
+    np.testing.assert_allclose(fm.confidence.toarray(), [[4.0, 2.0, 0.0], [2.0, 1.6, 5.0]],
+                               atol=1e-6)
+    assert fm.confidence.nnz == 5
+
+
+def _random_matrix(seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(40):
+        for v in rng.choice(30, size=8, replace=False):
+            rows.append((f"u{u}", f"v{v}", int(rng.integers(1, 1000)), "rating",
+                         float(rng.integers(1, 6))))
+    return _inter(rows)
+
+
+def test_mf_fold_in_reproduces_trained_user() -> None:
+    fm = build_feedback_matrix(_random_matrix(), FeedbackWeights())
+    cfg = MFConfig(factors=8, regularization=1.0, iterations=30)
+    model = train_mf(fm, cfg, progress=False)
+    for u in (0, 7, 21):
+        lo, hi = fm.confidence.indptr[u], fm.confidence.indptr[u + 1]
+        vec = fold_in(model.video_factors, fm.confidence.indices[lo:hi],
+                      fm.confidence.data[lo:hi], fm.preference.data[lo:hi],
+                      cfg.regularization)
+        ref = model.user_factors[u]
+        cos = vec @ ref / (np.linalg.norm(vec) * np.linalg.norm(ref))
+        assert cos > 0.99
+        np.testing.assert_allclose(np.linalg.norm(vec), np.linalg.norm(ref), rtol=0.05)
+    # No interactions: the zero vector.
+    assert not fold_in(model.video_factors, np.array([], dtype=np.int64), np.array([]),
+                       np.array([]), cfg.regularization).any()
+
+
+def test_demographic_prior_lift() -> None:
+    # One feature with values {unknown=0, x=1, y=2}; two videos. Positives: x -> v0 (3),
+    # y -> v1 (1). Overall p(v) with +1 smoothing: (3+1)/(4+2), (1+1)/(4+2).
+    counts = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    prior = DemographicPrior(counts, [3], smoothing=2.0)
+    p = np.array([4 / 6, 2 / 6])
+    expect_x = np.log((np.array([3.0, 0.0]) + 2 * p) / (3 + 2)) - np.log(p)
+    np.testing.assert_allclose(prior.scores(np.array([[1]]))[0], expect_x, rtol=1e-5)
+    # An unseen value has no evidence: lift 0 everywhere.
+    np.testing.assert_allclose(prior.scores(np.array([[0]]))[0], [0.0, 0.0], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle() -> tuple[ModelBundle, pd.DataFrame]:
+    rng = np.random.default_rng(3)
+    cats = ["Drama", "Comedy", "Action"]
+    videos = pd.DataFrame({
+        "video_id": [f"v{i}" for i in range(30)],
+        "title": [f"Video {i}" for i in range(30)],
+        "category": [cats[i % 3] for i in range(30)],
+        "tags": [cats[i % 3] for i in range(30)],
+        "creator_id": [""] * 30, "language": [""] * 30,
+        "duration_s": np.nan, "upload_ts": np.nan,
+    })
+    users = pd.DataFrame({
+        "user_id": [f"u{i}" for i in range(40)],
+        "age": rng.integers(15, 60, 40).astype(float),
+        "gender": ["M" if i % 2 else "F" for i in range(40)],
+        "country": [""] * 40, "language": [""] * 40,
+        "occupation": ["student" if i % 3 else "writer" for i in range(40)],
+    })
+    inter = _random_matrix(3).sort_values("timestamp", kind="stable").reset_index(drop=True)
+    ds = Dataset(videos, users, inter)
+    cfg = PipelineConfig(mf=MFConfig(factors=8, iterations=4),
+                         train=TrainConfig(epochs=2, batch_size=64))
+    return train_bundle(ds, cfg, progress=False, version="t"), inter
+
+
+def test_two_tower_outputs_unit_norm_and_cold_user(tiny_bundle) -> None:
+    bundle, _ = tiny_bundle
+    np.testing.assert_allclose(np.linalg.norm(bundle.video_vectors, axis=1), 1.0, atol=1e-5)
+    rec = BatchRecommender(bundle)
+    vecs = rec.user_tower([{"age": 30, "gender": "F", "occupation": "student"}, {}],
+                          [[], ["v1", "v2"]])
+    assert vecs.shape == (2, bundle.video_vectors.shape[1])
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "mf", "two_tower", "popularity"])
+def test_batch_recommender_never_returns_seen(tiny_bundle, mode: str) -> None:
+    bundle, inter = tiny_bundle
+    seen = inter.groupby("user_id")["video_id"].apply(set).to_dict()
+    users = sorted(seen)
+    lists = BatchRecommender(bundle).recommend(users, 10, mode=mode)
+    for u, lst in zip(users, lists, strict=True):
+        assert len(lst) == 10 and len(set(lst)) == 10
+        assert not set(lst) & seen[u]
+    # A cold user (profile only) gets a full list too.
+    cold = BatchRecommender(bundle).recommend(["new"], 5, mode=mode,
+                                              profiles=[{"gender": "F"}])[0]
+    assert len(cold) == 5
+
+
+def test_online_score_matches_offline_blend(tiny_bundle) -> None:
+    """OnlineModel.score ranks candidates exactly like BatchRecommender's hybrid score."""
+    bundle, inter = tiny_bundle
+    online = OnlineModel(bundle)
+    rec = BatchRecommender(bundle, n_candidates=len(bundle.video_ids))
+    for uid, profile in (("u3", None), ("new", {"gender": "M", "occupation": "writer"})):
+        r = bundle.users.get(uid)
+        prof = r.profile if r else profile
+        hist = r.history if r else []
+        uv = online.user_vectors(uid, prof, hist)
+        unseen = [v for v in bundle.video_ids if not r or v not in set(r.seen)]
+        s = online.score(uv, unseen)
+        online_top = [unseen[i] for i in np.argsort(-s, kind="stable")[:5]]
+        offline_top = rec.recommend([uid], 5, profiles=[prof or {}])[0]
+        assert online_top == offline_top
