@@ -60,6 +60,8 @@ class CandidateModel:
 
 # ANN results fetched per query at most: seen videos are dropped after the search.
 MAX_FETCH = 1000
+# Side sources need a handful of good neighbours, not a near-exact top list.
+SIDE_EF = 64
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ def generate(cm: CandidateModel, user_id: str, uv: UserVectors, history: list[st
     if uv.mf is not None:
         want = n if mf_only else mix.mf
         limit = min(want + len(seen), MAX_FETCH)
-        for vid, sc in cm.index.search(cm.collection, uv.mf, limit, flt, using=MF):
+        for vid, sc in cm.index.search(cm.collection, uv.mf, limit, flt, using=MF, ef=SIDE_EF):
             add(vid, "mf", sc)
     if mf_only:
         return side[:n]
@@ -102,7 +104,7 @@ def generate(cm: CandidateModel, user_id: str, uv: UserVectors, history: list[st
         if cv is None:
             continue
         limit = min(mix.content_per_anchor + len(seen) + 1, MAX_FETCH)
-        hits = cm.index.search(cm.collection, cv, limit, flt, using=CONTENT)
+        hits = cm.index.search(cm.collection, cv, limit, flt, using=CONTENT, ef=SIDE_EF)
         got = 0
         for vid, sc in hits:
             if vid != anchor and vid not in taken and got < mix.content_per_anchor:

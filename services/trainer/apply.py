@@ -1,18 +1,19 @@
 """The seconds tier: apply a batch of events to Redis, exactly once per event id.
 
-One MULTI/EXEC per batch holds every effect *and* the event ids it applied, so a trainer
-killed at any point either applied a batch completely (its ids are then found and skipped
-on redelivery) or not at all. Kafka offsets are committed only after EXEC returns.
+One atomic server-side script per batch holds every effect *and* the event ids it
+applied, so a trainer killed at any point either applied a batch completely (its ids are
+then found and skipped on redelivery) or not at all. Kafka offsets are committed only
+after the script returns.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from services.trainer.events import EVENT_NAMES, kind
-from vidrec.store.features import FeatureStore
+from services.trainer.events import kind
+from vidrec import schema
+from vidrec.store.features import NEG_LEN, FeatureStore
 from vidrec.store.stats import COMPLETE
 from vidrec.v1 import events_pb2
 
@@ -38,81 +39,78 @@ def dirty_key(store: FeatureStore) -> str:
     return f"{store.keys.prefix}:trainer:{DIRTY_USERS}"
 
 
+# One server-side script per batch: Redis runs a script atomically (nothing else runs in
+# between, and a killed client cannot leave half of it applied), which gives the same
+# exactly-once guarantee as MULTI/EXEC, but the client sends 13 strings per event
+# instead of ~8 encoded commands: redis-py's per-command cost was the bottleneck (measured
+# 12.5k events/s with a pipeline).
+_APPLY = """
+local n_fields = 13
+local hist_len, neg_len, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local dirty, stats_index = ARGV[4], ARGV[5]
+local applied, dup, unknown = {}, 0, {}
+local batch = {}
+for i = 6, #ARGV, n_fields do
+  local eid, pk, vkey, kind = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]
+  local lkey, seen, uid, ck = ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+7]
+  local member, cf, comp, wt = ARGV[i+8], ARGV[i+9], ARGV[i+10], ARGV[i+11]
+  local vid = ARGV[i+12]
+  if batch[pk .. eid] or redis.call('SISMEMBER', pk, eid) == 1 then
+    dup = dup + 1
+  elseif redis.call('EXISTS', vkey) == 0 then
+    table.insert(unknown, eid)
+  else
+    batch[pk .. eid] = true
+    if kind == 'p' or kind == 'n' then
+      redis.call('LREM', lkey, 0, vid)
+      redis.call('LPUSH', lkey, vid)
+      redis.call('LTRIM', lkey, 0, (kind == 'p' and hist_len or neg_len) - 1)
+      redis.call('SADD', dirty, uid)
+    end
+    if kind ~= 'e' then redis.call('SADD', seen, vid) end
+    if cf ~= '' then redis.call('HINCRBY', ck, cf, 1) end
+    if comp == '1' then redis.call('HINCRBY', ck, 'completed', 1) end
+    if wt ~= '0' then redis.call('HINCRBYFLOAT', ck, 'watch_time_s', wt) end
+    redis.call('SADD', stats_index, member)
+    redis.call('SADD', pk, eid)
+    redis.call('EXPIRE', pk, ttl)
+    table.insert(applied, eid)
+  end
+end
+return {applied, dup, unknown}
+"""
+
+COUNTER_FIELD = {E.EVENT_TYPE_IMPRESSION: "impressions", E.EVENT_TYPE_CLICK: "clicks",
+                 E.EVENT_TYPE_WATCH: "watches", E.EVENT_TYPE_LIKE: "likes",
+                 E.EVENT_TYPE_DISLIKE: "dislikes"}
+KIND_CODE = {"positive": "p", "negative": "n", "seen": "s", "exposure": "e"}
+
+
 def apply_batch(store: FeatureStore, events: Sequence[events_pb2.Event]) -> ApplyResult:
+    """Apply every event not applied before (by event id); report duplicates and events
+    naming a video the store does not know (those go to the dead-letter topic)."""
     res = ApplyResult()
     if not events:
         return res
-    # Read phase: which ids are done, which videos exist (one round trip).
-    p = store.r.pipeline(transaction=False)
+    k = store.keys
+    args: list[str | int | float] = [schema.HISTORY_LEN, NEG_LEN, PROCESSED_TTL_S,
+                                     dirty_key(store), k.stats_index()]
     for e in events:
-        p.sismember(processed_key(store, e), e.event_id)
-    videos = sorted({e.video_id for e in events})
-    for v in videos:
-        p.exists(store.keys.video_features(v))
-    out = p.execute()
-    done = out[: len(events)]
-    exists = dict(zip(videos, out[len(events):], strict=True))
-    seen_ids: set[str] = set()
-    todo = []
-    for e, d in zip(events, done, strict=True):
-        if d or e.event_id in seen_ids:
-            res.duplicates += 1
-        elif not exists[e.video_id]:
-            res.unknown_video.append(e)
-        else:
-            seen_ids.add(e.event_id)
-            todo.append(e)
-    if not todo:
-        return res
-    # Write phase: all effects + the ids, atomically.
-    t = store.r.pipeline(transaction=True)
-    buckets: set[str] = set()
-    counters: dict[tuple[str, str], dict[str, float]] = {}
-    dirty: set[str] = set()
-    for e in todo:
-        k = kind(e)
-        if k == "positive":
-            store.record_positive(t, e.user_id, e.video_id)
-            dirty.add(e.user_id)
-        elif k == "negative":
-            store.record_negative(t, e.user_id, e.video_id)
-            dirty.add(e.user_id)
-        elif k == "seen":
-            store.record_seen(t, e.user_id, e.video_id)
-        _count(counters, e)
-        pk = processed_key(store, e)
-        t.sadd(pk, e.event_id)
-        buckets.add(pk)
-    for (version, arm), inc in counters.items():
-        ck = store.keys.counters(version, arm)
-        for f, v in inc.items():
-            if f == "watch_time_s":
-                t.hincrbyfloat(ck, f, v)
-            else:
-                t.hincrby(ck, f, int(v))
-        t.sadd(store.keys.stats_index(), f"{version}|{arm}")
-    for b in buckets:
-        t.expire(b, PROCESSED_TTL_S)
-    if dirty:
-        t.sadd(dirty_key(store), *dirty)
-    t.execute()
-    res.applied = todo
+        kind_ = KIND_CODE[kind(e)]
+        version, arm = e.model_version or "-", e.experiment_arm or "-"
+        lkey = (k.user_history(e.user_id) if kind_ == "p"
+                else k.user_negatives(e.user_id) if kind_ == "n" else "")
+        watch = e.type == E.EVENT_TYPE_WATCH
+        args += [e.event_id, processed_key(store, e), k.video_features(e.video_id), kind_,
+                 lkey, k.user_seen(e.user_id), e.user_id, k.counters(version, arm),
+                 f"{version}|{arm}", COUNTER_FIELD.get(e.type, ""),
+                 "1" if watch and e.value >= COMPLETE else "0",
+                 repr(e.watch_time_s) if watch and e.watch_time_s else "0", e.video_id]
+    script = store.r.register_script(_APPLY)
+    applied, dup, unknown = script(args=args)
+    done = {x.decode() if isinstance(x, bytes) else x for x in applied}
+    bad = {x.decode() if isinstance(x, bytes) else x for x in unknown}
+    res.duplicates = int(dup)
+    res.applied = [e for e in events if e.event_id in done]
+    res.unknown_video = [e for e in events if e.event_id in bad]
     return res
-
-
-def _count(counters: dict[tuple[str, str], dict[str, float]], e: events_pb2.Event) -> None:
-    c = counters.setdefault((e.model_version or "-", e.experiment_arm or "-"), {})
-    name = EVENT_NAMES.get(e.type, "")
-    field_ = {"impression": "impressions", "click": "clicks", "watch": "watches",
-              "like": "likes", "dislike": "dislikes"}.get(name)
-    if field_:
-        c[field_] = c.get(field_, 0) + 1
-    if e.type == E.EVENT_TYPE_WATCH:
-        if e.value >= COMPLETE:
-            c["completed"] = c.get("completed", 0) + 1
-        if e.watch_time_s:
-            c["watch_time_s"] = c.get("watch_time_s", 0.0) + e.watch_time_s
-
-
-def now() -> float:
-    return time.time()

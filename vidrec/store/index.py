@@ -54,8 +54,11 @@ class VectorIndex(Protocol):
     def delete(self, name: str, video_ids: Sequence[str]) -> None: ...
     def finalize(self, name: str) -> None: ...
     def search(self, name: str, vector: np.ndarray, limit: int,
-               flt: SearchFilter | None = None, exact: bool = False, using: str = TT
-               ) -> list[tuple[str, float]]: ...
+               flt: SearchFilter | None = None, exact: bool = False, using: str = TT,
+               ef: int | None = None) -> list[tuple[str, float]]:
+        """Top `limit` by dot product on the named vector `using`; `ef` trades recall for
+        speed (default HNSW_EF, never below limit)."""
+        ...
     def set_alias(self, name: str, alias: str = ALIAS) -> None: ...
     def resolve_alias(self, alias: str = ALIAS) -> str | None: ...
     def delete_collection(self, name: str) -> None: ...
@@ -135,14 +138,14 @@ class EdgeIndex:
         shard.flush()
 
     def search(self, name: str, vector: np.ndarray, limit: int,
-               flt: SearchFilter | None = None, exact: bool = False, using: str = TT
-               ) -> list[tuple[str, float]]:
+               flt: SearchFilter | None = None, exact: bool = False, using: str = TT,
+               ef: int | None = None) -> list[tuple[str, float]]:
         from qdrant_edge import Query, QueryRequest, SearchParams
 
         req = QueryRequest(limit=limit,
                            query=Query.Nearest(vector.astype(np.float32).tolist(), using=using),
                            filter=_edge_filter(flt), with_payload=["video_id"],
-                           params=SearchParams(hnsw_ef=max(HNSW_EF, limit), exact=exact))
+                           params=SearchParams(hnsw_ef=max(ef or HNSW_EF, limit), exact=exact))
         res = self._shard(name).query(req)
         return [(str((p.payload or {})["video_id"]), float(p.score)) for p in res]
 
@@ -235,14 +238,15 @@ class ServerIndex:
         return None
 
     def search(self, name: str, vector: np.ndarray, limit: int,
-               flt: SearchFilter | None = None, exact: bool = False, using: str = TT
-               ) -> list[tuple[str, float]]:
+               flt: SearchFilter | None = None, exact: bool = False, using: str = TT,
+               ef: int | None = None) -> list[tuple[str, float]]:
         from qdrant_client import models
 
         res = self.client.query_points(
             name, query=vector.astype(float).tolist(), using=using, limit=limit,
             query_filter=_server_filter(flt), with_payload=["video_id"],
-            search_params=models.SearchParams(exact=exact)).points
+            search_params=models.SearchParams(exact=exact, hnsw_ef=max(ef or HNSW_EF, limit))
+        ).points
         return [(str((p.payload or {})["video_id"]), float(p.score)) for p in res]
 
     def set_alias(self, name: str, alias: str = ALIAS) -> None:
