@@ -39,7 +39,7 @@ lint: setup ## ruff + mypy
 	$(BIN)/mypy vidrec services
 
 bench: setup ## benchmarks with figures (models vs peers, serving latency, trainer throughput)
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean: ## remove generated code and var/ (keeps .venv)
 	rm -rf $(VAR) vidrec/v1/*_pb2*.py vidrec/v1/*_pb2*.pyi

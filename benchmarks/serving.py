@@ -50,6 +50,18 @@ def ann_recall(index: EdgeIndex, version: str, bundle: ModelBundle, n_users: int
             "exact_ms_p50": float(np.median(exact_ms)), "queries": len(users)}
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its children so far (Linux /proc)."""
+    import os
+
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum(int(x) for x in fields[11:15]) / ticks
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,13 +93,23 @@ def main() -> int:
         stack.start_services(trainer=not a.no_trainer, timeout_s=300)
         users = list(bundle.users)[:2000]
         results["load"] = []
+        pids = {n: sp.proc.pid for n, sp in stack.services.items() if sp.proc is not None}
+        if stack.redis is not None and stack.redis.pid:
+            pids["redis"] = stack.redis.pid
+        if stack.kafka is not None and stack.kafka.pid:
+            pids["kafka"] = stack.kafka.pid
         for rate in [float(r) for r in a.rates.split(",")]:
+            before = {n: cpu_seconds(p) for n, p in pids.items()}
             arg = json.dumps({"addr": stack.services["gateway"].addr, "rate": rate,
                               "duration_s": a.duration, "users": users, "k": a.k, "seed": 1})
             proc = subprocess.run([sys.executable, "-m", "benchmarks.loadgen", arg],
                                   capture_output=True, text=True, timeout=a.duration * 4 + 60)
             r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r["cpu_ms_per_request"] = {
+                n: round(1000 * (cpu_seconds(p) - before[n]) / max(r["ok"], 1), 2)
+                for n, p in pids.items()}
             results["load"].append(r)
+            print("  CPU ms per request:", r["cpu_ms_per_request"], flush=True)
             print(f"rate {rate:6.0f}/s: p50 {r['p50_ms']:.1f} ms, p90 {r['p90_ms']:.1f} ms, "
                   f"p99 {r['p99_ms']:.1f} ms, errors {r['errors']}, achieved "
                   f"{r['achieved_rps']:.0f}/s", flush=True)

@@ -41,7 +41,7 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServicer):
         u = request.user
         history = list(u.recent_video_ids)
         mf = user_mf_vector(cm, u.user_id, list(u.mf_vector), u.mf_vector_version)
-        uv = cm.online.user_vectors(u.user_id, profile_dict(u.profile), history, mf)
+        uv = cm.online.user_vectors(u.user_id, profile_dict(u.profile), history, mf, demo=False)
         seen = set(u.seen_video_ids) | set(u.negative_video_ids) | set(history)
         try:
             fresh = self.store.get_list(self.store.keys.fresh(), 50)

@@ -70,15 +70,18 @@ class OnlineModel:
     # --- users ---------------------------------------------------------------------
 
     def user_vectors(self, user_id: str, profile: Mapping[str, Any], history: Sequence[str],
-                     folded_mf: np.ndarray | None = None) -> UserVectors:
-        tt = embed_users(self.b.two_tower, self.b.encoder.encode_users([profile]),
+                     folded_mf: np.ndarray | None = None, demo: bool = True) -> UserVectors:
+        """`demo=False` skips the demographic prior (a pass over the catalog) for callers
+        that only retrieve, like the candidate stage."""
+        cats = self.b.encoder.encode_users([profile])
+        tt = embed_users(self.b.two_tower, cats,
                          self.b.encoder.encode_history([list(history)]))[0]
         mf = folded_mf
         if mf is None and (row := self.mf_row.get(user_id)) is not None:
             mf = self.b.mf_user[row]
         demo_z, demo_new = None, 0.0
-        if self.demo is not None:
-            d = self.demo.scores(self.b.encoder.encode_users([profile]))[0]
+        if self.demo is not None and demo:
+            d = self.demo.scores(cats)[0]
             mu, sd = float(d.mean()), max(float(d.std()), 1e-9)
             demo_z, demo_new = (d - mu) / sd, -mu / sd
         return UserVectors(tt, mf, bool(history), demo_z, demo_new)
@@ -106,32 +109,6 @@ class OnlineModel:
             return self.b.content_vectors[i]
         rec = self.videos.get(video_id)
         return None if rec is None else self.b.content.vectors([rec])[0]
-
-    # --- candidate sources -----------------------------------------------------------
-
-    def mf_top(self, mf: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]:
-        scores = self.b.mf_video @ mf
-        return self._top(scores, n, exclude)
-
-    def content_similar(self, anchors: Sequence[str], n_per_anchor: int, exclude: set[str]
-                        ) -> list[tuple[str, float, str]]:
-        out: list[tuple[str, float, str]] = []
-        for a in anchors:
-            v = self.content_vector(a)
-            if v is None:
-                continue
-            for vid, s in self._top(self.b.content_vectors @ v, n_per_anchor, exclude | {a}):
-                out.append((vid, s, a))
-        return out
-
-    def _top(self, scores: np.ndarray, n: int, exclude: set[str]) -> list[tuple[str, float]]:
-        n_fetch = min(len(scores), n + len(exclude))
-        if n_fetch <= 0:
-            return []
-        top = np.argpartition(-scores, n_fetch - 1)[:n_fetch]
-        top = top[np.argsort(-scores[top])]
-        ids = self.b.video_ids
-        return [(ids[j], float(scores[j])) for j in top if ids[j] not in exclude][:n]
 
     # --- second stage ------------------------------------------------------------------
 

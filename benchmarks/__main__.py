@@ -1,0 +1,87 @@
+"""`make bench`: every benchmark in sequence; figures land in var/bench/.
+
+    python -m benchmarks [--only models,serving,trainer] [--ml ../shared/data/ml-100k]
+
+models   vidrec evaluate on MovieLens-100K (warm + cold-start splits), the tuned peers
+         (implicit ALS, LightFM WARP; benchmark-only deps, see benchmarks/requirements.txt)
+         on the same protocol, `vidrec train` wall time, and vidrec evaluate on synthetic
+         data with precision against the generator's true relevance
+serving  100k-video catalog: ANN recall@100 vs exact, gateway latency under open-loop load
+trainer  seconds-tier events/s and event -> visible latency under 20k events/s
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PY = sys.executable
+
+
+def sh(*cmd: str) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def models(var: Path, ml: Path) -> None:
+    data = var / "ml100k"
+    if not (data / "interactions.csv").exists():
+        sh(PY, "-m", "vidrec.cli", "data", "movielens", "--src", str(ml), "--out", str(data))
+    t0 = time.perf_counter()
+    sh(PY, "-m", "vidrec.cli", "train", "--data", str(data), "--out", str(var / "ml_model"),
+       "--quiet")
+    print(f"vidrec train on ml-100k: {time.perf_counter() - t0:.1f}s wall", flush=True)
+    sh(PY, "-m", "vidrec.cli", "evaluate", "--data", str(data), "--out", str(var / "eval_ml"),
+       "--quiet")
+    try:
+        import implicit  # noqa: F401
+        import lightfm  # noqa: F401
+    except ImportError:
+        print("peers skipped: install them with the two commands in benchmarks/requirements.txt",
+              flush=True)
+    else:
+        sh(PY, "-m", "benchmarks.peers", "--data", str(ml), "--out", str(var / "peers"))
+    synth = var / "synth"
+    if not (synth / "interactions.csv").exists():
+        sh(PY, "-m", "vidrec.cli", "data", "synth", "--out", str(synth), "--users", "3000",
+           "--videos", "4000", "--seed", "5", "--interactions-per-user", "150")
+    sh(PY, "-m", "vidrec.cli", "evaluate", "--data", str(synth), "--out",
+       str(var / "eval_synth"), "--quiet")
+
+
+def serving(var: Path) -> None:
+    data, model = var / "data100k", var / "model100k"
+    if not (data / "interactions.csv").exists():
+        sh(PY, "-m", "vidrec.cli", "data", "synth", "--out", str(data), "--users", "5000",
+           "--videos", "100000", "--seed", "11", "--interactions-per-user", "40")
+    if not (model / "manifest.json").exists():
+        sh(PY, "-m", "vidrec.cli", "train", "--data", str(data), "--out", str(model), "--quiet",
+           "--no-tune")
+    sh(PY, "-m", "benchmarks.serving", "--model", str(model), "--out", str(var / "serving"))
+
+
+def trainer(var: Path) -> None:
+    sh(PY, "-m", "benchmarks.trainer", "--out", str(var / "trainer"))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="models,serving,trainer")
+    ap.add_argument("--ml", default="../shared/data/ml-100k")
+    ap.add_argument("--var", default="var/bench")
+    a = ap.parse_args()
+    var = Path(a.var)
+    var.mkdir(parents=True, exist_ok=True)
+    for name in a.only.split(","):
+        {"models": lambda: models(var, Path(a.ml)), "serving": lambda: serving(var),
+         "trainer": lambda: trainer(var)}[name]()
+    print(f"figures in {var}/", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
