@@ -52,6 +52,7 @@ class CandidateModel:
             return
         vec = self.online.add_video(record)
         content = self.online.content_vector(vid)
+        assert content is not None  # add_video above registered the record
         mf = np.zeros(self.online.b.mf_video.shape[1], dtype=np.float32)  # no MF history yet
         self.index.upsert(self.collection, [vid],
                           {TT: vec[None, :], MF: mf[None, :], CONTENT: content[None, :]},

@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 def fold_in_dirty(store: FeatureStore, model: OnlineModel, version: str, max_users: int = 5000,
                   alpha: float = 2.0) -> int:
     """Refresh the MF vectors of up to `max_users` users marked dirty; returns how many."""
-    raw = store.r.spop(dirty_key(store), max_users) or []
-    users = [u.decode() if isinstance(u, bytes) else u for u in raw]
+    raw: list[bytes | str] = store.r.spop(dirty_key(store), max_users) or []  # type: ignore[assignment]
+    users = [u.decode() if isinstance(u, bytes) else str(u) for u in raw]
     if not users:
         return 0
     reg = float(model.b.manifest["config"]["mf"]["regularization"])

@@ -112,11 +112,13 @@ class ModelBundle:
         torch.save({"state_dict": self.two_tower.state_dict(),
                     "config": self.two_tower.cfg.to_dict(),
                     "sizes": self.two_tower.sizes}, tmp / "two_tower.pt")
-        np.savez(tmp / "arrays.npz", video_vectors=self.video_vectors,
-                 content_vectors=self.content_vectors, mf_video=self.mf_video,
-                 mf_user=self.mf_user, mf_user_ids=self.mf_user_ids.astype(str),
-                 popularity=self.popularity,
-                 **({} if self.demo_counts is None else {"demo_counts": self.demo_counts}))
+        arrays: dict[str, np.ndarray] = {
+            "video_vectors": self.video_vectors, "content_vectors": self.content_vectors,
+            "mf_video": self.mf_video, "mf_user": self.mf_user,
+            "mf_user_ids": self.mf_user_ids.astype(str), "popularity": self.popularity}
+        if self.demo_counts is not None:
+            arrays["demo_counts"] = self.demo_counts
+        np.savez(tmp / "arrays.npz", **arrays)  # type: ignore[arg-type]
         with (tmp / "users.jsonl").open("w") as f:
             for uid, rec in self.users.items():
                 f.write(json.dumps({"user_id": uid, "profile": rec.profile,
@@ -290,9 +292,9 @@ class BatchRecommender:
         else:
             raise ValueError(f"unknown mode {mode!r}")
         score = np.array(score, dtype=np.float64)
-        for i, r in enumerate(recs):
-            if r:
-                seen = [self.vid[v] for v in r.seen if v in self.vid]
+        for i, rec in enumerate(recs):
+            if rec:
+                seen = [self.vid[v] for v in rec.seen if v in self.vid]
                 score[i, seen] = -np.inf
         kk = min(k, nv)
         top = np.argpartition(-score, kk - 1, axis=1)[:, :kk]

@@ -40,7 +40,7 @@ class _Moments:
 
     def z(self, u: np.ndarray, scores: np.ndarray) -> np.ndarray:
         u64 = u.astype(np.float64)
-        sd = float(np.sqrt(max(u64 @ self.cov @ u64, 1e-18)))
+        sd = float(np.sqrt(max(float(u64 @ self.cov @ u64), 1e-18)))
         return (scores - float(u64 @ self.mean)) / sd
 
 

@@ -121,9 +121,9 @@ def train_two_tower(
     model = TwoTower(encoder.sizes(), model_cfg)
     if init_state is not None:
         own = model.state_dict()
-        same = {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape}
-        model.load_state_dict(same, strict=False)
-        log.info("two-tower warm start: %d of %d tensors reused", len(same), len(own))
+        reuse = {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(reuse, strict=False)
+        log.info("two-tower warm start: %d of %d tensors reused", len(reuse), len(own))
     model = model.to(dev)
     vt = _tensors(video_tensors, dev)
     ucats = torch.from_numpy(user_cats).to(dev)

@@ -8,7 +8,7 @@ from typing import Any
 from vidrec.store.index import SearchFilter
 from vidrec.v1 import common_pb2, events_pb2
 
-SOURCE_NAMES = {
+SOURCE_NAMES: dict[int, str] = {
     common_pb2.CANDIDATE_SOURCE_TWO_TOWER: "two_tower",
     common_pb2.CANDIDATE_SOURCE_MF: "mf",
     common_pb2.CANDIDATE_SOURCE_CONTENT_SIMILAR: "content_similar",
@@ -23,7 +23,8 @@ def source_name(enum: int) -> str:
     return SOURCE_NAMES.get(enum, "two_tower")
 
 
-def source_enum(name: str) -> int:
+def source_enum(name: str) -> Any:
+    """The CandidateSource value (an int the generated stubs type as the enum)."""
     return SOURCE_ENUMS.get(name, common_pb2.CANDIDATE_SOURCE_UNSPECIFIED)
 
 

@@ -90,7 +90,7 @@ class FeatureStore:
         p = self.r.pipeline(transaction=False)
         k = self.keys
         for uid, prof, hist, seen in records:
-            clean = {a: str(b) for a, b in prof.items()
+            clean: dict[Any, Any] = {a: str(b) for a, b in prof.items()
                      if b is not None and str(b) != "" and a != "user_id"}
             if clean:
                 p.hset(k.user_profile(uid), mapping=clean)
@@ -135,7 +135,7 @@ class FeatureStore:
         p = self.r.pipeline(transaction=False)
         n = 0
         for r in rows:
-            mapping = {f: _field(r.get(f)) for f in VIDEO_FIELDS}
+            mapping: dict[Any, Any] = {f: _field(r.get(f)) for f in VIDEO_FIELDS}
             p.hset(self.keys.video_features(str(r["video_id"])), mapping=mapping)
             n += 1
             if n % 2000 == 0:
