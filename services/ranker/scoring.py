@@ -52,4 +52,30 @@ def score_candidates(model: OnlineModel, store: FeatureStore | None, user_id: st
              if (known[i][1] == "fresh" or known[i][0] not in model.index)
              and i not in chosen][:KEEP_FRESH]
     order += fresh
-    return [Scored(known[i][0], float(s[i]), known[i][1], known[i][2]) for i in order]
+    anchors = _anchors(model, history, [known[i][0] for i in order])
+    return [Scored(known[i][0], float(s[i]), known[i][1], known[i][2] or anchors[j])
+            for j, i in enumerate(order)]
+
+
+# Content cosine at which "because you watched X" is honest: on the demo catalog 0.3 means
+# sharing category and tags (random pairs are ~0.0-0.1).
+ANCHOR_MIN_SIMILARITY = 0.3
+
+
+def _anchors(model: OnlineModel, history: Sequence[str], video_ids: list[str]) -> list[str]:
+    """For each video, the watched video it is most like by content (cosine of content
+    vectors >= ANCHOR_MIN_SIMILARITY), so the reason can say "because you watched X";
+    "" where nothing in the history is close."""
+    hist = [(h, v) for h in history[:20] if (v := model.content_vector(h)) is not None]
+    if not hist or not video_ids:
+        return [""] * len(video_ids)
+    hm = np.stack([v for _, v in hist])
+    vecs = [model.content_vector(v) for v in video_ids]
+    dim = hm.shape[1]
+    vm = np.stack([v if v is not None else np.zeros(dim, np.float32) for v in vecs])
+    sim = vm @ hm.T
+    best = sim.argmax(axis=1)
+    return [hist[b][0] if sim[i, b] >= ANCHOR_MIN_SIMILARITY else ""
+            for i, b in enumerate(best)]
+
+
