@@ -66,6 +66,7 @@ class Window:
 @dataclass
 class SimResult:
     windows: list[dict[str, dict[str, float]]] = field(default_factory=list)  # per arm
+    window_versions: list[list[str]] = field(default_factory=list)
     totals: dict[str, Window] = field(default_factory=dict)
     versions: set[str] = field(default_factory=set)
 
@@ -92,6 +93,7 @@ def simulate(gateway: str, data: Path, steps: int, k: int, seed: int, new_user_s
     res = SimResult()
     cur: dict[str, Window] = defaultdict(Window)
     tot: dict[str, Window] = defaultdict(Window)
+    cur_versions: set[str] = set()
     with grpc.insecure_channel(gateway) as ch:
         stub = gateway_pb2_grpc.GatewayStub(ch)
         for step in tqdm(range(steps), desc="simulate", disable=not progress, mininterval=0.5):
@@ -110,6 +112,7 @@ def simulate(gateway: str, data: Path, steps: int, k: int, seed: int, new_user_s
                 continue
             arm = resp.experiment_arm
             res.versions.add(resp.model_version)
+            cur_versions.add(resp.model_version)
             shown = [v.video_id for v in resp.videos if v.video_id in truth_videos]
             rel = truth.relevant_matrix([uid], video_ids=shown)[0] if shown else []
             events = []
@@ -143,11 +146,13 @@ def simulate(gateway: str, data: Path, steps: int, k: int, seed: int, new_user_s
                         w.watch_time_s += e.watch_time_s
             if (step + 1) % window == 0:
                 res.windows.append({a: w.row() for a, w in cur.items()})
-                cur = defaultdict(Window)
+                res.window_versions.append(sorted(cur_versions))
+                cur, cur_versions = defaultdict(Window), set()
             if rate > 0:
                 time.sleep(max(0.0, 1 / rate - (time.monotonic() - t_step)))
     if any(w.requests for w in cur.values()):
         res.windows.append({a: w.row() for a, w in cur.items()})
+        res.window_versions.append(sorted(cur_versions))
     res.totals = dict(tot)
     return res
 
@@ -167,6 +172,13 @@ def write_report(res: SimResult, out: Path, stats: list[dict[str, Any]] | None =
             xs = [i + 1 for i, w in enumerate(res.windows) if a in w]
             ys = [w[a][m] for w in res.windows if a in w]
             ax.plot(xs, ys, marker="o", ms=3, label=a)
+        prev: list[str] = []
+        for i, vs in enumerate(res.window_versions):
+            if prev and vs != prev:
+                ax.axvline(i + 0.5, color="grey", ls="--", lw=0.8)
+                ax.annotate(f"model {vs[-1]}", (i + 0.6, ax.get_ylim()[1]), fontsize=7,
+                            va="top", color="grey")
+            prev = vs
         ax.set_title(m.replace("_", " "))
         ax.set_xlabel("window")
         ax.grid(alpha=0.3)
@@ -178,7 +190,8 @@ def write_report(res: SimResult, out: Path, stats: list[dict[str, Any]] | None =
     plt.close(fig)
     totals = {a: w.row() for a, w in res.totals.items()}
     (out / "metrics.json").write_text(json.dumps(
-        {"totals": totals, "windows": res.windows, "server_stats": stats or [],
+        {"totals": totals, "windows": res.windows, "window_versions": res.window_versions,
+         "server_stats": stats or [],
          "model_versions": sorted(res.versions)}, indent=2))
     lines = ["# vidrec simulation", "", "![metrics over time](simulation.png)", "",
              "## Totals per arm (client side)", "",
