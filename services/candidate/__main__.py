@@ -72,19 +72,7 @@ def main() -> int:
                     grace_s=s.grace_s)
     server.start()
 
-    def ready_when_loaded() -> None:
-        while holder.version is None:
-            try:
-                holder.refresh()
-            except Exception:
-                log.exception("model load failed; retrying")
-            if holder.version is None:
-                threading.Event().wait(1.0)
-        server.set_serving(True)
-        log.info("candidate SERVING model %s", holder.version)
-        holder.watch(s.reload_interval_s)
-
-    threading.Thread(target=ready_when_loaded, daemon=True).start()
+    holder.serve_when_loaded(server.set_serving, s.reload_interval_s, "candidate")
     if s.kafka_bootstrap:
         threading.Thread(target=follow_videos, args=(s, holder), daemon=True).start()
     server.run_until_signal()

@@ -110,3 +110,26 @@ class ModelHolder(Generic[T]):
 
     def stop(self) -> None:
         self._stop.set()
+
+    def serve_when_loaded(self, set_serving: Callable[[bool], None], interval_s: float,
+                          name: str) -> threading.Thread:
+        """Load LATEST (retrying until one is published), then report SERVING and watch
+        for newer versions; in the background, so the server answers health checks
+        (NOT_SERVING) meanwhile."""
+
+        def run() -> None:
+            while self._current is None and not self._stop.is_set():
+                try:
+                    self.refresh()
+                except Exception:
+                    log.exception("%s: model load failed; retrying", name)
+                if self._current is None:
+                    self._stop.wait(1.0)
+            if self._current is not None:
+                set_serving(True)
+                log.info("%s SERVING model %s", name, self._current)
+                self.watch(interval_s)
+
+        t = threading.Thread(target=run, name="model-load", daemon=True)
+        t.start()
+        return t
