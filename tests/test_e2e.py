@@ -75,6 +75,15 @@ def test_unknown_user_without_features_gets_cold_start(gw) -> None:  # type: ign
     assert len(r.videos) == 5
 
 
+def test_filters_restrict_every_stage(stack: Stack, gw) -> None:  # type: ignore[no-untyped-def]
+    r = rec(gw, user_id="u00004", k=10,
+            filters=common_pb2.Filters(languages=["es"], exclude_categories=["music"]))
+    assert r.videos and not r.degraded
+    meta = FeatureStore.from_url(stack.redis_url).videos([v.video_id for v in r.videos])
+    assert all(meta[v.video_id]["language"] == "es" for v in r.videos)
+    assert all(meta[v.video_id]["category"] != "music" for v in r.videos)
+
+
 BAD = [
     ({"user_id": "u1", "k": 0}, "k must be in 1..500"),
     ({"user_id": "u1", "k": 501}, "k must be in 1..500"),
@@ -260,3 +269,7 @@ def test_a_stopped_stage_degrades_instead_of_failing(stack: Stack, gw, service: 
     assert r.degraded and service in r.degraded_stages
     assert len(r.videos) == 10
     assert not {v.video_id for v in r.videos} & seen_of(stack, "u00001")
+    # filters hold on degraded paths too
+    r = rec(gw, user_id="u00001", k=5, filters=common_pb2.Filters(languages=["en"]))
+    meta = FeatureStore.from_url(stack.redis_url).videos([v.video_id for v in r.videos])
+    assert r.videos and all(meta[v.video_id]["language"] == "en" for v in r.videos)

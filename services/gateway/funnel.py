@@ -80,7 +80,7 @@ def run_funnel(stubs: Stubs, store: FeatureStore, request_id: str, user: common_
             raise
         log.warning("candidate stage %s: serving popular/fresh", exc.code().name)
         degraded.append("candidate")
-        cands = fallback_candidates(store, state, 3 * k + 50)
+        cands = fallback_candidates(store, state, 3 * k + 50, filters)
     # 2. scoring (same model version as the candidates)
     scored: list[common_pb2.ScoredVideo]
     try:
@@ -121,8 +121,13 @@ class _Skip(Exception):
     pass
 
 
-def fallback_candidates(store: FeatureStore, state: UserState, n: int
+def fallback_candidates(store: FeatureStore, state: UserState, n: int,
+                        filters: common_pb2.Filters | None = None
                         ) -> list[common_pb2.CandidateVideo]:
+    """Fresh and popular lists from Redis, with the request's filters applied here."""
+    from vidrec.serving.convert import passes, search_filter
+
+    flt = search_filter(filters) if filters is not None else None
     out = []
     seen = state.seen | set(state.history)
     for key, src in ((store.keys.fresh(), common_pb2.CANDIDATE_SOURCE_FRESH),
@@ -133,7 +138,10 @@ def fallback_candidates(store: FeatureStore, state: UserState, n: int
             log.warning("fallback list %s unavailable", key)
             continue
         limit = n // 5 if src == common_pb2.CANDIDATE_SOURCE_FRESH else n
+        meta = store.videos(ids[:limit]) if flt is not None else {}
         for v in ids[:limit]:
+            if flt is not None and not passes(flt, meta.get(v)):
+                continue
             if v not in seen:
                 seen.add(v)
                 out.append(common_pb2.CandidateVideo(video_id=v, source=src))
