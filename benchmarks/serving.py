@@ -66,7 +66,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
-    ap.add_argument("--rates", default="50,100,150,200,300")
+    ap.add_argument("--rates", default="25,50,75,100,150")
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--out", default="var/bench/serving")
