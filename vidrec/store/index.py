@@ -33,11 +33,11 @@ TT, MF, CONTENT = "tt", "mf", "content"
 # HNSW graph (m, ef_construct) per named vector, and the default search breadth.
 # User-tower queries do not come from the video distribution, which graph indexes find
 # hard: on 100k two-tower vectors with real user queries (m, efc, ef) = (16, 128, 256)
-# gave recall@100 0.72; (48, 400) with ef 1024 -> 0.95, ef 1536 -> 0.967 at ~2.3 ms
+# gave recall@100 0.72; (48, 400) with ef 1024 -> 0.95, ef 1280 -> 0.96 at ~2.4 ms
 # (benchmarks/serving.py measures it). The side sources (mf, content) need only a few
 # good neighbours.
 GRAPH = {TT: (48, 400), "default": (16, 128)}
-HNSW_EF = 1536
+HNSW_EF = 1280
 
 
 def point_id(video_id: str) -> int:
