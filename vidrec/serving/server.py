@@ -17,10 +17,60 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from vidrec.logs import request_id_var
+
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 OVERALL = ""
+
+
+class _Guard(grpc.ServerInterceptor):
+    """No exception reaches a client as a traceback or an exception message.
+
+    A handler that aborted keeps its status. A store that cannot be reached (Redis, a
+    socket) is UNAVAILABLE: expected, and callers degrade on it. Anything else is a bug:
+    logged here with its traceback and the request id, INTERNAL with a generic message
+    to the client.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails
+                          ) -> grpc.RpcMethodHandler:
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        method = details.method
+
+        def guarded(request: object, context: grpc.ServicerContext) -> object:
+            try:
+                return inner(request, context)
+            except Exception as exc:
+                if context.code() is not None:  # context.abort() was called: keep it
+                    raise
+                if _is_unavailable(exc):
+                    log.warning("%s %s: store unavailable: %s", self.name, method, exc)
+                    context.abort(grpc.StatusCode.UNAVAILABLE,
+                                  f"{self.name}: a backing store is unavailable; retry")
+                log.exception("%s %s failed", self.name, method)
+                context.abort(grpc.StatusCode.INTERNAL,
+                              f"{self.name}: internal error (request id "
+                              f"{request_id_var.get()})")
+                raise  # unreachable: abort raises
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    import redis
+
+    return isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError |
+                      ConnectionError | TimeoutError)
 
 
 class Server:
@@ -32,7 +82,8 @@ class Server:
         opts = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0)]
-        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=opts)
+        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=opts,
+                                interceptors=[_Guard(name)])
         register(self.grpc)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)

@@ -1,0 +1,74 @@
+"""What a client sees when a service fails: a status and a sentence, never a traceback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from services.ranker.servicer import RankerServicer
+from services.reranker.rules import RerankConfig
+from services.reranker.servicer import RerankerServicer
+from vidrec.infra.embedded import free_port
+from vidrec.serving.server import Server
+from vidrec.store.features import FeatureStore
+from vidrec.v1 import (
+    common_pb2,
+    ranker_pb2,
+    ranker_pb2_grpc,
+    reranker_pb2,
+    reranker_pb2_grpc,
+)
+
+
+class BrokenHolder:
+    """A model holder with a bug in it."""
+
+    def current(self) -> None:
+        raise RuntimeError("secret internal detail")
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[str, str]]:
+    dead_redis = FeatureStore.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    rr = RerankerServicer(dead_redis, RerankConfig())
+    rk = RankerServicer(BrokenHolder(), None, 10)  # type: ignore[arg-type]
+    a = Server("reranker", "127.0.0.1:0", ["vidrec.v1.Reranker"],
+               lambda g: reranker_pb2_grpc.add_RerankerServicer_to_server(rr, g))
+    b = Server("ranker", "127.0.0.1:0", ["vidrec.v1.Ranker"],
+               lambda g: ranker_pb2_grpc.add_RankerServicer_to_server(rk, g))
+    a.start()
+    b.start()
+    try:
+        yield a.address, b.address
+    finally:
+        a.grpc.stop(0)
+        b.grpc.stop(0)
+
+
+def test_store_down_is_unavailable(servers: tuple[str, str]) -> None:
+    with grpc.insecure_channel(servers[0]) as ch:
+        with pytest.raises(grpc.RpcError) as err:
+            reranker_pb2_grpc.RerankerStub(ch).Rerank(reranker_pb2.RerankRequest(
+                k=3, videos=[common_pb2.ScoredVideo(video_id="v1", score=1.0)]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "store is unavailable" in (err.value.details() or "")
+    assert "Traceback" not in (err.value.details() or "")
+
+
+def test_bad_input_keeps_its_status(servers: tuple[str, str]) -> None:
+    with grpc.insecure_channel(servers[0]) as ch:
+        with pytest.raises(grpc.RpcError) as err:
+            reranker_pb2_grpc.RerankerStub(ch).Rerank(reranker_pb2.RerankRequest(k=0),
+                                                      timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_bug_is_internal_without_its_message(servers: tuple[str, str]) -> None:
+    with grpc.insecure_channel(servers[1]) as ch:
+        with pytest.raises(grpc.RpcError) as err:
+            ranker_pb2_grpc.RankerStub(ch).Score(ranker_pb2.ScoreRequest(), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    details = err.value.details() or ""
+    assert "internal error" in details and "secret internal detail" not in details
