@@ -81,27 +81,21 @@ def run_funnel(stubs: Stubs, store: FeatureStore, request_id: str, user: common_
         log.warning("candidate stage %s: serving popular/fresh", exc.code().name)
         degraded.append("candidate")
         cands = fallback_candidates(store, state, 3 * k + 50, filters)
-    # 2. scoring (same model version as the candidates)
-    scored: list[common_pb2.ScoredVideo]
-    try:
-        if "candidate" in degraded:
-            raise _Skip()
-        sresp = stubs.ranker.Score(
-            ranker_pb2.ScoreRequest(request_id=request_id, user=user, candidates=cands,
-                                    top_m=max(budget.top_m, k), model_version=version),
-            timeout=_left(deadline) * budget.ranker_share)
-        scored = list(sresp.videos)
-        version = sresp.model_version or version
-    except (grpc.RpcError, _Skip) as exc:
-        if isinstance(exc, grpc.RpcError):
+    # 2. scoring (same model version as the candidates); fallback lists skip it
+    scored = candidate_order(cands)
+    if "candidate" not in degraded:
+        try:
+            sresp = stubs.ranker.Score(
+                ranker_pb2.ScoreRequest(request_id=request_id, user=user, candidates=cands,
+                                        top_m=max(budget.top_m, k), model_version=version),
+                timeout=_left(deadline) * budget.ranker_share)
+            scored = list(sresp.videos)
+            version = sresp.model_version or version
+        except grpc.RpcError as exc:
             if exc.code() not in DEGRADABLE:
                 raise
             log.warning("ranker stage %s: keeping candidate order", exc.code().name)
             degraded.append("ranker")
-        n = len(cands)
-        scored = [common_pb2.ScoredVideo(video_id=c.video_id, score=float(n - i),
-                                         source=c.source, anchor_video_id=c.anchor_video_id)
-                  for i, c in enumerate(cands)]
     # 3. business rules
     try:
         rresp = stubs.reranker.Rerank(
@@ -117,8 +111,12 @@ def run_funnel(stubs: Stubs, store: FeatureStore, request_id: str, user: common_
     return FunnelResult(final, version, degraded)
 
 
-class _Skip(Exception):
-    pass
+def candidate_order(cands: list[common_pb2.CandidateVideo]) -> list[common_pb2.ScoredVideo]:
+    """Candidates as scored videos in the order the candidate stage returned them."""
+    n = len(cands)
+    return [common_pb2.ScoredVideo(video_id=c.video_id, score=float(n - i), source=c.source,
+                                   anchor_video_id=c.anchor_video_id)
+            for i, c in enumerate(cands)]
 
 
 def fallback_candidates(store: FeatureStore, state: UserState, n: int,

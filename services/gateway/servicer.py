@@ -15,7 +15,7 @@ from services.gateway.validation import Invalid, check_events, check_recommend
 from vidrec import schema
 from vidrec.logs import request_id_var
 from vidrec.serving.convert import profile_dict, profile_proto
-from vidrec.store.features import FeatureStore
+from vidrec.store.features import FeatureStore, UserState
 from vidrec.v1 import common_pb2, events_pb2, gateway_pb2, gateway_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         except Exception:
             log.warning("Redis unavailable: treating the user as new")
             state = None
-        from vidrec.store.features import UserState
-
         state = state or UserState(request.user_id)
         profile = dict(state.profile)
         profile.update(profile_dict(request.profile))
