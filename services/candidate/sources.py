@@ -42,6 +42,12 @@ class CandidateModel:
         # Warm up: open the shard and touch the HNSW graph before taking traffic.
         self.index.search(self.collection, self.online.b.video_vectors[0], 10)
 
+    def close(self) -> None:
+        """Release this version's index collection (the holder evicted the version)."""
+        release = getattr(self.index, "release", None)
+        if release is not None:
+            release(self.collection)
+
     def add_video(self, record: dict) -> None:
         from vidrec.serving.publish import video_payload
 

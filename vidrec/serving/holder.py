@@ -77,7 +77,10 @@ class ModelHolder(Generic[T]):
                     if old == self._current:
                         self._models.move_to_end(old)
                         continue
-                    self._models.pop(old)
+                    evicted = self._models.pop(old)
+                    close = getattr(evicted, "close", None)
+                    if close is not None:
+                        close()  # e.g. release the version's index shard
                     log.info("model %s unloaded", old)
         if make_current and self._on_swap:
             self._on_swap(version)
