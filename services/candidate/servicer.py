@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
@@ -25,8 +24,6 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServicer):
         self.holder = holder
         self.store = store
         self.default_n = default_n
-        # Runs each request's two-tower search beside its side-source searches.
-        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ann")
 
     def Generate(self, request: candidate_pb2.GenerateRequest, context: grpc.ServicerContext
                  ) -> candidate_pb2.GenerateResponse:
@@ -57,7 +54,7 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServicer):
             for rec in self.store.videos(unknown).values():
                 cm.add_video(rec)
         cands = generate(cm, u.user_id, uv, history, seen, n, search_filter(request.filters),
-                         fresh, u.experiment_arm, pool=self.pool)
+                         fresh, u.experiment_arm)
         return candidate_pb2.GenerateResponse(
             model_version=cm.version,
             candidates=[common_pb2.CandidateVideo(video_id=c.video_id, source=source_enum(

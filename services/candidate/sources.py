@@ -8,7 +8,6 @@ first; every candidate keeps the source that produced it (the reranker's reasons
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,23 +84,12 @@ class Mix:
 
 def generate(cm: CandidateModel, user_id: str, uv: UserVectors, history: list[str],
              seen: set[str], n: int, flt: SearchFilter, fresh_ids: list[str], arm: str,
-             mix: Mix = Mix(), pool: Executor | None = None) -> list[Cand]:
+             mix: Mix = Mix()) -> list[Cand]:
     """Up to n candidates: each side source gets its quota (at most half of n together),
     the two-tower ANN fills the rest. Two-tower hits come first, so that with the ranker
-    down the candidate order is still the best guess.
-
-    With a `pool`, the two-tower search (the widest) runs on another thread while the
-    side sources are queried: the index releases the GIL, so on 2 cores this halves the
-    stage's latency at light load (CPU per request is unchanged).
-    """
+    down the candidate order is still the best guess."""
     o = cm.online
     mf_only = arm == "mf_only" and uv.mf is not None
-    tt_future: Future[list[tuple[str, float]]] | None = None
-    # Fetch for seen + the side sources' share + a margin: the search cost grows with the
-    # limit (hnsw_ef >= limit), so not for every id a side source might take.
-    tt_limit = min(n + len(seen) + 50, MAX_FETCH)
-    if pool is not None and not mf_only:
-        tt_future = pool.submit(cm.index.search, cm.collection, uv.two_tower, tt_limit, flt)
     side: list[Cand] = []
     taken = set(seen)
 
@@ -139,8 +127,10 @@ def generate(cm: CandidateModel, user_id: str, uv: UserVectors, history: list[st
     taken = set(seen) | {c.video_id for c in side}
     ann: list[Cand] = []
     want = n - len(side)
-    hits = (tt_future.result() if tt_future is not None
-            else cm.index.search(cm.collection, uv.two_tower, tt_limit, flt))
+    # Fetch for seen + a margin for side-source overlap, not for every taken id: the
+    # search cost grows with the limit (hnsw_ef >= limit).
+    hits = cm.index.search(cm.collection, uv.two_tower, min(want + len(seen) + 50, MAX_FETCH),
+                           flt)
     for vid, sc in hits:
         if vid not in taken:
             taken.add(vid)
