@@ -113,26 +113,28 @@ class OnlineModel:
     # --- second stage ------------------------------------------------------------------
 
     def score(self, user: UserVectors, video_ids: Sequence[str]) -> np.ndarray:
-        """The ranker's blended score of each candidate (same formula as offline)."""
+        """The ranker's blended score of each candidate (same formula as offline).
+
+        Catalog videos are scored with array indexing; videos added after training
+        (no MF factors, no popularity or demographic counts) get those terms' zero value.
+        """
         w = self.b.ranker
-        vecs = []
-        mf_v = []
-        pop = []
-        for v in video_ids:
-            vec = self.video_vector(v)
-            vecs.append(vec if vec is not None else np.zeros_like(user.two_tower))
-            i = self.index.get(v)
-            mf_v.append(self.b.mf_video[i] if i is not None else np.zeros(self.b.mf_video.shape[1],
-                                                                          np.float32))
-            pop.append(self.pop_z[i] if i is not None else (0.0 - self._pop_mu) / self._pop_sd)
-        tt = np.asarray(vecs) @ user.two_tower
-        score = w.tt * self._tt_m.z(user.two_tower, tt)
+        idx = np.array([self.index.get(v, -1) for v in video_ids], dtype=np.int64)
+        known = idx >= 0
+        safe = np.where(known, idx, 0)
+        vecs = self.b.video_vectors[safe]
+        for j in np.flatnonzero(~known):
+            extra = self._extra_vec.get(video_ids[int(j)])
+            vecs[j] = extra if extra is not None else 0.0
+        score = w.tt * self._tt_m.z(user.two_tower, vecs @ user.two_tower)
         if user.mf is not None:
-            score += w.mf * self._mf_m.z(user.mf, np.asarray(mf_v) @ user.mf)
-        score += (w.pop if user.has_history else w.cold_pop) * np.asarray(pop)
+            mf = np.where(known, self.b.mf_video[safe] @ user.mf, 0.0)
+            score += w.mf * self._mf_m.z(user.mf, mf)
+        new_pop = (0.0 - self._pop_mu) / self._pop_sd
+        score += (w.pop if user.has_history else w.cold_pop) * np.where(
+            known, self.pop_z[safe], new_pop)
         wd = w.demo if user.has_history else w.cold_demo
         if user.demo_z is not None and wd:
             # A video added after training has no demographic counts: lift 0.
-            score += wd * np.asarray([user.demo_z[i] if (i := self.index.get(v)) is not None
-                                      else user.demo_new for v in video_ids])
+            score += wd * np.where(known, user.demo_z[safe], user.demo_new)
         return score
