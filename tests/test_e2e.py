@@ -214,6 +214,30 @@ def test_new_video_becomes_recommendable(stack: Stack, gw) -> None:  # type: ign
     assert found, "a video upserted through vidrec.videos was never recommended"
 
 
+def test_simulation_drives_online_metrics(stack: Stack, gw, small_dataset: Path,  # type: ignore[no-untyped-def]
+                                          tmp_path: Path) -> None:
+    from vidrec.simulate import server_stats, simulate, write_report
+
+    before = sum(s.impressions for s in gw.GetStats(gateway_pb2.GetStatsRequest(),
+                                                    timeout=5).stats)
+    res = simulate(stack.services["gateway"].addr, small_dataset, steps=40, k=5, seed=1,
+                   new_user_share=0.25, window=10, progress=False)
+    assert sum(w.requests for w in res.totals.values()) == 40
+    assert len(res.windows) == 4 and res.versions == {"v1"}
+    assert sum(w.clicks for w in res.totals.values()) > 0
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        stats = server_stats(stack.services["gateway"].addr)
+        if sum(int(r["impressions"]) for r in stats) >= before + 100:
+            break
+        time.sleep(0.2)
+    # 40 requests x 5 shown = 200 impressions; allow for ones still in flight
+    assert sum(int(r["impressions"]) for r in stats) >= before + 100
+    report = write_report(res, tmp_path / "sim", stats)
+    assert "| hybrid |" in report.read_text()
+    assert (tmp_path / "sim" / "simulation.png").stat().st_size > 10_000
+
+
 def test_hot_swap_under_load_has_no_failures(stack: Stack, gw, small_model: Path) -> None:  # type: ignore[no-untyped-def]
     import threading
 
