@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -66,9 +67,11 @@ def cmd_train(a: argparse.Namespace) -> int:
     if ds.bad_rows:
         print(ds.bad_rows.summary(), file=sys.stderr)
     cfg = PipelineConfig()
-    if a.epochs is not None:
-        from dataclasses import replace
+    from dataclasses import replace
 
+    # Nothing else runs beside an offline train: every core (the trainer service uses half).
+    cfg.train = replace(cfg.train, threads=os.cpu_count() or 1)
+    if a.epochs is not None:
         cfg.train = replace(cfg.train, epochs=a.epochs)
     train = train_tuned if a.tune else train_bundle
     bundle = train(ds, cfg, progress=not a.quiet)
@@ -127,7 +130,13 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     ds = load_dataset(Path(a.data), on_bad_rows=a.on_bad_rows)
     ks = [int(k) for k in a.ks.split(",")]
-    res = evaluate_dataset(ds, ks=ks, seed=a.seed, progress=not a.quiet)
+    from dataclasses import replace
+
+    from vidrec.models.pipeline import PipelineConfig
+
+    cfg = PipelineConfig()
+    cfg.train = replace(cfg.train, threads=os.cpu_count() or 1)
+    res = evaluate_dataset(ds, cfg, ks=ks, seed=a.seed, progress=not a.quiet)
     paths = write_report(Path(a.out), res.results, f"vidrec offline evaluation: {a.data}",
                          res.tables, res.notes)
     k = 10 if 10 in ks else ks[-1]

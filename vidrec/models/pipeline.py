@@ -81,7 +81,9 @@ def train_bundle(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool 
     user_list = list(user_profiles)
     user_row = {u: i for i, u in enumerate(user_list)}
     user_cats = encoder.encode_users([user_profiles[u] for u in user_list])
-    seqs = build_sequences(pos, encoder, user_row)
+    pscore = positive_scores(inter, cfg.weights)
+    seqs = build_sequences(pos.merge(pscore, on=["user_id", "video_id"], how="inner"),
+                           encoder, user_row)
     vt = encoder.encode_videos(video_rows)
     init = init_from.two_tower.state_dict() if init_from is not None else None
     tt, tt_seconds = train_two_tower(encoder, vt, user_cats, seqs, cfg.two_tower, cfg.train,
@@ -90,7 +92,6 @@ def train_bundle(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool 
     content = ContentModel.fit(video_rows)
     content_vectors = content.vectors(video_rows)
 
-    pscore = positive_scores(inter, cfg.weights)
     pscore = pscore[pscore["video_id"].isin(encoder.video_index)]
     pw = pscore["score"].to_numpy(np.float64) ** cfg.popularity_power
     popularity = np.bincount(pscore["video_id"].map(encoder.video_index).to_numpy(np.int64),

@@ -39,6 +39,13 @@ class TrainConfig:
     history_dropout: float = 0.15
     # Probability of hiding a video's id (teaches the content-only cold-start path).
     id_dropout: float = 0.2
+    # Each example's loss is weighted by score ** label_weight_power, score the pair's
+    # feedback score: a 5-star rating or a full watch teaches more than a lukewarm 3 stars
+    # (which still counts as a positive). 0: every positive alike.
+    label_weight_power: float = 1.0
+    # Torch threads; 0: half the cores, so a retrain beside the serving processes does not
+    # starve them. Offline (`vidrec train`, `vidrec evaluate`) passes every core.
+    threads: int = 0
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -49,13 +56,13 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def set_cpu_threads() -> None:
-    """Half the cores for torch's intra-op pool (1 on a 2-core machine).
+def set_cpu_threads(threads: int = 0) -> None:
+    """`threads`, or half the cores (0) for torch's intra-op pool (1 on a 2-core machine).
 
     Measured here: with 2 OpenMP threads on 2 busy cores an Adam step took 130 ms, with 1
     thread 0.6 ms: spinning threads fight the other processes (services, Redis, Kafka).
     """
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) // 2))
 
 
 def _tensors(vt: VideoTensors, dev: torch.device) -> dict[str, torch.Tensor]:
@@ -75,19 +82,22 @@ class Sequences:
     user_rows: np.ndarray  # (n_users,) index into the user feature matrix
     start: np.ndarray  # (n_users + 1,)
     seq: np.ndarray  # video id indices (1-based, encoder.video_index + 1)
+    weight: np.ndarray | None = None  # per-positive feedback score (None: all 1)
 
 
 def build_sequences(positives: pd.DataFrame, encoder: FeatureEncoder,
                     user_row: dict[str, int]) -> Sequences:
-    """`positives`: user_id, video_id, timestamp of positive interactions (deduplicated)."""
+    """`positives`: user_id, video_id, timestamp of positive interactions (deduplicated),
+    and optionally `score`, the pair's feedback score, which weights its example."""
     df = positives[positives["video_id"].isin(encoder.video_index)]
     df = df[df["user_id"].isin(user_row)].sort_values(["user_id", "timestamp"], kind="stable")
     users = df["user_id"].to_numpy()
     vids = df["video_id"].map(encoder.video_index).to_numpy().astype(np.int64) + 1
     bounds = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
     uniq = users[bounds[:-1]] if len(users) else np.array([], dtype=object)
+    weight = df["score"].to_numpy(np.float32) if "score" in df else None
     return Sequences(np.array([user_row[u] for u in uniq], dtype=np.int64),
-                     bounds.astype(np.int64), vids)
+                     bounds.astype(np.int64), vids, weight)
 
 
 def history_at(seqs: Sequences, u: int, pos: int) -> np.ndarray:
@@ -114,7 +124,7 @@ def train_two_tower(
     """
     model_cfg = model_cfg or TwoTowerConfig()
     cfg = cfg or TrainConfig()
-    set_cpu_threads()
+    set_cpu_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     dev = device()
@@ -138,6 +148,9 @@ def train_two_tower(
         raise ValueError("no positive interactions to train the two-tower model on")
     counts = np.bincount(labels_all, minlength=len(encoder.video_ids) + 1).astype(np.float64)
     log_q = torch.from_numpy(np.log(np.maximum(counts, 1.0) / n)).float().to(dev)
+    raw_w = seqs.weight if seqs.weight is not None else np.ones(n, np.float32)
+    ex_weight = torch.from_numpy(
+        (np.maximum(raw_w, 1e-6) ** cfg.label_weight_power).astype(np.float32)).to(dev)
     # Full histories precomputed once (HISTORY_LEN int64 per example).
     hist_all = np.zeros((n, schema.HISTORY_LEN), dtype=np.int64)
     for i in range(n):
@@ -167,7 +180,10 @@ def train_two_tower(
             same = labels[:, None] == labels[None, :]
             eye = torch.eye(len(idx), dtype=torch.bool, device=dev)
             logits = logits.masked_fill(same & ~eye, float("-inf"))
-            loss = F.cross_entropy(logits, torch.arange(len(idx), device=dev))
+            w = ex_weight[torch.from_numpy(idx).to(dev)]
+            w = w / w.sum()
+            ce = F.cross_entropy(logits, torch.arange(len(idx), device=dev), reduction="none")
+            loss = (w * ce).sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
