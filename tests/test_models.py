@@ -9,7 +9,7 @@ import pytest
 
 from vidrec.data.dataset import Dataset
 from vidrec.data.feedback import FeedbackWeights, build_feedback_matrix
-from vidrec.models.bundle import BatchRecommender, DemographicPrior, ModelBundle
+from vidrec.models.bundle import BatchRecommender, DemographicPrior, ModelBundle, RankerWeights
 from vidrec.models.mf import MFConfig, fold_in, train_mf
 from vidrec.models.online import OnlineModel
 from vidrec.models.pipeline import PipelineConfig, train_bundle
@@ -137,7 +137,13 @@ def test_online_score_matches_offline_blend(tiny_bundle) -> None:
     bundle, inter = tiny_bundle
     online = OnlineModel(bundle)
     rec = BatchRecommender(bundle, n_candidates=len(bundle.video_ids))
-    for uid, profile in (("u3", None), ("new", {"gender": "M", "occupation": "writer"})):
+    trained = bundle.ranker
+    # Every term on, the demographic prior included (scored per candidate online).
+    blends = (trained, RankerWeights(1.0, 0.3, 0.2, 3.0, 0.4, 5.0))
+    cases = [(w, uid, profile) for w in blends for uid, profile in (
+        ("u3", None), ("new", {"gender": "M", "occupation": "writer"}))]
+    for w, uid, profile in cases:
+        bundle.ranker = w
         r = bundle.users.get(uid)
         prof = r.profile if r else profile
         hist = r.history if r else []
@@ -146,4 +152,5 @@ def test_online_score_matches_offline_blend(tiny_bundle) -> None:
         s = online.score(uv, unseen)
         online_top = [unseen[i] for i in np.argsort(-s, kind="stable")[:5]]
         offline_top = rec.recommend([uid], 5, profiles=[prof or {}])[0]
-        assert online_top == offline_top
+        assert online_top == offline_top, (w, uid)
+    bundle.ranker = trained

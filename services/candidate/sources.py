@@ -39,6 +39,7 @@ class CandidateModel:
         self.online.version = version
         self.index = index
         self.collection = collection_name(version)
+        self.index.remember_ids(self.online.b.video_ids)
         # Warm up: open the shard and touch the HNSW graph before taking traffic.
         self.index.search(self.collection, self.online.b.video_vectors[0], 10)
 

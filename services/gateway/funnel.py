@@ -67,6 +67,7 @@ def run_funnel(stubs: Stubs, store: FeatureStore, request_id: str, user: common_
                budget: Budget) -> FunnelResult:
     degraded: list[str] = []
     version = ""
+    user_vector: list[float] = []
     # 1. candidates
     try:
         cresp = stubs.candidate.Generate(
@@ -75,6 +76,7 @@ def run_funnel(stubs: Stubs, store: FeatureStore, request_id: str, user: common_
             timeout=_left(deadline) * budget.candidate_share)
         cands = list(cresp.candidates)
         version = cresp.model_version
+        user_vector = list(cresp.user_vector)
     except grpc.RpcError as exc:
         if exc.code() not in DEGRADABLE:
             raise
@@ -82,12 +84,13 @@ def run_funnel(stubs: Stubs, store: FeatureStore, request_id: str, user: common_
         degraded.append("candidate")
         cands = fallback_candidates(store, state, 3 * k + 50, filters)
     # 2. scoring (same model version as the candidates); fallback lists skip it
-    scored = candidate_order(cands)
+    scored: list[common_pb2.ScoredVideo] | None = None
     if "candidate" not in degraded:
         try:
             sresp = stubs.ranker.Score(
                 ranker_pb2.ScoreRequest(request_id=request_id, user=user, candidates=cands,
-                                        top_m=max(budget.top_m, k), model_version=version),
+                                        top_m=max(budget.top_m, k), model_version=version,
+                                        user_vector=user_vector),
                 timeout=_left(deadline) * budget.ranker_share)
             scored = list(sresp.videos)
             version = sresp.model_version or version
@@ -96,6 +99,8 @@ def run_funnel(stubs: Stubs, store: FeatureStore, request_id: str, user: common_
                 raise
             log.warning("ranker stage %s: keeping candidate order", exc.code().name)
             degraded.append("ranker")
+    if scored is None:
+        scored = candidate_order(cands)
     # 3. business rules
     try:
         rresp = stubs.reranker.Rerank(

@@ -33,16 +33,23 @@ class Scored:
 def score_candidates(model: OnlineModel, store: FeatureStore | None, user_id: str,
                      profile: Mapping[str, Any], history: Sequence[str],
                      mf_vector: np.ndarray | None,
-                     cands: Sequence[tuple[str, str, str]], top_m: int) -> list[Scored]:
-    """cands: (video_id, source, anchor). Returns the top_m by blended score."""
-    unknown = [v for v, _, _ in cands if model.video_vector(v) is None]
+                     cands: Sequence[tuple[str, str, str]], top_m: int,
+                     tt_vector: np.ndarray | None = None) -> list[Scored]:
+    """cands: (video_id, source, anchor). Returns the top_m by blended score.
+
+    `tt_vector`: the user's two-tower vector from the candidate stage (same model version),
+    or None to compute it here."""
+    unknown = [v for v, _, _ in cands if not model.knows(v)]
     if unknown and store is not None:
         for rec in store.videos(unknown).values():
             model.add_video(rec)
-    known = [c for c in cands if model.video_vector(c[0]) is not None]
+        known = [c for c in cands if model.knows(c[0])]
+    else:
+        gone = set(unknown)
+        known = [c for c in cands if c[0] not in gone]
     if not known:
         return []
-    uv = model.user_vectors(user_id, profile, history, mf_vector)
+    uv = model.user_vectors(user_id, profile, history, mf_vector, two_tower=tt_vector)
     s = model.score(uv, [v for v, _, _ in known])
     order = list(np.argsort(-s, kind="stable")[:top_m])
     # New uploads (fresh source, or unknown to the trained catalog) rarely out-score
@@ -70,10 +77,7 @@ def _anchors(model: OnlineModel, history: Sequence[str], video_ids: list[str]) -
     if not hist or not video_ids:
         return [""] * len(video_ids)
     hm = np.stack([v for _, v in hist])
-    vecs = [model.content_vector(v) for v in video_ids]
-    dim = hm.shape[1]
-    vm = np.stack([v if v is not None else np.zeros(dim, np.float32) for v in vecs])
-    sim = vm @ hm.T
+    sim = model.content_matrix(video_ids) @ hm.T
     best = sim.argmax(axis=1)
     return [hist[b][0] if sim[i, b] >= ANCHOR_MIN_SIMILARITY else ""
             for i, b in enumerate(best)]

@@ -45,8 +45,10 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
               if u.mf_vector and u.mf_vector_version == version else None)
         cands = [(c.video_id, source_name(c.source), c.anchor_video_id)
                  for c in request.candidates]
+        tt = (np.asarray(request.user_vector, dtype=np.float32)
+              if request.user_vector and request.model_version else None)
         scored = score_candidates(model, self.store, u.user_id, profile_dict(u.profile),
-                                  list(u.recent_video_ids), mf, cands, top_m)
+                                  list(u.recent_video_ids), mf, cands, top_m, tt)
         return ranker_pb2.ScoreResponse(model_version=version, videos=[
             common_pb2.ScoredVideo(video_id=s.video_id, score=s.score,
                                    source=source_enum(s.source), anchor_video_id=s.anchor)

@@ -206,6 +206,13 @@ class DemographicPrior:
         self.lift = (np.log((c + smoothing * p) / (n_c + smoothing)) - np.log(p)).astype(
             np.float32)
 
+    def scores_at(self, cats: np.ndarray, videos: np.ndarray) -> np.ndarray:
+        """One encoded profile (F,), the summed lifts of the given video indices only."""
+        out = np.zeros(len(videos), dtype=np.float64)
+        for j, off in enumerate(self.offsets):
+            out += self.lift[off + cats[j], videos]
+        return out
+
     def scores(self, cats: np.ndarray) -> np.ndarray:
         """(n, F) encoded profiles -> (n, n_videos) summed lifts."""
         out = np.zeros((len(cats), self.lift.shape[1]), dtype=np.float64)

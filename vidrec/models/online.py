@@ -21,21 +21,26 @@ from vidrec.models.bundle import ModelBundle
 from vidrec.models.two_tower_task import embed_users, embed_videos, set_cpu_threads
 
 
+DEMO_CACHE = 100_000  # profiles whose demographic moments are kept (16 bytes each + key)
+
+
 @dataclass
 class UserVectors:
     two_tower: np.ndarray
     mf: np.ndarray | None  # None: no MF vector (new user)
     has_history: bool
-    # Demographic lift over the whole catalog, z-normalised (None: the model has no prior).
-    demo_z: np.ndarray | None = None
-    demo_new: float = 0.0  # z of a zero lift: a video added after training
+    # Demographic prior: the encoded profile and the catalog mean and standard deviation
+    # of its summed lifts (None: the model has no prior, or the caller skipped it).
+    demo_cats: np.ndarray | None = None
+    demo_mu: float = 0.0
+    demo_sd: float = 1.0
 
 
 class _Moments:
     def __init__(self, m: np.ndarray) -> None:
         m64 = m.astype(np.float64)
         self.mean = m64.mean(axis=0)
-        self.cov = np.cov(m64, rowvar=False) if len(m64) > 1 else np.zeros(
+        self.cov = np.cov(m64, rowvar=False, bias=True) if len(m64) > 1 else np.zeros(
             (m.shape[1], m.shape[1]))
 
     def z(self, u: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -64,27 +69,41 @@ class OnlineModel:
         self._extra_vec: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
         self.demo = bundle.demographic_prior()
+        # Catalog moments of the demographic lift per encoded profile. Profiles repeat
+        # (a few feature values each), so a request scores only its candidates' lifts.
+        self._demo_moments: dict[bytes, tuple[float, float]] = {}
         order = np.argsort(-bundle.popularity, kind="stable")
         self.popular = [bundle.video_ids[i] for i in order[:500]]
 
     # --- users ---------------------------------------------------------------------
 
     def user_vectors(self, user_id: str, profile: Mapping[str, Any], history: Sequence[str],
-                     folded_mf: np.ndarray | None = None, demo: bool = True) -> UserVectors:
+                     folded_mf: np.ndarray | None = None, demo: bool = True,
+                     two_tower: np.ndarray | None = None) -> UserVectors:
         """`demo=False` skips the demographic prior (a pass over the catalog) for callers
-        that only retrieve, like the candidate stage."""
+        that only retrieve, like the candidate stage. `two_tower`: this user's two-tower
+        vector already computed by this model version (the ranker gets it from the
+        candidate stage), so the user tower does not run twice per request."""
         cats = self.b.encoder.encode_users([profile])
-        tt = embed_users(self.b.two_tower, cats,
-                         self.b.encoder.encode_history([list(history)]))[0]
+        if two_tower is not None and two_tower.shape == (self.b.video_vectors.shape[1],):
+            tt = two_tower
+        else:
+            tt = embed_users(self.b.two_tower, cats,
+                             self.b.encoder.encode_history([list(history)]))[0]
         mf = folded_mf
         if mf is None and (row := self.mf_row.get(user_id)) is not None:
             mf = self.b.mf_user[row]
-        demo_z, demo_new = None, 0.0
-        if self.demo is not None and demo:
+        if self.demo is None or not demo:
+            return UserVectors(tt, mf, bool(history))
+        key = cats.tobytes()
+        moments = self._demo_moments.get(key)
+        if moments is None:
             d = self.demo.scores(cats)[0]
-            mu, sd = float(d.mean()), max(float(d.std()), 1e-9)
-            demo_z, demo_new = (d - mu) / sd, -mu / sd
-        return UserVectors(tt, mf, bool(history), demo_z, demo_new)
+            moments = float(d.mean()), max(float(d.std()), 1e-9)
+            if len(self._demo_moments) >= DEMO_CACHE:
+                self._demo_moments.clear()
+            self._demo_moments[key] = moments
+        return UserVectors(tt, mf, bool(history), cats[0], *moments)
 
     # --- videos --------------------------------------------------------------------
 
@@ -96,6 +115,10 @@ class OnlineModel:
             self._extra_vec[str(record["video_id"])] = vec
             self.videos[str(record["video_id"])] = dict(record)
         return vec
+
+    def knows(self, video_id: str) -> bool:
+        """A catalog video or one added after training (it has a two-tower vector)."""
+        return video_id in self.index or video_id in self._extra_vec
 
     def video_vector(self, video_id: str) -> np.ndarray | None:
         i = self.index.get(video_id)
@@ -109,6 +132,15 @@ class OnlineModel:
             return self.b.content_vectors[i]
         rec = self.videos.get(video_id)
         return None if rec is None else self.b.content.vectors([rec])[0]
+
+    def content_matrix(self, video_ids: Sequence[str]) -> np.ndarray:
+        """Content vectors of `video_ids` as rows (zeros for an unknown id)."""
+        idx = np.array([self.index.get(v, -1) for v in video_ids], dtype=np.int64)
+        out = self.b.content_vectors[np.maximum(idx, 0)]
+        for j in np.flatnonzero(idx < 0):
+            v = self.content_vector(video_ids[int(j)])
+            out[j] = 0.0 if v is None else v
+        return out
 
     # --- second stage ------------------------------------------------------------------
 
@@ -134,7 +166,8 @@ class OnlineModel:
         score += (w.pop if user.has_history else w.cold_pop) * np.where(
             known, self.pop_z[safe], new_pop)
         wd = w.demo if user.has_history else w.cold_demo
-        if user.demo_z is not None and wd:
+        if self.demo is not None and user.demo_cats is not None and wd:
             # A video added after training has no demographic counts: lift 0.
-            score += wd * np.where(known, user.demo_z[safe], user.demo_new)
+            lift = np.where(known, self.demo.scores_at(user.demo_cats, safe), 0.0)
+            score += wd * (lift - user.demo_mu) / user.demo_sd
         return score

@@ -38,6 +38,12 @@ TT, MF, CONTENT = "tt", "mf", "content"
 # good neighbours.
 GRAPH = {TT: (48, 400), "default": (16, 128)}
 HNSW_EF = 1280
+# The two-tower graph is searched over int8 copies of the vectors (4x less memory to walk),
+# then the best oversampling x limit are rescored with the float vectors. Measured on 100k
+# real queries (benchmarks/serving.py): recall@100 0.962 at 1.1 ms vs 0.962 at 1.7 ms
+# unquantized, both at ef 1280.
+QUANTIZED = (TT,)
+OVERSAMPLING = 2.0
 
 
 def point_id(video_id: str) -> int:
@@ -65,6 +71,8 @@ class VectorIndex(Protocol):
         speed (default HNSW_EF, never below limit)."""
         ...
     def set_alias(self, name: str, alias: str = ALIAS) -> None: ...
+
+    def remember_ids(self, video_ids: Sequence[str]) -> None: ...
     def resolve_alias(self, alias: str = ALIAS) -> str | None: ...
     def delete_collection(self, name: str) -> None: ...
     def close(self) -> None: ...
@@ -82,6 +90,14 @@ class EdgeIndex:
         self.root.mkdir(parents=True, exist_ok=True)
         self._shards: dict[str, Any] = {}
         self._lock = threading.Lock()
+        # point id -> video id. Searches return ids only: reading the video_id payload of
+        # 300 hits cost more than the search itself (2.2 ms vs 1.8 ms, 100k catalog).
+        self._names: dict[int, str] = {}
+
+    def remember_ids(self, video_ids: Sequence[str]) -> None:
+        """Tell the index which video ids its points may hold (a shard built by another
+        process, e.g. `vidrec publish`), so searches need not read payloads."""
+        self._names.update((point_id(v), v) for v in video_ids)
 
     def _shard(self, name: str) -> Any:
         from qdrant_edge import EdgeShard
@@ -97,15 +113,26 @@ class EdgeIndex:
             return shard
 
     def create_collection(self, name: str, dims: Mapping[str, int]) -> None:
-        from qdrant_edge import Distance, EdgeConfig, EdgeShard, EdgeVectorParams, HnswIndexConfig
+        from qdrant_edge import (
+            Distance,
+            EdgeConfig,
+            EdgeShard,
+            EdgeVectorParams,
+            HnswIndexConfig,
+            ScalarQuantizationConfig,
+            ScalarType,
+        )
 
         path = self.root / name
         if path.exists():
             self.delete_collection(name)
         def params(n: str, d: int) -> EdgeVectorParams:
             m, efc = GRAPH.get(n, GRAPH["default"])
-            return EdgeVectorParams(size=d, distance=Distance.Dot, hnsw_config=HnswIndexConfig(
-                m=m, ef_construct=efc, full_scan_threshold=1000))
+            quant = ScalarQuantizationConfig(type=ScalarType.Int8, quantile=0.99,
+                                             always_ram=True) if n in QUANTIZED else None
+            return EdgeVectorParams(size=d, distance=Distance.Dot, quantization_config=quant,
+                                    hnsw_config=HnswIndexConfig(m=m, ef_construct=efc,
+                                                                full_scan_threshold=1000))
 
         cfg = EdgeConfig(vectors={n: params(n, d) for n, d in dims.items()})
         from qdrant_edge import PayloadSchemaType, UpdateOperation
@@ -125,6 +152,7 @@ class EdgeIndex:
         from qdrant_edge import Point, UpdateOperation
 
         shard = self._shard(name)
+        self.remember_ids(video_ids)
         lists = {n: m.astype(np.float32).tolist() for n, m in vectors.items()}
         batch = 2048
         for s in range(0, len(video_ids), batch):
@@ -147,14 +175,26 @@ class EdgeIndex:
     def search(self, name: str, vector: np.ndarray, limit: int,
                flt: SearchFilter | None = None, exact: bool = False, using: str = TT,
                ef: int | None = None) -> list[tuple[str, float]]:
-        from qdrant_edge import Query, QueryRequest, SearchParams
+        from qdrant_edge import QuantizationSearchParams, Query, QueryRequest, SearchParams
 
-        req = QueryRequest(limit=limit,
-                           query=Query.Nearest(vector.astype(np.float32).tolist(), using=using),
-                           filter=_edge_filter(flt), with_payload=["video_id"],
-                           params=SearchParams(hnsw_ef=max(ef or HNSW_EF, limit), exact=exact))
-        res = self._shard(name).query(req)
-        return [(str((p.payload or {})["video_id"]), float(p.score)) for p in res]
+        quant = QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING) if (
+            using in QUANTIZED and not exact) else None
+        params = SearchParams(hnsw_ef=max(ef or HNSW_EF, limit), exact=exact, quantization=quant)
+        query = Query.Nearest(vector.astype(np.float32).tolist(), using=using)
+        flt_ = _edge_filter(flt)
+        shard = self._shard(name)
+        res = shard.query(QueryRequest(limit=limit, query=query, filter=flt_,
+                                       with_payload=False, params=params))
+        names = self._names
+        try:
+            return [(names[p.id], p.score) for p in res]
+        except KeyError:  # a point this process was not told about: read the payloads
+            pass
+        res = shard.query(QueryRequest(limit=limit, query=query, filter=flt_,
+                                       with_payload=["video_id"], params=params))
+        out = [(str((p.payload or {})["video_id"]), float(p.score)) for p in res]
+        self.remember_ids([v for v, _ in out])
+        return out
 
     def _alias_file(self, alias: str) -> Path:
         return self.root / f"ALIAS_{alias}"
@@ -224,7 +264,11 @@ class ServerIndex:
             n: models.VectorParams(size=d, distance=models.Distance.DOT,
                                    hnsw_config=models.HnswConfigDiff(
                                        m=GRAPH.get(n, GRAPH["default"])[0],
-                                       ef_construct=GRAPH.get(n, GRAPH["default"])[1]))
+                                       ef_construct=GRAPH.get(n, GRAPH["default"])[1]),
+                                   quantization_config=models.ScalarQuantization(
+                                       scalar=models.ScalarQuantizationConfig(
+                                           type=models.ScalarType.INT8, quantile=0.99,
+                                           always_ram=True)) if n in QUANTIZED else None)
             for n, d in dims.items()})
         for key in ("language", "category", "video_id"):
             self.client.create_payload_index(name, key, models.PayloadSchemaType.KEYWORD)
@@ -248,6 +292,9 @@ class ServerIndex:
     def finalize(self, name: str) -> None:
         return None
 
+    def remember_ids(self, video_ids: Sequence[str]) -> None:
+        """Nothing to do: the server returns the video_id payload with each hit."""
+
     def search(self, name: str, vector: np.ndarray, limit: int,
                flt: SearchFilter | None = None, exact: bool = False, using: str = TT,
                ef: int | None = None) -> list[tuple[str, float]]:
@@ -256,7 +303,10 @@ class ServerIndex:
         res = self.client.query_points(
             name, query=vector.astype(float).tolist(), using=using, limit=limit,
             query_filter=_server_filter(flt), with_payload=["video_id"],
-            search_params=models.SearchParams(exact=exact, hnsw_ef=max(ef or HNSW_EF, limit))
+            search_params=models.SearchParams(
+                exact=exact, hnsw_ef=max(ef or HNSW_EF, limit),
+                quantization=models.QuantizationSearchParams(
+                    rescore=True, oversampling=OVERSAMPLING) if using in QUANTIZED else None)
         ).points
         return [(str((p.payload or {})["video_id"]), float(p.score)) for p in res]
 
