@@ -20,7 +20,6 @@ import numpy as np
 from vidrec.models.bundle import ModelBundle
 from vidrec.models.two_tower_task import embed_users, embed_videos, set_cpu_threads
 
-
 DEMO_CACHE = 100_000  # profiles whose demographic moments are kept (16 bytes each + key)
 
 
