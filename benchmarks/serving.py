@@ -71,6 +71,9 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--out", default="var/bench/serving")
     ap.add_argument("--no-trainer", action="store_true")
+    ap.add_argument("--warmup", type=float, default=5.0,
+                    help="seconds of load at the first rate before measuring (discarded): "
+                         "caches, the trainer's first batches")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,7 +101,13 @@ def main() -> int:
             pids["redis"] = stack.redis.pid
         if stack.kafka is not None and stack.kafka.pid:
             pids["kafka"] = stack.kafka.pid
-        for rate in [float(r) for r in a.rates.split(",")]:
+        rates = [float(r) for r in a.rates.split(",")]
+        if a.warmup > 0:
+            arg = json.dumps({"addr": stack.services["gateway"].addr, "rate": rates[0],
+                              "duration_s": a.warmup, "users": users, "k": a.k, "seed": 0})
+            subprocess.run([sys.executable, "-m", "benchmarks.loadgen", arg],
+                           capture_output=True, text=True, timeout=a.warmup * 4 + 60)
+        for rate in rates:
             before = {n: cpu_seconds(p) for n, p in pids.items()}
             arg = json.dumps({"addr": stack.services["gateway"].addr, "rate": rate,
                               "duration_s": a.duration, "users": users, "k": a.k, "seed": 1})

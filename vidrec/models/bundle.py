@@ -227,6 +227,21 @@ def _zrows(m: np.ndarray) -> np.ndarray:
     return (m - mu) / np.maximum(sd, 1e-9)
 
 
+@dataclass
+class Components:
+    """Per-user score terms over the catalog (rows: users, columns: videos)."""
+
+    tt: np.ndarray  # two-tower dot products
+    tt_z: np.ndarray  # ... z-normalised per row
+    mf: np.ndarray  # MF predictions (0 rows for users MF never saw)
+    mf_z: np.ndarray
+    has_mf: np.ndarray  # (n,)
+    no_hist: np.ndarray  # (n, 1): cold-start users (their own blend weights)
+    demo_z: np.ndarray | None  # demographic lift, z-normalised (None: no prior)
+    cand: np.ndarray  # bool: in the CF candidate set (hybrid)
+    seen: np.ndarray  # bool: interacted with in training (never returned)
+
+
 class BatchRecommender:
     """Vectorised offline mirror of the serving funnel (CF candidates -> scoring).
 
@@ -262,16 +277,16 @@ class BatchRecommender:
         for s in range(0, len(user_ids), chunk):
             ids = list(user_ids[s: s + chunk])
             profs = list(profiles[s: s + chunk]) if profiles is not None else [{}] * len(ids)
-            out += self._chunk(ids, profs, k, mode, weights or self.b.ranker)
+            out += self.top_k(self.components(ids, profs), k, mode, weights or self.b.ranker)
         return out
 
-    def _chunk(self, ids: list[str], profs: list[Mapping[str, Any]], k: int, mode: str,
-               w: RankerWeights) -> list[list[str]]:
+    def components(self, ids: list[str], profs: list[Mapping[str, Any]]) -> Components:
+        """Every score term for these users over the whole catalog, computed once: tuning
+        blends the same terms with many weight settings (`top_k`)."""
         recs = [self.b.users.get(u) for u in ids]
         n, nv = len(ids), len(self.b.video_ids)
         profiles = [r.profile if r else p for r, p in zip(recs, profs, strict=True)]
         hist = [r.history if r else [] for r in recs]
-        pop = np.broadcast_to(self.pop_z, (n, nv))
         tt = self.user_tower(profiles, hist) @ self.b.video_vectors.T
         mf = np.zeros((n, nv), dtype=np.float32)
         has_mf = np.zeros(n, dtype=bool)
@@ -280,29 +295,36 @@ class BatchRecommender:
             if r is not None:
                 mf[i] = self.b.mf_user[r] @ self.b.mf_video.T
                 has_mf[i] = True
+        demo = None
+        if self.demo is not None:
+            demo = _zrows(self.demo.scores(self.b.encoder.encode_users(profiles)))
+        seen = np.zeros((n, nv), dtype=bool)
+        for i, rec in enumerate(recs):
+            if rec:
+                seen[i, [self.vid[v] for v in rec.seen if v in self.vid]] = True
+        return Components(
+            tt=tt, tt_z=_zrows(tt), mf=mf, mf_z=np.where(has_mf[:, None], _zrows(mf), 0.0),
+            has_mf=has_mf, no_hist=np.array([not h for h in hist])[:, None], demo_z=demo,
+            cand=self._candidates(tt, np.where(has_mf[:, None], mf, -np.inf)), seen=seen)
+
+    def top_k(self, c: Components, k: int, mode: str, w: RankerWeights) -> list[list[str]]:
+        n, nv = c.tt.shape
+        pop = np.broadcast_to(self.pop_z, (n, nv))
         if mode == "popularity":
             score = pop.copy()
         elif mode == "mf":
-            score = np.where(has_mf[:, None], mf, pop)
+            score = np.where(c.has_mf[:, None], c.mf, pop)
         elif mode == "two_tower":
-            score = tt.astype(np.float64)
+            score = c.tt.astype(np.float64)
         elif mode == "hybrid":
-            cand = self._candidates(tt, np.where(has_mf[:, None], mf, -np.inf))
-            mfz = np.where(has_mf[:, None], _zrows(mf), 0.0)
-            no_hist = np.array([not h for h in hist])[:, None]
-            score = w.tt * _zrows(tt) + w.mf * mfz + np.where(no_hist, w.cold_pop, w.pop) * pop
-            wd = np.where(no_hist, w.cold_demo, w.demo)
-            if self.demo is not None and np.any(wd != 0):
-                cats = self.b.encoder.encode_users(profiles)
-                score = score + wd * _zrows(self.demo.scores(cats))
-            score = np.where(cand, score, -np.inf)
+            score = w.tt * c.tt_z + w.mf * c.mf_z + np.where(c.no_hist, w.cold_pop, w.pop) * pop
+            wd = np.where(c.no_hist, w.cold_demo, w.demo)
+            if c.demo_z is not None and np.any(wd != 0):
+                score = score + wd * c.demo_z
+            score = np.where(c.cand, score, -np.inf)
         else:
             raise ValueError(f"unknown mode {mode!r}")
-        score = np.array(score, dtype=np.float64)
-        for i, rec in enumerate(recs):
-            if rec:
-                seen = [self.vid[v] for v in rec.seen if v in self.vid]
-                score[i, seen] = -np.inf
+        score = np.where(c.seen, -np.inf, np.array(score, dtype=np.float64))
         kk = min(k, nv)
         top = np.argpartition(-score, kk - 1, axis=1)[:, :kk]
         order = np.take_along_axis(score, top, 1).argsort(axis=1)[:, ::-1]
