@@ -71,8 +71,16 @@ def test_edge_backend(tmp_path: Path) -> None:
     check_backend(index)
     index.close()
     # a second process (here: a second handle) can open the finished shard
+    # It was never told the ids: hits are named from the payloads; once told
+    # (remember_ids), from its own map, with the same answer.
     again = EdgeIndex(tmp_path)
-    assert again.search("videos_v1", np.ones(D, np.float32), 3)
+    q = np.ones(D, np.float32)
+    from_payload = again.search("videos_v1", q, 20)
+    ids, vecs = data()[:2]
+    live = [i for i in np.argsort(-(vecs[TT] @ q)) if i % 97 and i != 1]  # not deleted/replaced
+    assert len({v for v, _ in from_payload} & {ids[i] for i in live[:20]}) >= 18
+    again.remember_ids(ids)
+    assert again.search("videos_v1", q, 20) == from_payload
     assert again.resolve_alias() == "videos_v1"
     again.delete_collection("videos_v1")
     assert not (tmp_path / "videos_v1").exists()
