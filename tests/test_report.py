@@ -62,3 +62,28 @@ def test_write_report_without_curves(tmp_path: Path) -> None:
     paths = write_report(tmp_path, {"pop": {"users": 3.0}}, title="t")
     assert paths["plot"].exists()
     assert "## Notes" not in paths["markdown"].read_text()
+
+
+def _result(mf_train: float, tt_train: float, mf_ms: float, tt_ms: float):  # type: ignore[no-untyped-def]
+    from vidrec.evaluation.offline import EvalResult
+
+    r = EvalResult()
+    r.tables["MF vs two-tower: cost and speed"] = [
+        {"model": "mf", "parameters": 100, "train_s": mf_train, "ms_per_user": mf_ms},
+        {"model": "two_tower", "parameters": 200, "train_s": tt_train, "ms_per_user": tt_ms}]
+    r.results = {"mf (warm)": {"ndcg@10": 0.2}, "two_tower (warm)": {"ndcg@10": 0.1},
+                 "hybrid (warm)": {"ndcg@10": 0.25}, "two_tower (cold)": {"ndcg@10": 0.3},
+                 "popularity (cold)": {"ndcg@10": 0.2}}
+    return r
+
+
+def test_claim_verdict_follows_the_figures() -> None:
+    from vidrec.evaluation.offline import claim_verdict
+
+    assert "cheaper and faster: supported" in claim_verdict(_result(1.0, 10.0, 0.1, 0.3))
+    # A training-time tie and slower scoring is not support (the synthetic run: 4.32 s vs
+    # 4.33 s, 0.59 vs 0.33 ms per user).
+    tie = claim_verdict(_result(4.324, 4.331, 0.593, 0.329))
+    assert "cheaper and faster: NOT supported here" in tie
+    assert "cheaper: supported; faster: NOT" in claim_verdict(_result(1.0, 10.0, 0.5, 0.3))
+    assert "two-tower better: NOT supported" in tie and "better than the fallback" in tie
