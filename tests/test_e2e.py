@@ -193,6 +193,33 @@ def test_poison_messages_go_to_dlq_and_good_events_flow(stack: Stack) -> None:
     assert "v00005" in seen_of(stack, "u00003")
 
 
+def test_ranker_reuses_or_rejects_the_candidate_user_vector(stack: Stack) -> None:
+    """The ranker scores alike with the candidate stage's user vector and without it, and a
+    vector of the wrong size or with NaN is INVALID_ARGUMENT, not a traceback."""
+    from vidrec.v1 import candidate_pb2, candidate_pb2_grpc, ranker_pb2, ranker_pb2_grpc
+
+    user = common_pb2.UserContext(user_id="u00003")
+    with grpc.insecure_channel(stack.services["candidate"].addr) as ch:
+        c = candidate_pb2_grpc.CandidateStub(ch).Generate(
+            candidate_pb2.GenerateRequest(user=user, n=50), timeout=10)
+    assert len(c.user_vector) > 0 and c.candidates
+    with grpc.insecure_channel(stack.services["ranker"].addr) as ch:
+        ranker = ranker_pb2_grpc.RankerStub(ch)
+
+        def score(vec: list[float]) -> ranker_pb2.ScoreResponse:
+            return ranker.Score(ranker_pb2.ScoreRequest(
+                user=user, candidates=c.candidates, top_m=20, model_version=c.model_version,
+                user_vector=vec), timeout=10)
+
+        with_vec, without = score(list(c.user_vector)), score([])
+        assert [v.video_id for v in with_vec.videos] == [v.video_id for v in without.videos]
+        for bad in (list(c.user_vector)[:-1], [float("nan")] * len(c.user_vector)):
+            with pytest.raises(grpc.RpcError) as err:
+                score(bad)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "user_vector" in (err.value.details() or "")
+
+
 def test_new_video_becomes_recommendable(stack: Stack, gw) -> None:  # type: ignore[no-untyped-def]
     from vidrec import schema
     from vidrec.infra.kafka import EventProducer

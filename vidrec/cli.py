@@ -10,9 +10,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vidrec.logs import setup_logging
+
+if TYPE_CHECKING:
+    from vidrec.models.pipeline import PipelineConfig
 
 log = logging.getLogger("vidrec.cli")
 
@@ -58,20 +61,30 @@ def cmd_data_validate(a: argparse.Namespace) -> int:
 # --- models ---------------------------------------------------------------------------
 
 
+def offline_config() -> PipelineConfig:
+    """The default PipelineConfig with torch on every core: nothing else runs beside an
+    offline train or evaluation (the trainer service keeps half)."""
+    from dataclasses import replace
+
+    from vidrec.models.pipeline import PipelineConfig
+
+    cfg = PipelineConfig()
+    cfg.train = replace(cfg.train, threads=os.cpu_count() or 1)
+    return cfg
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from vidrec.data.dataset import load_dataset
-    from vidrec.models.pipeline import PipelineConfig, train_bundle, train_tuned
+    from vidrec.models.pipeline import train_bundle, train_tuned
 
     t0 = time.perf_counter()
     ds = load_dataset(Path(a.data), on_bad_rows=a.on_bad_rows)
     if ds.bad_rows:
         print(ds.bad_rows.summary(), file=sys.stderr)
-    cfg = PipelineConfig()
-    from dataclasses import replace
-
-    # Nothing else runs beside an offline train: every core (the trainer service uses half).
-    cfg.train = replace(cfg.train, threads=os.cpu_count() or 1)
+    cfg = offline_config()
     if a.epochs is not None:
+        from dataclasses import replace
+
         cfg.train = replace(cfg.train, epochs=a.epochs)
     train = train_tuned if a.tune else train_bundle
     bundle = train(ds, cfg, progress=not a.quiet)
@@ -130,13 +143,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     ds = load_dataset(Path(a.data), on_bad_rows=a.on_bad_rows)
     ks = [int(k) for k in a.ks.split(",")]
-    from dataclasses import replace
-
-    from vidrec.models.pipeline import PipelineConfig
-
-    cfg = PipelineConfig()
-    cfg.train = replace(cfg.train, threads=os.cpu_count() or 1)
-    res = evaluate_dataset(ds, cfg, ks=ks, seed=a.seed, progress=not a.quiet)
+    res = evaluate_dataset(ds, offline_config(), ks=ks, seed=a.seed, progress=not a.quiet)
     paths = write_report(Path(a.out), res.results, f"vidrec offline evaluation: {a.data}",
                          res.tables, res.notes)
     k = 10 if 10 in ks else ks[-1]

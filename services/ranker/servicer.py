@@ -45,8 +45,14 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
               if u.mf_vector and u.mf_vector_version == version else None)
         cands = [(c.video_id, source_name(c.source), c.anchor_video_id)
                  for c in request.candidates]
-        tt = (np.asarray(request.user_vector, dtype=np.float32)
-              if request.user_vector and request.model_version else None)
+        tt = None
+        if request.user_vector and request.model_version:
+            tt = np.asarray(request.user_vector, dtype=np.float32)
+            dim = model.b.video_vectors.shape[1]
+            if tt.shape != (dim,) or not np.all(np.isfinite(tt)):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"user_vector must be {dim} finite numbers for model "
+                              f"{version}, got {len(tt)}")
         scored = score_candidates(model, self.store, u.user_id, profile_dict(u.profile),
                                   list(u.recent_video_ids), mf, cands, top_m, tt)
         return ranker_pb2.ScoreResponse(model_version=version, videos=[

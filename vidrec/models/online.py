@@ -84,7 +84,7 @@ class OnlineModel:
         vector already computed by this model version (the ranker gets it from the
         candidate stage), so the user tower does not run twice per request."""
         cats = self.b.encoder.encode_users([profile])
-        if two_tower is not None and two_tower.shape == (self.b.video_vectors.shape[1],):
+        if two_tower is not None:
             tt = two_tower
         else:
             tt = embed_users(self.b.two_tower, cats,
