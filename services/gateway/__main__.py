@@ -29,6 +29,9 @@ CHANNEL_OPTIONS = [("grpc.lb_policy_name", "round_robin"),
                    ("grpc.max_receive_message_length", 4 * 1024 * 1024)]
 
 
+IMPRESSION_LINGER_MS = 100
+
+
 def main() -> int:
     try:
         s = load_settings(GatewaySettings)
@@ -47,7 +50,11 @@ def main() -> int:
     if s.kafka_bootstrap:
         from vidrec.infra.kafka import EventProducer
 
-        producer = EventProducer(s.kafka_bootstrap, ack_timeout_s=5.0)
+        # Impressions are fire-and-forget, so they may wait for a full batch: at 90 req/s
+        # (10 records each) the producer cost 1.85 ms of CPU per request at linger 5 ms and
+        # 0.56 ms at 100 ms. LogEvents flushes, so its records never wait for the linger.
+        producer = EventProducer(s.kafka_bootstrap, ack_timeout_s=5.0,
+                                 linger_ms=IMPRESSION_LINGER_MS)
     servicer = GatewayServicer(stubs, store, producer, arms,
                                Budget(s.candidate_share, s.ranker_share),
                                s.max_k, s.default_deadline_ms / 1000, s.log_impressions)

@@ -24,44 +24,49 @@ KEEP_FRESH = 5
 
 @dataclass
 class Scored:
-    video_id: str
+    """A chosen candidate: its position in the request, blended score, and the watched
+    video it resembles ("" if none or the caller's anchor stands)."""
+
+    position: int
     score: float
-    source: str
     anchor: str
 
 
 def score_candidates(model: OnlineModel, store: FeatureStore | None, user_id: str,
                      profile: Mapping[str, Any], history: Sequence[str],
-                     mf_vector: np.ndarray | None,
-                     cands: Sequence[tuple[str, str, str]], top_m: int,
+                     mf_vector: np.ndarray | None, video_ids: Sequence[str],
+                     is_fresh: np.ndarray, top_m: int,
                      tt_vector: np.ndarray | None = None) -> list[Scored]:
-    """cands: (video_id, source, anchor). Returns the top_m by blended score.
+    """The top_m of `video_ids` by blended score, then up to KEEP_FRESH new uploads.
 
-    `tt_vector`: the user's two-tower vector from the candidate stage (same model version),
-    or None to compute it here."""
-    unknown = [v for v, _, _ in cands if not model.knows(v)]
-    if unknown and store is not None:
-        for rec in store.videos(unknown).values():
+    `is_fresh[i]`: candidate i came from the fresh-uploads source. `tt_vector`: the user's
+    two-tower vector from the candidate stage (same model version), or None to compute it
+    here. Candidates the model cannot embed (unknown even to Redis) are dropped."""
+    known = np.fromiter((model.knows(v) for v in video_ids), dtype=bool, count=len(video_ids))
+    if not known.all() and store is not None:
+        for rec in store.videos([v for v, k in zip(video_ids, known, strict=True)
+                                 if not k]).values():
             model.add_video(rec)
-        known = [c for c in cands if model.knows(c[0])]
-    else:
-        gone = set(unknown)
-        known = [c for c in cands if c[0] not in gone]
-    if not known:
+        known = np.fromiter((model.knows(v) for v in video_ids), dtype=bool,
+                            count=len(video_ids))
+    keep = np.flatnonzero(known)
+    if not len(keep):
         return []
+    ids = [video_ids[i] for i in keep] if len(keep) < len(video_ids) else list(video_ids)
     uv = model.user_vectors(user_id, profile, history, mf_vector, two_tower=tt_vector)
-    s = model.score(uv, [v for v, _, _ in known])
-    order = list(np.argsort(-s, kind="stable")[:top_m])
+    s = model.score(uv, ids)
+    ranked = np.argsort(-s, kind="stable")
+    order = ranked[:top_m]
     # New uploads (fresh source, or unknown to the trained catalog) rarely out-score
     # videos with history; pass a few through so the reranker's new-video slot can show them.
-    chosen = set(order)
-    fresh = [i for i in np.argsort(-s, kind="stable")
-             if (known[i][1] == "fresh" or known[i][0] not in model.index)
-             and i not in chosen][:KEEP_FRESH]
-    order += fresh
-    anchors = _anchors(model, history, [known[i][0] for i in order])
-    return [Scored(known[i][0], float(s[i]), known[i][1], known[i][2] or anchors[j])
-            for j, i in enumerate(order)]
+    rest = ranked[top_m:]
+    if len(rest):
+        new = np.asarray(is_fresh, dtype=bool)[keep][rest]
+        new |= np.fromiter((ids[i] not in model.index for i in rest), dtype=bool,
+                           count=len(rest))
+        order = np.concatenate([order, rest[new][:KEEP_FRESH]])
+    anchors = _anchors(model, history, [ids[i] for i in order])
+    return [Scored(int(keep[i]), float(s[i]), anchors[j]) for j, i in enumerate(order)]
 
 
 # Content cosine at which "because you watched X" is honest: on the demo catalog 0.3 means

@@ -8,7 +8,7 @@ import numpy as np
 from services.ranker.scoring import score_candidates
 from vidrec.logs import request_id_var
 from vidrec.models.online import OnlineModel
-from vidrec.serving.convert import profile_dict, source_enum, source_name
+from vidrec.serving.convert import profile_dict
 from vidrec.serving.holder import ModelHolder, VersionUnavailable
 from vidrec.store.features import FeatureStore
 from vidrec.v1 import common_pb2, ranker_pb2, ranker_pb2_grpc
@@ -43,8 +43,9 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
         u = request.user
         mf = (np.asarray(u.mf_vector, dtype=np.float32)
               if u.mf_vector and u.mf_vector_version == version else None)
-        cands = [(c.video_id, source_name(c.source), c.anchor_video_id)
-                 for c in request.candidates]
+        cands = [(c.video_id, c.source, c.anchor_video_id) for c in request.candidates]
+        fresh = np.fromiter((c[1] == common_pb2.CANDIDATE_SOURCE_FRESH for c in cands),
+                            dtype=bool, count=len(cands))
         tt = None
         if request.user_vector and request.model_version:
             tt = np.asarray(request.user_vector, dtype=np.float32)
@@ -54,8 +55,10 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
                               f"user_vector must be {dim} finite numbers for model "
                               f"{version}, got {len(tt)}")
         scored = score_candidates(model, self.store, u.user_id, profile_dict(u.profile),
-                                  list(u.recent_video_ids), mf, cands, top_m, tt)
+                                  list(u.recent_video_ids), mf, [c[0] for c in cands],
+                                  fresh, top_m, tt)
         return ranker_pb2.ScoreResponse(model_version=version, videos=[
-            common_pb2.ScoredVideo(video_id=s.video_id, score=s.score,
-                                   source=source_enum(s.source), anchor_video_id=s.anchor)
+            common_pb2.ScoredVideo(video_id=cands[s.position][0], score=s.score,
+                                   source=cands[s.position][1],
+                                   anchor_video_id=cands[s.position][2] or s.anchor)
             for s in scored])
