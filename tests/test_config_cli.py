@@ -39,7 +39,7 @@ def test_values_are_typed_and_bad_ones_rejected() -> None:
         load_settings(GatewaySettings, {**GW, "VIDREC_MAX_K": "many"})
     # a key another service knows is fine here (one shared ConfigMap for all services)
     assert "VIDREC_QDRANT_URL" in known_keys()
-    assert load_settings(RankerSettings, {"VIDREC_QDRANT_URL": "http://q"}).top_m == 100
+    assert load_settings(RankerSettings, {"VIDREC_QDRANT_URL": "http://q"}).top_m == 50
 
 
 def test_train_recommend_evaluate_from_the_command_line(small_dataset: Path,

@@ -220,6 +220,32 @@ def test_ranker_reuses_or_rejects_the_candidate_user_vector(stack: Stack) -> Non
             assert "user_vector" in (err.value.details() or "")
 
 
+def test_candidates_mix_every_source(stack: Stack) -> None:
+    """Each side source (MF, content-similar, popular) gets its share of n, the side sources
+    together at most half, the two-tower the rest; nothing the user has seen comes back."""
+    from services.candidate.sources import Mix
+    from vidrec.v1 import candidate_pb2, candidate_pb2_grpc
+
+    state = FeatureStore.from_url(stack.redis_url).user("u00003")
+    assert state.history, "the test user needs a history for content-similar candidates"
+    user = common_pb2.UserContext(user_id="u00003", recent_video_ids=state.history,
+                                  seen_video_ids=sorted(state.seen))
+    n, mix = 60, Mix()
+    with grpc.insecure_channel(stack.services["candidate"].addr) as ch:
+        c = candidate_pb2_grpc.CandidateStub(ch).Generate(
+            candidate_pb2.GenerateRequest(user=user, n=n), timeout=10)
+    sources = [common_pb2.CandidateSource.Name(v.source) for v in c.candidates]
+    count = {s: sources.count(f"CANDIDATE_SOURCE_{s.upper()}")
+             for s in ("two_tower", "mf", "content_similar", "popular")}
+    assert len(c.candidates) == n
+    assert count["mf"] == mix.quota(mix.mf, n)
+    assert 0 < count["content_similar"] <= mix.content_anchors * mix.quota(
+        mix.content_per_anchor, n)
+    assert count["popular"] == mix.quota(mix.popular, n)
+    assert count["two_tower"] >= n // 2
+    assert not {v.video_id for v in c.candidates} & (state.seen | set(state.history))
+
+
 def test_new_video_becomes_recommendable(stack: Stack, gw) -> None:  # type: ignore[no-untyped-def]
     from vidrec import schema
     from vidrec.infra.kafka import EventProducer

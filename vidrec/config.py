@@ -52,13 +52,13 @@ class CandidateSettings(ModelServiceSettings):
     # Qdrant server URL; empty = the embedded qdrant-edge index under index_root.
     qdrant_url: str = ""
     index_root: str = "var/index"
-    # Candidates returned per request.
-    num_candidates: int = 300
+    # Candidates returned per request (when the caller does not say; the gateway does).
+    num_candidates: int = 200
 
 
 @dataclass(frozen=True)
 class RankerSettings(ModelServiceSettings):
-    top_m: int = 100
+    top_m: int = 50
 
 
 @dataclass(frozen=True)

@@ -74,13 +74,20 @@ SIDE_EF = 64
 
 @dataclass(frozen=True)
 class Mix:
-    """How many candidates each source contributes (two-tower gets the rest)."""
+    """Each side source's share of the n candidates; the two-tower ANN gets the rest (at
+    least half). Shares, not counts, so that every source keeps a place at any n: with
+    fixed counts, MF's 100 and the content neighbours filled the side half of 300 and the
+    popular source never made it into the list."""
 
-    mf: int = 100
+    mf: float = 0.3
     content_anchors: int = 2
-    content_per_anchor: int = 15
-    fresh: int = 20
-    popular: int = 30
+    content_per_anchor: float = 0.05
+    fresh: float = 0.05
+    popular: float = 0.05
+
+    def quota(self, share: float, n: int) -> int:
+        """Candidates for a source with this share of n (at least one if the share is set)."""
+        return max(1, round(share * n)) if share > 0 else 0
 
 
 def generate(cm: CandidateModel, user_id: str, uv: UserVectors, history: list[str],
@@ -99,31 +106,35 @@ def generate(cm: CandidateModel, user_id: str, uv: UserVectors, history: list[st
             taken.add(vid)
             side.append(Cand(vid, source, score, anchor))
 
+    n_mf, n_content = mix.quota(mix.mf, n), mix.quota(mix.content_per_anchor, n)
+    n_fresh, n_popular = mix.quota(mix.fresh, n), mix.quota(mix.popular, n)
     if uv.mf is not None:
-        want = n if mf_only else mix.mf
+        want = n if mf_only else n_mf
         limit = min(want + len(seen), MAX_FETCH)
         for vid, sc in cm.index.search(cm.collection, uv.mf, limit, flt, using=MF, ef=SIDE_EF):
             add(vid, "mf", sc)
     if mf_only:
         return side[:n]
-    side = side[: mix.mf]
+    side = side[:n_mf]
     for anchor in history[: mix.content_anchors]:
         cv = o.content_vector(anchor)
         if cv is None:
             continue
-        limit = min(mix.content_per_anchor + len(seen) + 1, MAX_FETCH)
+        limit = min(n_content + len(seen) + 1, MAX_FETCH)
         hits = cm.index.search(cm.collection, cv, limit, flt, using=CONTENT, ef=SIDE_EF)
         got = 0
         for vid, sc in hits:
-            if vid != anchor and vid not in taken and got < mix.content_per_anchor:
+            if vid != anchor and vid not in taken and got < n_content:
                 add(vid, "content_similar", sc, anchor)
                 got += 1
-    for vid in fresh_ids[: mix.fresh]:
+    for vid in fresh_ids[:n_fresh]:
         if passes(flt, o.videos.get(vid)):
             add(vid, "fresh", 0.0)
-    for rank, vid in enumerate(o.popular[: mix.popular + len(seen)]):
-        if passes(flt, o.videos.get(vid)):
+    got = 0
+    for rank, vid in enumerate(o.popular[: n_popular + len(seen)]):
+        if got < n_popular and vid not in taken and passes(flt, o.videos.get(vid)):
             add(vid, "popular", float(-rank))
+            got += 1
     side = side[: n // 2]
     taken = set(seen) | {c.video_id for c in side}
     ann: list[Cand] = []
