@@ -65,6 +65,8 @@ def main() -> int:
     server.start()
     server.set_serving(True)
     server.run_until_signal()
+    if servicer.impressions is not None:
+        servicer.impressions.close()
     if producer is not None:
         producer.close()
     for ch in channels:

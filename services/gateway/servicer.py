@@ -11,8 +11,8 @@ import grpc
 
 from services.gateway.arms import assign
 from services.gateway.funnel import Budget, Stubs, run_funnel
+from services.gateway.impressions import ImpressionLog
 from services.gateway.validation import Invalid, check_events, check_recommend
-from vidrec import schema
 from vidrec.logs import request_id_var
 from vidrec.serving.convert import profile_dict, profile_proto
 from vidrec.store.features import FeatureStore, UserState
@@ -33,6 +33,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self.max_k = max_k
         self.default_deadline_s = default_deadline_s
         self.log_impressions = log_impressions
+        self.impressions = ImpressionLog(producer.producer) if producer else None
 
     # --- Recommend -------------------------------------------------------------------
 
@@ -79,25 +80,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         log.info("recommend user=%s k=%d -> %d videos, model=%s arm=%s degraded=%s",
                  request.user_id or "<new>", request.k, len(resp.videos), res.model_version,
                  arm, ",".join(res.degraded) or "-")
-        if self.log_impressions and self.producer is not None and request.user_id:
-            self._impressions(request.user_id, request_id, resp)
+        if self.log_impressions and self.impressions is not None and request.user_id:
+            self.impressions.log(request.user_id, request_id, resp)
         return resp
-
-    def _impressions(self, user_id: str, request_id: str,
-                     resp: gateway_pb2.RecommendResponse) -> None:
-        """One impression per shown video; fire-and-forget so the answer is not delayed."""
-        now = time.time()
-        try:
-            for pos, v in enumerate(resp.videos):
-                e = events_pb2.Event(
-                    event_id=f"{request_id}:{pos}", user_id=user_id, video_id=v.video_id,
-                    type=events_pb2.EVENT_TYPE_IMPRESSION, timestamp=now, request_id=request_id,
-                    position=pos, experiment_arm=resp.experiment_arm,
-                    model_version=resp.model_version)
-                self.producer.producer.send(schema.TOPIC_EVENTS, key=user_id.encode(),
-                                            value=e.SerializeToString())
-        except Exception:  # losing an impression must never fail a recommendation
-            log.warning("could not log impressions", exc_info=True)
 
     # --- LogEvents -------------------------------------------------------------------
 
