@@ -154,3 +154,23 @@ def test_online_score_matches_offline_blend(tiny_bundle) -> None:
         offline_top = rec.recommend([uid], 5, profiles=[prof or {}])[0]
         assert online_top == offline_top, (w, uid)
     bundle.ranker = trained
+
+
+def test_numpy_user_tower_matches_torch(tiny_bundle) -> None:
+    """Serving's numpy user tower gives the torch tower's vectors: empty, short and longer
+    histories (more than `recent`), known and unknown profiles and video ids."""
+    from vidrec.models.online import NumpyUserTower
+    from vidrec.models.two_tower_task import embed_users
+
+    bundle, _ = tiny_bundle
+    enc = bundle.encoder
+    tower = NumpyUserTower(bundle.two_tower)
+    profiles = [{}, {"age": 30, "gender": "F", "occupation": "student"},
+                {"age": 71, "gender": "X", "occupation": "astronaut", "zip": "90210"}]
+    histories = [[], ["v1"], [f"v{i}" for i in range(12)], ["v3", "nope", "v5"]]
+    for prof in profiles:
+        for hist in histories:
+            cats, h = enc.encode_users([prof]), enc.encode_history([hist])
+            want = embed_users(bundle.two_tower, cats, h)[0]
+            got = tower(cats[0], h[0])
+            np.testing.assert_allclose(got, want, atol=2e-6, err_msg=f"{prof} {hist}")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from vidrec.models.bundle import ModelBundle
-from vidrec.models.two_tower_task import embed_users, embed_videos, set_cpu_threads
+from vidrec.models.two_tower_task import embed_videos, set_cpu_threads
 
 DEMO_CACHE = 100_000  # profiles whose demographic moments are kept (16 bytes each + key)
 
@@ -48,10 +48,45 @@ class _Moments:
         return (scores - float(u64 @ self.mean)) / sd
 
 
+class NumpyUserTower:
+    """The two-tower's user tower for one user at a time, in numpy.
+
+    Same arithmetic as TwoTower.user_embed (a parity test holds them together), without
+    torch's per-call overhead: 0.3-0.5 ms per request in torch for a 2-layer MLP, most of
+    it dispatch, on the candidate stage's critical path.
+    """
+
+    def __init__(self, model: Any) -> None:
+        def arr(t: Any) -> np.ndarray:
+            return t.detach().cpu().numpy().astype(np.float32)
+
+        self.cats = [arr(e.weight) for e in model.user_cats]
+        self.hist = arr(model.hist.weight)
+        first, last = model.user_mlp[0], model.user_mlp[2]
+        self.w1, self.b1 = arr(first.weight).T.copy(), arr(first.bias)
+        self.w2, self.b2 = arr(last.weight).T.copy(), arr(last.bias)
+        self.recent = int(model.cfg.recent)
+
+    def __call__(self, cats: np.ndarray, hist: np.ndarray) -> np.ndarray:
+        """cats (n_user_cats,) and hist (HISTORY_LEN,) as FeatureEncoder encodes one user."""
+        parts = [t[c] for t, c in zip(self.cats, cats, strict=True)]
+        ids = hist[hist > 0]
+        h = self.hist[ids]
+        pooled = h.sum(0) / max(len(ids), 1)
+        recent_ids = hist[: self.recent]
+        rh = self.hist[recent_ids[recent_ids > 0]]
+        recent = rh.sum(0) / max(len(rh), 1)
+        parts += [pooled, recent, np.array([np.log1p(len(ids)) / 5.0], dtype=np.float32)]
+        x = np.concatenate(parts)
+        y = np.maximum(x @ self.w1 + self.b1, 0.0) @ self.w2 + self.b2
+        return (y / max(float(np.linalg.norm(y)), 1e-12)).astype(np.float32)
+
+
 class OnlineModel:
     def __init__(self, bundle: ModelBundle) -> None:
         set_cpu_threads()
         self.b = bundle
+        self.user_tower = NumpyUserTower(bundle.two_tower)
         self.version = bundle.version
         self.index = {v: i for i, v in enumerate(bundle.video_ids)}
         self.mf_row = {u: i for i, u in enumerate(bundle.mf_user_ids)}
@@ -87,8 +122,7 @@ class OnlineModel:
         if two_tower is not None:
             tt = two_tower
         else:
-            tt = embed_users(self.b.two_tower, cats,
-                             self.b.encoder.encode_history([list(history)]))[0]
+            tt = self.user_tower(cats[0], self.b.encoder.encode_history([list(history)])[0])
         mf = folded_mf
         if mf is None and (row := self.mf_row.get(user_id)) is not None:
             mf = self.b.mf_user[row]
