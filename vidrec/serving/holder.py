@@ -8,8 +8,10 @@ the gateway passes the candidate's version to the ranker, which asks `get(versio
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +22,22 @@ from vidrec.store.artifacts import ArtifactStore
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def freeze_heap() -> None:
+    """Take what is loaded now out of the cyclic garbage collector's walks.
+
+    A full collection walks every tracked object while holding the GIL: with a 100k-video
+    model loaded that took 110 ms, a stall for every request in flight whenever it came.
+    Frozen objects are never walked. Unfreezing first lets the garbage of the previous
+    freeze (an evicted model version) be collected once, here, off the request path.
+    """
+    t = time.perf_counter()
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    log.info("heap frozen: %d objects outside the GC's walks (%.0f ms)",
+             gc.get_freeze_count(), 1000 * (time.perf_counter() - t))
 
 
 class VersionUnavailable(LookupError):
@@ -63,6 +81,7 @@ class ModelHolder(Generic[T]):
         with self._load_lock:
             with self._lock:
                 m = self._models.get(version)
+            loaded = m is None
             if m is None:
                 log.info("loading model %s", version)
                 m = self._load(version, self.store.path(version))
@@ -81,7 +100,10 @@ class ModelHolder(Generic[T]):
                     close = getattr(evicted, "close", None)
                     if close is not None:
                         close()  # e.g. release the version's index shard
+                    del evicted, close  # no reference left for the collection below
                     log.info("model %s unloaded", old)
+            if loaded:
+                freeze_heap()
         if make_current and self._on_swap:
             self._on_swap(version)
         return m

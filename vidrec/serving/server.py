@@ -105,6 +105,9 @@ class Server:
             self.health.set(svc, status)
 
     def start(self) -> None:
+        from vidrec.serving.holder import freeze_heap
+
+        freeze_heap()  # what start-up built (modules, stubs, caches) stays out of GC walks
         self.grpc.start()
         log.info("%s listening on %s", self.name, self.address)
 
