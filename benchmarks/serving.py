@@ -51,15 +51,29 @@ def ann_recall(index: EdgeIndex, version: str, bundle: ModelBundle, n_users: int
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its children so far (Linux /proc)."""
+    """CPU seconds (user + system) used so far by a process and all its live descendants
+    (Linux /proc). Descendants matter: the embedded Redis and Kafka run under a watchdog
+    shell, whose own counters stay at zero while the server works."""
     import os
 
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    ticks = os.sysconf("SC_CLK_TCK")
-    return sum(int(x) for x in fields[11:15]) / ticks
+    total, todo, seen = 0.0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+        for t in tasks:
+            try:
+                todo += [int(c) for c in (t / "children").read_text().split()]
+            except OSError:
+                pass
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
