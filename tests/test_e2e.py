@@ -223,7 +223,7 @@ def test_ranker_reuses_or_rejects_the_candidate_user_vector(stack: Stack) -> Non
 def test_candidates_mix_every_source(stack: Stack) -> None:
     """Each side source (MF, content-similar, popular) gets its share of n, the side sources
     together at most half, the two-tower the rest; nothing the user has seen comes back."""
-    from services.candidate.sources import Mix
+    from vidrec.models.mix import Mix
     from vidrec.v1 import candidate_pb2, candidate_pb2_grpc
 
     state = FeatureStore.from_url(stack.redis_url).user("u00003")

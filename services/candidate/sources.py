@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vidrec.models.bundle import ModelBundle
+from vidrec.models.mix import DEFAULT_MIX, Mix
 from vidrec.models.online import OnlineModel, UserVectors
 from vidrec.serving.convert import passes
 from vidrec.serving.publish import collection_name
@@ -72,27 +73,9 @@ MAX_FETCH = 1000
 SIDE_EF = 64
 
 
-@dataclass(frozen=True)
-class Mix:
-    """Each side source's share of the n candidates; the two-tower ANN gets the rest (at
-    least half). Shares, not counts, so that every source keeps a place at any n: with
-    fixed counts, MF's 100 and the content neighbours filled the side half of 300 and the
-    popular source never made it into the list."""
-
-    mf: float = 0.3
-    content_anchors: int = 2
-    content_per_anchor: float = 0.05
-    fresh: float = 0.05
-    popular: float = 0.05
-
-    def quota(self, share: float, n: int) -> int:
-        """Candidates for a source with this share of n (at least one if the share is set)."""
-        return max(1, round(share * n)) if share > 0 else 0
-
-
 def generate(cm: CandidateModel, user_id: str, uv: UserVectors, history: list[str],
              seen: set[str], n: int, flt: SearchFilter, fresh_ids: list[str], arm: str,
-             mix: Mix = Mix()) -> list[Cand]:
+             mix: Mix = DEFAULT_MIX) -> list[Cand]:
     """Up to n candidates: each side source gets its quota (at most half of n together),
     the two-tower ANN fills the rest. Two-tower hits come first, so that with the ranker
     down the candidate order is still the best guess."""

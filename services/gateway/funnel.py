@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from vidrec.models.mix import N_CANDIDATES
 from vidrec.store.features import FeatureStore, UserState
 from vidrec.v1 import (
     candidate_pb2,
@@ -59,7 +60,7 @@ class Budget:
     # (4k videos: 0.4372 at 200 and 300; 20k videos: 0.4021 at 200, 0.4003 at 300), and
     # the reranker still chooses k=10 from 50.
     top_m: int = 50
-    num_candidates: int = 200
+    num_candidates: int = N_CANDIDATES
 
 
 def _left(deadline: float) -> float:

@@ -31,6 +31,7 @@ import torch
 from vidrec import schema
 from vidrec.models.content import ContentModel
 from vidrec.models.features import FeatureEncoder
+from vidrec.models.mix import DEFAULT_MIX, N_CANDIDATES, Mix
 from vidrec.models.two_tower import TwoTower, TwoTowerConfig
 
 MANIFEST = "manifest.json"
@@ -245,13 +246,15 @@ class Components:
 class BatchRecommender:
     """Vectorised offline mirror of the serving funnel (CF candidates -> scoring).
 
-    modes: "hybrid" (MF + two-tower candidates, blended second-stage score), "mf",
-    "two_tower", "popularity".
+    modes: "hybrid" (the candidate stage's mix of MF, content, popular and two-tower
+    candidates, then the blended second-stage score), "mf", "two_tower", "popularity".
     """
 
-    def __init__(self, bundle: ModelBundle, n_candidates: int = 300) -> None:
+    def __init__(self, bundle: ModelBundle, n_candidates: int = N_CANDIDATES,
+                 mix: Mix = DEFAULT_MIX) -> None:
         self.b = bundle
         self.n_candidates = n_candidates
+        self.mix = mix
         self.mf_row = {u: i for i, u in enumerate(bundle.mf_user_ids)}
         self.vid = {v: i for i, v in enumerate(bundle.video_ids)}
         pop = np.log1p(bundle.popularity.astype(np.float64))
@@ -305,7 +308,7 @@ class BatchRecommender:
         return Components(
             tt=tt, tt_z=_zrows(tt), mf=mf, mf_z=np.where(has_mf[:, None], _zrows(mf), 0.0),
             has_mf=has_mf, no_hist=np.array([not h for h in hist])[:, None], demo_z=demo,
-            cand=self._candidates(tt, np.where(has_mf[:, None], mf, -np.inf)), seen=seen)
+            cand=self._candidates(tt, mf, has_mf, hist, seen), seen=seen)
 
     def top_k(self, c: Components, k: int, mode: str, w: RankerWeights) -> list[list[str]]:
         n, nv = c.tt.shape
@@ -332,14 +335,42 @@ class BatchRecommender:
         vids = self.b.video_ids
         return [[vids[j] for j in row if np.isfinite(score[i, j])] for i, row in enumerate(top)]
 
-    def _candidates(self, tt: np.ndarray, mf: np.ndarray) -> np.ndarray:
-        """CF stage: the union of each source's top n_candidates."""
+    def _candidates(self, tt: np.ndarray, mf: np.ndarray, has_mf: np.ndarray,
+                    hist: Sequence[Sequence[str]], seen: np.ndarray) -> np.ndarray:
+        """The serving candidate stage (services/candidate), vectorised over users: MF's
+        nearest videos, content neighbours of the latest watches and the most popular
+        videos take their Mix shares of n_candidates, and the two-tower's nearest fill the
+        rest. Exact top lists stand in for the ANN; there are no fresh uploads offline."""
         n, nv = tt.shape
-        c = min(self.n_candidates, nv)
-        mask = np.zeros((n, nv), dtype=bool)
-        for m in (tt, mf):
-            top = np.argpartition(-m, c - 1, axis=1)[:, :c]
-            rows = np.repeat(np.arange(n), c)
-            finite = np.isfinite(m[rows, top.ravel()])
-            mask[rows[finite], top.ravel()[finite]] = True
-        return mask
+        total = min(self.n_candidates, nv)
+        mix = self.mix
+        taken = seen.copy()
+        cand = np.zeros((n, nv), dtype=bool)
+
+        def take(score: np.ndarray, k: np.ndarray) -> None:
+            """Each user i gets the k[i] best videos by score not taken yet."""
+            kk = int(min(k.max(initial=0), nv))
+            if kk <= 0:
+                return
+            s = np.where(taken, -np.inf, score)
+            top = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(s, top, 1), axis=1), 1)
+            keep = (np.arange(kk)[None, :] < k[:, None]) & np.isfinite(
+                np.take_along_axis(s, top, 1))
+            rows = np.broadcast_to(np.arange(n)[:, None], top.shape)
+            cand[rows[keep], top[keep]] = True
+            taken[rows[keep], top[keep]] = True
+
+        take(mf, np.where(has_mf, mix.quota(mix.mf, total), 0))
+        cv = self.b.content_vectors
+        for a in range(mix.content_anchors):
+            anchor = np.array([self.vid.get(h[a], -1) if len(h) > a else -1 for h in hist])
+            has = anchor >= 0
+            if has.any():
+                sims = np.zeros((n, nv), dtype=np.float32)
+                sims[has] = cv[anchor[has]] @ cv.T
+                take(sims, np.where(has, mix.quota(mix.content_per_anchor, total), 0))
+        pop = np.broadcast_to(self.b.popularity.astype(np.float64), (n, nv))
+        take(pop, np.full(n, mix.quota(mix.popular, total)))
+        take(tt, total - cand.sum(axis=1))
+        return cand
