@@ -17,8 +17,11 @@ class Mix:
     popular source never made it into the list."""
 
     mf: float = 0.3
-    content_anchors: int = 2  # the most recent watches whose content neighbours are fetched
-    content_per_anchor: float = 0.05
+    # The latest watch's content neighbours. Two anchors at 5% each scored the same as one
+    # at 10% offline (validation NDCG and synthetic true precision, to 4 decimals), and each
+    # anchor is one more index search on every request: 0.5 ms with caches cold.
+    content_anchors: int = 1
+    content_per_anchor: float = 0.10
     fresh: float = 0.05
     popular: float = 0.05
 
