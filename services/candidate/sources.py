@@ -114,8 +114,10 @@ def generate(cm: CandidateModel, user_id: str, uv: UserVectors, history: list[st
         if passes(flt, o.videos.get(vid)):
             add(vid, "fresh", 0.0)
     got = 0
-    for rank, vid in enumerate(o.popular[: n_popular + len(seen)]):
-        if got < n_popular and vid not in taken and passes(flt, o.videos.get(vid)):
+    for rank, vid in enumerate(o.popular):  # skipping what the user saw or MF/content took
+        if got == n_popular:
+            break
+        if vid not in taken and passes(flt, o.videos.get(vid)):
             add(vid, "popular", float(-rank))
             got += 1
     side = side[: n // 2]

@@ -32,8 +32,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self.budget = budget
         self.max_k = max_k
         self.default_deadline_s = default_deadline_s
-        self.log_impressions = log_impressions
-        self.impressions = ImpressionLog(producer.producer) if producer else None
+        self.impressions = (ImpressionLog(producer.producer)
+                            if producer is not None and log_impressions else None)
 
     # --- Recommend -------------------------------------------------------------------
 
@@ -80,7 +80,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         log.info("recommend user=%s k=%d -> %d videos, model=%s arm=%s degraded=%s",
                  request.user_id or "<new>", request.k, len(resp.videos), res.model_version,
                  arm, ",".join(res.degraded) or "-")
-        if self.log_impressions and self.impressions is not None and request.user_id:
+        if self.impressions is not None and request.user_id:
             self.impressions.log(request.user_id, request_id, resp)
         return resp
 
