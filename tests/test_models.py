@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 
 from vidrec.data.dataset import Dataset
-from vidrec.data.feedback import FeedbackWeights, build_feedback_matrix
+from vidrec.data.feedback import FeedbackWeights, build_feedback_matrix, recency_ranks
 from vidrec.models.bundle import BatchRecommender, DemographicPrior, ModelBundle, RankerWeights
-from vidrec.models.mf import MFConfig, fold_in, train_mf
+from vidrec.models.mf import MFConfig, fold_in, recency_factor, recency_user_factors, train_mf
 from vidrec.models.online import OnlineModel
-from vidrec.models.pipeline import PipelineConfig, train_bundle
+from vidrec.models.pipeline import PipelineConfig, positives, train_bundle
 from vidrec.models.two_tower_task import TrainConfig
 
 
@@ -67,6 +67,58 @@ def test_mf_fold_in_reproduces_trained_user() -> None:
     # No interactions: the zero vector.
     assert not fold_in(model.video_factors, np.array([], dtype=np.int64), np.array([]),
                        np.array([]), cfg.regularization).any()
+
+
+def test_recency_ranks_order_positives_latest_first() -> None:
+    inter = _inter([
+        ("a", "v1", 1, "like", np.nan),
+        ("a", "v3", 2, "skip", np.nan),  # a negative: no rank
+        ("a", "v2", 3, "like", np.nan),
+        ("a", "v1", 4, "like", np.nan),  # again: the pair's first positive (t=1) counts
+        ("b", "v3", 5, "like", np.nan),
+        ("b", "v2", 5, "like", np.nan),  # same time: the earlier row is the later rank 0
+    ])
+    w = FeedbackWeights()
+    fm = build_feedback_matrix(inter, w)
+    ranks = recency_ranks(fm, positives(inter, w))
+    got = {(fm.user_ids[r], fm.video_ids[c]): ranks[i]
+           for r in range(2) for i, c in zip(range(fm.confidence.indptr[r],
+                                                   fm.confidence.indptr[r + 1]),
+                                             fm.confidence.indices[fm.confidence.indptr[r]:
+                                                                   fm.confidence.indptr[r + 1]],
+                                             strict=True)}
+    assert got == {("a", "v1"): 1.0, ("a", "v2"): 0.0, ("a", "v3"): np.inf,
+                   ("b", "v3"): 0.0, ("b", "v2"): 1.0}
+    np.testing.assert_allclose(recency_factor(np.array([0.0, 5.0, np.inf]),
+                                              MFConfig(recency_boost=10.0)), [11.0, 6.0, 1.0])
+    assert (recency_factor(np.array([0.0, np.inf]), MFConfig()) == 1.0).all()
+
+
+def test_recency_boost_pulls_user_vectors_towards_latest_positives() -> None:
+    inter = _random_matrix()
+    w = FeedbackWeights()
+    fm = build_feedback_matrix(inter, w)
+    cfg = MFConfig(factors=8, regularization=1.0, iterations=30)
+    model = train_mf(fm, cfg, progress=False)
+    ranks = recency_ranks(fm, positives(inter, w))
+    plain = recency_user_factors(model.video_factors, fm, ranks, cfg)
+    # Boost 0 is the plain ALS user solve against the final video factors.
+    np.testing.assert_allclose(plain, model.user_factors, atol=0.05)
+    # A half-life this short boosts the latest positive alone: raising one entry's weight
+    # in a weighted least-squares fit always shrinks that entry's residual.
+    boosted = recency_user_factors(model.video_factors, fm, ranks,
+                                   MFConfig(factors=8, regularization=1.0, recency_boost=30.0,
+                                            recency_half_life=0.05))
+    closer = []
+    for u in range(len(fm.user_ids)):
+        lo, hi = fm.confidence.indptr[u], fm.confidence.indptr[u + 1]
+        r, cols = ranks[lo:hi], fm.confidence.indices[lo:hi]
+        if np.isfinite(r).sum() < 2:
+            continue
+        latest = model.video_factors[cols[np.argmin(r)]]
+        # The latest positive (preference 1) is reproduced more closely.
+        closer.append(abs(1 - boosted[u] @ latest) < abs(1 - plain[u] @ latest))
+    assert len(closer) > 20 and all(closer)
 
 
 def test_demographic_prior_lift() -> None:

@@ -17,6 +17,7 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from services.trainer.apply import apply_batch
@@ -192,3 +193,32 @@ def test_trainer_killed_mid_stream_loses_nothing_and_doubles_nothing(
     assert counters(store) == counts, log.read_text()[-3000:]
     assert all(store.user(u).history == history[u] for u in history)
     assert all(store.user(u).seen == seen[u] for u in seen)
+
+
+def test_fold_in_weights_recent_positives_by_the_models_recency_boost(
+        redis_client, key_prefix: str, small_model: Path) -> None:  # type: ignore[no-untyped-def]
+    from services.trainer.apply import dirty_key
+    from services.trainer.foldin import fold_in_dirty
+    from vidrec.models.bundle import ModelBundle
+    from vidrec.models.online import OnlineModel
+
+    store = FeatureStore(redis_client, key_prefix)
+    bundle = ModelBundle.load(small_model)
+    vids = bundle.video_ids
+    history = vids[:12]  # most recent first: vids[0] is the latest positive
+    store.put_users([("fresh", {}, history, history)])
+
+    def folded(boost: float) -> np.ndarray:
+        bundle.manifest["config"]["mf"].update(recency_boost=boost, recency_half_life=0.05)
+        store.r.sadd(dirty_key(store), "fresh")
+        assert fold_in_dirty(store, OnlineModel(bundle), "vX") == 1
+        st = store.user("fresh")
+        assert st.mf_version == "vX" and st.mf_vector is not None
+        return st.mf_vector
+
+    plain, boosted = folded(0.0), folded(10.0)
+    # With a half-life this short only the latest positive is weighted up, and raising one
+    # entry's weight in a weighted least-squares solve shrinks that entry's residual.
+    latest = bundle.mf_video[bundle.encoder.video_index[history[0]]]
+    assert abs(1 - boosted @ latest) < abs(1 - plain @ latest)
+    assert not np.allclose(plain, boosted)

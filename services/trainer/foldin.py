@@ -3,7 +3,9 @@
 The two-tower user vector needs no such step: the user tower runs at request time over
 the Redis history, which the seconds tier already updated. MF user vectors are solved
 against the serving model's video factors (one f x f solve each) and stored with that
-model version; serving ignores a vector from another version.
+model version; serving ignores a vector from another version. Recent positives count
+more, by the model's MF recency boost (vidrec.models.mf.recency_factor), as the offline
+user vectors were solved.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import numpy as np
 
 from services.trainer.apply import dirty_key
-from vidrec.models.mf import fold_in
+from vidrec.models.mf import MFConfig, fold_in, recency_factor
 from vidrec.models.online import OnlineModel
 from vidrec.store.features import FeatureStore
 
@@ -27,7 +29,8 @@ def fold_in_dirty(store: FeatureStore, model: OnlineModel, version: str, max_use
     users = [u.decode() if isinstance(u, bytes) else str(u) for u in raw]
     if not users:
         return 0
-    reg = float(model.b.manifest["config"]["mf"]["regularization"])
+    mf_cfg = MFConfig(**model.b.manifest["config"]["mf"])
+    reg = mf_cfg.regularization
     n = 0
     for u in users:
         st = store.user(u)
@@ -37,7 +40,9 @@ def fold_in_dirty(store: FeatureStore, model: OnlineModel, version: str, max_use
             continue
         idx = np.array(pos + neg, dtype=np.int64)
         pref = np.array([1.0] * len(pos) + [0.0] * len(neg))
-        conf = np.full(len(idx), 1.0 + alpha)
+        # The history is most recent first: position = recency rank, as in training.
+        boost = np.r_[recency_factor(np.arange(len(pos)), mf_cfg), np.ones(len(neg))]
+        conf = 1.0 + alpha * boost
         vec = fold_in(model.b.mf_video, idx, conf, pref, reg, gram=model.mf_gram)
         store.put_user_vector(u, vec, version)
         n += 1

@@ -122,3 +122,22 @@ def build_feedback_matrix(
         user_index=user_index,
         video_index=video_index,
     )
+
+
+def recency_ranks(fm: FeedbackMatrix, positives: pd.DataFrame) -> np.ndarray:
+    """Each stored entry's recency rank among its user's positives, aligned with
+    fm.confidence.data: 0 for the latest positive, 1 for the one before, ...; np.inf for
+    an entry that is not in `positives` (user_id, video_id, timestamp of the pair's first
+    positive event, as the user's history orders them)."""
+    pos = positives[positives["user_id"].isin(fm.user_index)
+                    & positives["video_id"].isin(fm.video_index)]
+    rank = (pos.groupby("user_id", sort=False)["timestamp"]
+            .rank(method="first", ascending=False).to_numpy(np.float64))
+    r = pos["user_id"].map(fm.user_index).to_numpy(np.int64)
+    c = pos["video_id"].map(fm.video_index).to_numpy(np.int64)
+    # pandas ranks from 1, so the latest positive is stored too (a sparse 0 is no entry).
+    lookup = sp.csr_matrix((rank, (r, c)), shape=fm.shape)
+    conf = fm.confidence
+    rows = np.repeat(np.arange(conf.shape[0]), np.diff(conf.indptr))
+    got = np.asarray(lookup[rows, conf.indices]).ravel() if conf.nnz else np.zeros(0)
+    return np.where(got > 0, got - 1.0, np.inf)

@@ -30,6 +30,10 @@ class MFConfig:
     seed: int = 0
     # Rescales the matrix confidences: c = 1 + conf_scale * (confidence - 1).
     conf_scale: float = 1.0
+    # User vectors weight recent positives more (see recency_factor); 0 = all alike.
+    # `vidrec train` picks the boost on validation; the half-life counts positives.
+    recency_boost: float = 0.0
+    recency_half_life: float = 5.0
 
 
 @dataclass
@@ -106,6 +110,39 @@ def train_mf(fm: FeedbackMatrix, cfg: MFConfig | None = None, progress: bool = T
              cfg.factors, seconds)
     return MFModel(cfg, users.astype(np.float32), videos.astype(np.float32),
                    fm.user_ids, fm.video_ids, seconds)
+
+
+def recency_factor(rank: np.ndarray, cfg: MFConfig) -> np.ndarray:
+    """How much more a positive counts in its user's vector, by its recency rank (0 = the
+    latest positive; np.inf = not a positive, factor 1): 1 + boost * 0.5 ** (rank / half).
+
+    Why: what a user watches next follows their latest taste more than their average one
+    (on MovieLens-100K validation, MF alone NDCG@10 0.147 -> 0.176 with boost 10). The
+    offline user vectors (recency_user_factors) and the trainer's fold-in use this one
+    function, so serving's vectors match the evaluated ones.
+    """
+    r = np.asarray(rank, dtype=np.float64)
+    if cfg.recency_boost == 0:
+        return np.ones_like(r)
+    with np.errstate(over="ignore"):
+        return 1.0 + cfg.recency_boost * np.exp2(-r / cfg.recency_half_life)
+
+
+def recency_user_factors(video_factors: np.ndarray, fm: FeedbackMatrix, rank: np.ndarray,
+                         cfg: MFConfig) -> np.ndarray:
+    """Every user's vector solved against fixed video factors, with each positive entry's
+    confidence excess (c - 1) scaled by recency_factor(rank). `rank` is aligned with
+    fm.confidence.data. The video factors stay those of the plain ALS fit: scaling the
+    whole matrix by recency made validation worse (NDCG@10 0.2055 vs 0.2111)."""
+    conf, pref = _scaled(fm, cfg)
+    boost = np.where(pref.data > 0, recency_factor(rank, cfg), 1.0)
+    conf.data = 1.0 + (conf.data - 1.0) * boost
+    limits = threadpool_limits(1)
+    try:
+        users = _solve_side(video_factors.astype(np.float64), conf, pref, cfg.regularization)
+    finally:
+        limits.restore_original_limits()
+    return users.astype(np.float32)
 
 
 def fold_in(

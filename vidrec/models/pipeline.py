@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,11 +15,16 @@ import pandas as pd
 
 from vidrec import schema
 from vidrec.data.dataset import Dataset
-from vidrec.data.feedback import FeedbackWeights, build_feedback_matrix, event_scores
+from vidrec.data.feedback import (
+    FeedbackWeights,
+    build_feedback_matrix,
+    event_scores,
+    recency_ranks,
+)
 from vidrec.models.bundle import ModelBundle, RankerWeights, UserRecord, demographic_counts
 from vidrec.models.content import ContentModel
 from vidrec.models.features import FeatureEncoder
-from vidrec.models.mf import MFConfig, train_mf
+from vidrec.models.mf import MFConfig, recency_user_factors, train_mf
 from vidrec.models.two_tower import TwoTowerConfig
 from vidrec.models.two_tower_task import (
     TrainConfig,
@@ -75,8 +81,12 @@ def train_bundle(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool 
     fm = build_feedback_matrix(inter, cfg.weights,
                                video_ids=np.array(encoder.video_ids, dtype=object))
     mf = train_mf(fm, cfg.mf, progress=progress)
-
     pos = positives(inter, cfg.weights)
+    # The user vectors are re-solved with recent positives weighted up (recency_boost),
+    # the way the trainer folds them in online.
+    mf.user_factors = recency_user_factors(mf.video_factors, fm, recency_ranks(fm, pos),
+                                           cfg.mf)
+
     user_profiles = {str(r["user_id"]): _clean(r) for r in ds.users.to_dict("records")}
     user_list = list(user_profiles)
     user_row = {u: i for i, u in enumerate(user_list)}
@@ -127,6 +137,7 @@ def train_bundle(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool 
 @dataclass
 class TuneResult:
     weights: RankerWeights
+    recency_boost: float  # MFConfig.recency_boost
     validation: dict[str, float]
     seconds: float
 
@@ -140,6 +151,7 @@ WARM_GRID_POP = (0.0, 0.15, 0.3, 0.5)
 WARM_GRID_DEMO = (0.0, 0.15, 0.3, 0.5)
 COLD_GRID_POP = (0.0, 1.0, 3.0, 5.0, 8.0, 12.0, 20.0, 40.0)
 COLD_GRID_DEMO = (0.0, 3.0, 8.0, 12.0, 20.0, 40.0)
+RECENCY_GRID = (0.0, 3.0, 10.0, 30.0, 100.0)  # MFConfig.recency_boost
 
 
 def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool = True
@@ -148,7 +160,8 @@ def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool 
 
     10% of users are held out entirely (cold-start validation); of the rest, each user's
     last 20% of interactions is the warm validation set. One model is trained on what is
-    left and the weight grid is scored by NDCG@10 on both. The caller's test data never
+    left and the weight grid (with the MF user vectors' recency boost) is scored by
+    NDCG@10 on both. The caller's test data never
     enters: `ds` is already the training side of any evaluation split.
     """
     from vidrec.evaluation.metrics import evaluate
@@ -165,16 +178,43 @@ def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool 
     w = RankerWeights(**asdict(cfg.ranker))
     rel = relevant_sets(warm_val)
     users = sorted(rel)
+    boost = cfg.mf.recency_boost
     if users:
-        scores = {}
-        # The score terms are computed once; each grid point only blends them.
-        comp = rec.components(users, [{}] * len(users))
-        for mf, pop, demo in itertools.product(WARM_GRID_MF, WARM_GRID_POP, WARM_GRID_DEMO):
-            lists = rec.top_k(comp, 10, "hybrid", RankerWeights(1.0, mf, pop, 0.0, demo, 0.0))
-            m = evaluate(dict(zip(users, lists, strict=True)), rel, [10], bundle.video_ids)
-            scores[(mf, pop, demo)] = m["ndcg@10"]
-        (w.mf, w.pop, w.demo), best["val_warm_ndcg@10"] = max(scores.items(),
-                                                              key=lambda kv: kv[1])
+        fm = build_feedback_matrix(fit, cfg.weights,
+                                   video_ids=np.array(bundle.video_ids, dtype=object))
+        ranks = recency_ranks(fm, positives(fit, cfg.weights))
+        scores: dict[tuple[float, float, float, float], float] = {}
+
+        def score_grid(boost: float, grid: Iterable[tuple[float, float, float]]) -> None:
+            # The score terms are computed once per boost; each grid point only blends them.
+            bundle.mf_user = recency_user_factors(bundle.mf_video, fm, ranks,
+                                                  replace(cfg.mf, recency_boost=boost))
+            comp = rec.components(users, [{}] * len(users))
+            for mf, pop, demo in grid:
+                ws = RankerWeights(1.0, mf, pop, 0.0, demo, 0.0)
+                lists = rec.top_k(comp, 10, "hybrid", ws)
+                m = evaluate(dict(zip(users, lists, strict=True)), rel, [10], bundle.video_ids)
+                scores[(boost, mf, pop, demo)] = m["ndcg@10"]
+
+        def best_point() -> tuple[float, float, float, float]:
+            return max(scores.items(), key=lambda kv: kv[1])[0]
+
+        # Coordinate search: the full blend grid without recency, then the MF weight for
+        # each recency boost, then the priors again at the best of those (~130 points,
+        # not the 480 of a full product: tuning is part of `vidrec train`'s minute).
+        score_grid(0.0, itertools.product(WARM_GRID_MF, WARM_GRID_POP, WARM_GRID_DEMO))
+        _, _, pop0, demo0 = best_point()
+        for b in RECENCY_GRID[1:]:
+            score_grid(b, ((mf, pop0, demo0) for mf in WARM_GRID_MF))
+        boost, mf1, _, _ = best_point()
+        if boost:
+            score_grid(boost, ((mf1, p, d) for p, d in itertools.product(WARM_GRID_POP,
+                                                                          WARM_GRID_DEMO)))
+        boost, w.mf, w.pop, w.demo = best_point()
+        best["val_warm_ndcg@10"] = scores[(boost, w.mf, w.pop, w.demo)]
+        best["val_warm_ndcg@10_no_recency"] = max(v for k, v in scores.items() if k[0] == 0)
+        # The cold blend below has no MF term; restore the factors the bundle trained with.
+        bundle.mf_user = recency_user_factors(bundle.mf_video, fm, ranks, cfg.mf)
     crel = relevant_sets(cold_val)
     cusers = sorted(crel)
     if cusers:
@@ -189,9 +229,10 @@ def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool 
         (w.cold_pop, w.cold_demo), best["val_cold_ndcg@10"] = max(cscores.items(),
                                                                   key=lambda kv: kv[1])
     seconds = time.perf_counter() - t0
-    log.info("tuned ranker weights %s on validation (%d warm, %d cold users) in %.1fs: %s",
-             w.to_dict(), len(users), len(cold_users), seconds, best)
-    return TuneResult(w, best, seconds)
+    log.info("tuned ranker weights %s, MF recency boost %g on validation (%d warm, %d cold"
+             " users) in %.1fs: %s", w.to_dict(), boost, len(users), len(cold_users), seconds,
+             best)
+    return TuneResult(w, boost, best, seconds)
 
 
 def train_tuned(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool = True,
@@ -200,6 +241,7 @@ def train_tuned(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool =
     cfg = cfg or PipelineConfig()
     tuned = tune_ranker(ds, cfg, progress=progress)
     cfg.ranker = tuned.weights
+    cfg.mf = replace(cfg.mf, recency_boost=tuned.recency_boost)
     bundle = train_bundle(ds, cfg, progress=progress, version=version)
     bundle.manifest["metrics"].update(tuned.validation)
     bundle.manifest["train_seconds"]["tune"] = round(tuned.seconds, 3)
