@@ -146,11 +146,11 @@ class TuneResult:
 # popularity/demographic prior, on the synthetic data the two-tower alone; the validation
 # split decides per dataset. The grids reach past the largest weights validation picked
 # on either dataset (an optimum on a grid's edge means the grid was too small).
-WARM_GRID_MF = (0.0, 0.15, 0.25, 0.4, 0.6, 0.9)
+WARM_GRID_MF = (0.0, 0.15, 0.25, 0.4, 0.6, 0.9, 1.3)
 WARM_GRID_POP = (0.0, 0.15, 0.3, 0.5)
 WARM_GRID_DEMO = (0.0, 0.15, 0.3, 0.5)
-COLD_GRID_POP = (0.0, 1.0, 3.0, 5.0, 8.0, 12.0, 20.0, 40.0)
-COLD_GRID_DEMO = (0.0, 3.0, 8.0, 12.0, 20.0, 40.0)
+COLD_GRID_POP = (0.0, 1.0, 3.0, 5.0, 8.0, 12.0, 20.0, 40.0, 80.0)
+COLD_GRID_DEMO = (0.0, 3.0, 8.0, 12.0, 20.0, 40.0, 80.0)
 RECENCY_GRID = (0.0, 3.0, 10.0, 30.0, 100.0)  # MFConfig.recency_boost
 
 
@@ -200,8 +200,8 @@ def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool 
             return max(scores.items(), key=lambda kv: kv[1])[0]
 
         # Coordinate search: the full blend grid without recency, then the MF weight for
-        # each recency boost, then the priors again at the best of those (~130 points,
-        # not the 480 of a full product: tuning is part of `vidrec train`'s minute).
+        # each recency boost, then the priors again at the best of those (~150 points,
+        # not the 560 of a full product: tuning is part of `vidrec train`'s minute).
         score_grid(0.0, itertools.product(WARM_GRID_MF, WARM_GRID_POP, WARM_GRID_DEMO))
         _, _, pop0, demo0 = best_point()
         for b in RECENCY_GRID[1:]:
