@@ -252,3 +252,16 @@ def test_offline_candidates_mirror_the_serving_mix(tiny_bundle) -> None:
     cold = rec.components(["new"], [{"gender": "F"}]).cand[0]
     top_pop = int(np.argmax(bundle.popularity))
     assert cold.sum() == n and cold[top_pop]
+
+
+def test_retrain_keeps_what_train_tuned(small_model) -> None:  # type: ignore[no-untyped-def]
+    from services.trainer.retrain import carried_config
+
+    serving = ModelBundle.load(small_model)
+    serving.manifest["config"]["mf"].update(recency_boost=30.0, recency_half_life=4.0)
+    serving.ranker = RankerWeights(1.0, 0.9, 0.0, 20.0, 0.5, 40.0)
+    cfg = carried_config(serving, PipelineConfig())
+    assert (cfg.mf.recency_boost, cfg.mf.recency_half_life) == (30.0, 4.0)
+    assert cfg.ranker == serving.ranker and cfg.ranker is not serving.ranker
+    assert cfg.mf.factors == MFConfig().factors  # the rest stays the caller's
+    assert carried_config(None, PipelineConfig()).mf.recency_boost == 0.0

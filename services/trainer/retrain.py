@@ -69,15 +69,24 @@ def _ndcg(bundle: ModelBundle, window: pd.DataFrame, seen_before: pd.DataFrame) 
     return evaluate(recs, rel, [10], bundle.video_ids)["ndcg@10"]
 
 
+def carried_config(serving: ModelBundle | None, cfg: PipelineConfig) -> PipelineConfig:
+    """What `vidrec train` tuned on validation carries over to a retrain: the ranker weights
+    and the MF recency boost (the weights were picked together with it)."""
+    if serving is None:
+        return cfg
+    mf = serving.manifest.get("config", {}).get("mf", {})
+    return replace(cfg, ranker=replace(serving.ranker), mf=replace(
+        cfg.mf, recency_boost=float(mf.get("recency_boost", 0.0)),
+        recency_half_life=float(mf.get("recency_half_life", cfg.mf.recency_half_life))))
+
+
 def retrain(base: Path, events: pd.DataFrame, videos_log: pd.DataFrame | None,
             artifacts: ArtifactStore, publish_fn: Any, window_frac: float = 0.2,
             cfg: PipelineConfig | None = None, force: bool = False) -> RetrainResult:
     t0 = time.perf_counter()
     latest = artifacts.latest()
     serving = ModelBundle.load(artifacts.path(latest)) if latest else None
-    cfg = cfg or PipelineConfig()
-    if serving is not None:
-        cfg.ranker = replace(serving.ranker)
+    cfg = carried_config(serving, cfg or PipelineConfig())
     ds = combined_dataset(base, events, videos_log)
     if len(events) == 0 and not force:
         return RetrainResult(None, None, None, "no new events", time.perf_counter() - t0)
