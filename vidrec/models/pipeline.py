@@ -161,8 +161,8 @@ def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool 
     10% of users are held out entirely (cold-start validation); of the rest, each user's
     last 20% of interactions is the warm validation set. One model is trained on what is
     left and the weight grid (with the MF user vectors' recency boost) is scored by
-    NDCG@10 on both. The caller's test data never
-    enters: `ds` is already the training side of any evaluation split.
+    NDCG@10 on both. The caller's test data never enters: `ds` is already the training
+    side of any evaluation split.
     """
     from vidrec.evaluation.metrics import evaluate
     from vidrec.evaluation.splits import cold_start_split, relevant_sets, temporal_split
@@ -185,16 +185,16 @@ def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool 
         ranks = recency_ranks(fm, positives(fit, cfg.weights))
         scores: dict[tuple[float, float, float, float], float] = {}
 
-        def score_grid(boost: float, grid: Iterable[tuple[float, float, float]]) -> None:
+        def score_grid(rb: float, grid: Iterable[tuple[float, float, float]]) -> None:
             # The score terms are computed once per boost; each grid point only blends them.
             bundle.mf_user = recency_user_factors(bundle.mf_video, fm, ranks,
-                                                  replace(cfg.mf, recency_boost=boost))
+                                                  replace(cfg.mf, recency_boost=rb))
             comp = rec.components(users, [{}] * len(users))
             for mf, pop, demo in grid:
                 ws = RankerWeights(1.0, mf, pop, 0.0, demo, 0.0)
                 lists = rec.top_k(comp, 10, "hybrid", ws)
                 m = evaluate(dict(zip(users, lists, strict=True)), rel, [10], bundle.video_ids)
-                scores[(boost, mf, pop, demo)] = m["ndcg@10"]
+                scores[(rb, mf, pop, demo)] = m["ndcg@10"]
 
         def best_point() -> tuple[float, float, float, float]:
             return max(scores.items(), key=lambda kv: kv[1])[0]
@@ -204,8 +204,8 @@ def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool 
         # not the 560 of a full product: tuning is part of `vidrec train`'s minute).
         score_grid(0.0, itertools.product(WARM_GRID_MF, WARM_GRID_POP, WARM_GRID_DEMO))
         _, _, pop0, demo0 = best_point()
-        for b in RECENCY_GRID[1:]:
-            score_grid(b, ((mf, pop0, demo0) for mf in WARM_GRID_MF))
+        for rb in RECENCY_GRID[1:]:
+            score_grid(rb, ((mf, pop0, demo0) for mf in WARM_GRID_MF))
         boost, mf1, _, _ = best_point()
         if boost:
             score_grid(boost, ((mf1, p, d) for p, d in itertools.product(WARM_GRID_POP,
