@@ -265,3 +265,30 @@ def test_retrain_keeps_what_train_tuned(small_model) -> None:  # type: ignore[no
     assert cfg.ranker == serving.ranker and cfg.ranker is not serving.ranker
     assert cfg.mf.factors == MFConfig().factors  # the rest stays the caller's
     assert carried_config(None, PipelineConfig()).mf.recency_boost == 0.0
+
+
+def test_tuning_picks_a_recency_boost_when_tastes_drift() -> None:
+    """Every user likes one cluster of videos, then another: the validation split (each
+    user's latest 20%) is the second cluster, so recent positives should count more."""
+    from vidrec.models.pipeline import COLD_GRID_DEMO, COLD_GRID_POP, RECENCY_GRID, tune_ranker
+
+    rng = np.random.default_rng(0)
+    nv, nu = 120, 300
+    videos = pd.DataFrame({
+        "video_id": [f"v{i}" for i in range(nv)], "title": [f"Video {i}" for i in range(nv)],
+        "category": ["c"] * nv, "tags": [""] * nv, "creator_id": [""] * nv,
+        "language": [""] * nv, "duration_s": np.nan, "upload_ts": np.nan})
+    rows = []
+    for u in range(nu):
+        first, then = rng.choice(6, 2, replace=False)  # 6 clusters of 20 videos
+        for j, c in enumerate([first] * 15 + [then] * 15):
+            rows.append((f"u{u}", f"v{int(c * 20 + rng.integers(20))}", 1000 * u + j, "like",
+                         np.nan))
+    inter = _inter(rows)
+    cfg = PipelineConfig(mf=MFConfig(factors=8, iterations=4),
+                         train=TrainConfig(epochs=2, batch_size=64))
+    r = tune_ranker(Dataset(videos, pd.DataFrame({"user_id": [f"u{i}" for i in range(nu)]}),
+                            inter), cfg, progress=False)
+    assert r.recency_boost in RECENCY_GRID and r.recency_boost > 0
+    assert r.validation["val_warm_ndcg@10"] > r.validation["val_warm_ndcg@10_no_recency"]
+    assert r.weights.cold_pop in COLD_GRID_POP and r.weights.cold_demo in COLD_GRID_DEMO
