@@ -75,8 +75,12 @@ def _vocab(values: Iterable[str], min_count: int = 1) -> dict[str, int]:
 
 class FeatureEncoder:
     def __init__(self, vocabs: dict[str, dict[str, int]], video_ids: list[str],
-                 ref_ts: float, duration_mean: float, duration_std: float) -> None:
+                 ref_ts: float, duration_mean: float, duration_std: float,
+                 user_fields: Sequence[str] = schema.USER_CAT_FEATURES) -> None:
         self.vocabs = vocabs
+        # The profile fields the models read; the others encode as unknown (0) for every
+        # user, in training and serving alike. `vidrec train` picks them on validation.
+        self.user_fields = tuple(user_fields)
         self.video_ids = list(video_ids)
         # Index 0 is "unknown video"; catalog video i has id index i + 1.
         self.video_index = {v: i for i, v in enumerate(self.video_ids)}
@@ -87,7 +91,8 @@ class FeatureEncoder:
     # --- fitting and persistence -------------------------------------------------------
 
     @classmethod
-    def fit(cls, videos: pd.DataFrame, users: pd.DataFrame, ref_ts: float) -> FeatureEncoder:
+    def fit(cls, videos: pd.DataFrame, users: pd.DataFrame, ref_ts: float,
+            user_fields: Sequence[str] | None = None) -> FeatureEncoder:
         vocabs: dict[str, dict[str, int]] = {}
         for name in schema.VIDEO_CAT_FEATURES:
             col = videos[name] if name in videos else pd.Series([], dtype=str)
@@ -103,11 +108,13 @@ class FeatureEncoder:
         profiles = [profile_features(r) for r in users.to_dict("records")]
         for name in schema.USER_CAT_FEATURES:
             vocabs["user." + name] = _vocab(p[name] for p in profiles)
-        dur = pd.to_numeric(videos.get("duration_s"), errors="coerce")
-        logd = np.log1p(dur.dropna().to_numpy()) if dur is not None else np.array([])
+        dur = pd.to_numeric(videos["duration_s"], errors="coerce") if (
+            "duration_s" in videos) else pd.Series([], dtype=float)
+        logd = np.log1p(dur.dropna().to_numpy())
         mean = float(logd.mean()) if len(logd) else 0.0
         std = float(logd.std()) if len(logd) > 1 and logd.std() > 0 else 1.0
-        return cls(vocabs, [str(v) for v in videos["video_id"]], ref_ts, mean, std)
+        return cls(vocabs, [str(v) for v in videos["video_id"]], ref_ts, mean, std,
+                   schema.USER_CAT_FEATURES if user_fields is None else user_fields)
 
     def to_json(self) -> dict:
         return {
@@ -116,6 +123,7 @@ class FeatureEncoder:
             "ref_ts": self.ref_ts,
             "duration_mean": self.duration_mean,
             "duration_std": self.duration_std,
+            "user_fields": list(self.user_fields),
             "schema_hash": schema.schema_hash(),
         }
 
@@ -131,7 +139,7 @@ class FeatureEncoder:
                 f"{schema.schema_hash()}; retrain the model"
             )
         return cls(d["vocabs"], d["video_ids"], d["ref_ts"], d["duration_mean"],
-                   d["duration_std"])
+                   d["duration_std"], d.get("user_fields", schema.USER_CAT_FEATURES))
 
     def sizes(self) -> dict[str, int]:
         """Embedding table sizes (vocabulary + 1 for index 0)."""
@@ -179,12 +187,17 @@ class FeatureEncoder:
         age = 0.0 if up is None else max(0.0, (self.ref_ts - up) / YEAR_S)
         return (float(np.clip(logd, -5, 5)), float(min(age, 50.0) / 10.0))
 
+    def informative_user_fields(self) -> list[str]:
+        """The fields in use that tell users apart (two or more known values)."""
+        return [f for f in self.user_fields if len(self.vocabs.get("user." + f, {})) >= 2]
+
     def encode_users(self, profiles: Sequence[Mapping[str, Any]]) -> np.ndarray:
         out = np.zeros((len(profiles), len(schema.USER_CAT_FEATURES)), dtype=np.int64)
         for i, p in enumerate(profiles):
             feats = profile_features(p)
             for j, name in enumerate(schema.USER_CAT_FEATURES):
-                out[i, j] = self.vocabs["user." + name].get(feats[name], 0)
+                if name in self.user_fields:
+                    out[i, j] = self.vocabs["user." + name].get(feats[name], 0)
         return out
 
     def encode_history(self, histories: Sequence[Sequence[str]]) -> np.ndarray:

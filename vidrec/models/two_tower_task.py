@@ -43,6 +43,15 @@ class TrainConfig:
     # feedback score: a 5-star rating or a full watch teaches more than a lukewarm 3 stars
     # (which still counts as a positive). 0: every positive alike.
     label_weight_power: float = 1.0
+    # Weight of a second, profile-only pass over every example (the same labels with the
+    # history hidden): the cold-start user vector learns from every example, not only
+    # from the history_dropout share. 0: no such pass.
+    profile_loss: float = 1.0
+    # In that pass, the probability of hiding each profile field (as if the user left it
+    # blank): new users often do, and it lets tuning try the tower without a field without
+    # retraining it (pipeline.select_user_fields). The history pass sees whole profiles:
+    # hiding fields there too cost warm validation NDCG@10 (0.2084 against 0.2114).
+    profile_dropout: float = 0.5
     # Torch threads; 0: half the cores, so a retrain beside the serving processes does not
     # starve them. Offline (`vidrec train`, `vidrec evaluate`) passes every core.
     threads: int = 0
@@ -105,6 +114,24 @@ def history_at(seqs: Sequences, u: int, pos: int) -> np.ndarray:
     s = seqs.start[u]
     lo = max(s, s + pos - schema.HISTORY_LEN)
     return seqs.seq[lo: s + pos][::-1]
+
+
+@dataclass
+class _Batch:
+    """One batch's videos as in-batch negatives, for any user vectors of its examples."""
+
+    videos: torch.Tensor  # (B, d) the labels' video vectors
+    log_q: torch.Tensor  # (B,) log sampling probability of each label
+    duplicate: torch.Tensor  # (B, B) True where column j is row i's own video, off-diagonal
+    weight: torch.Tensor  # (B,) example weights, summing to 1
+    temperature: float
+
+    def loss(self, users: torch.Tensor) -> torch.Tensor:
+        """Weighted sampled softmax with log-Q correction; example i's positive is column i."""
+        logits = users @ self.videos.T / self.temperature - self.log_q[None, :]
+        logits = logits.masked_fill(self.duplicate, float("-inf"))
+        target = torch.arange(len(users), device=users.device)
+        return (self.weight * F.cross_entropy(logits, target, reduction="none")).sum()
 
 
 def train_two_tower(
@@ -170,20 +197,22 @@ def train_two_tower(
             labels = torch.from_numpy(labels_all[idx]).to(dev)
             hist = hist_all[idx].copy()
             hist[rng.random(len(idx)) < cfg.history_dropout] = 0
-            users = model.user_embed(ucats[seqs.user_rows[ex_user[idx]]],
-                                     torch.from_numpy(hist).to(dev))
+            prof = ucats[seqs.user_rows[ex_user[idx]]]
+            users = model.user_embed(prof, torch.from_numpy(hist).to(dev))
             ids = labels.clone()
             ids[torch.from_numpy(rng.random(len(idx)) < cfg.id_dropout).to(dev)] = 0
             videos = model.video_embed(ids, vt["cats"][labels - 1], vt["tags"][labels - 1],
                                        vt["title"][labels - 1], vt["nums"][labels - 1])
-            logits = users @ videos.T / cfg.temperature - log_q[labels][None, :]
             same = labels[:, None] == labels[None, :]
             eye = torch.eye(len(idx), dtype=torch.bool, device=dev)
-            logits = logits.masked_fill(same & ~eye, float("-inf"))
             w = ex_weight[torch.from_numpy(idx).to(dev)]
-            w = w / w.sum()
-            ce = F.cross_entropy(logits, torch.arange(len(idx), device=dev), reduction="none")
-            loss = (w * ce).sum()
+            batch = _Batch(videos, log_q[labels], same & ~eye, w / w.sum(), cfg.temperature)
+            loss = batch.loss(users)
+            if cfg.profile_loss:
+                hide = torch.from_numpy(rng.random(tuple(prof.shape)) < cfg.profile_dropout)
+                alone = model.user_embed(prof.masked_fill(hide.to(dev), 0),
+                                         torch.zeros_like(torch.from_numpy(hist)).to(dev))
+                loss = loss + cfg.profile_loss * batch.loss(alone)
             opt.zero_grad()
             loss.backward()
             opt.step()
