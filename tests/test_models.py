@@ -361,16 +361,34 @@ def _gendered_tastes(nu: int = 300, seed: int = 0) -> Dataset:
     return Dataset(videos, users, _inter(rows))
 
 
-def test_profile_only_pass_teaches_the_cold_user_tower() -> None:
-    """History never hidden (history_dropout 0): only the profile-only pass can teach the
-    tower what a profile alone says."""
+def test_profile_only_user_gets_the_taste_of_the_profile() -> None:
     ds = _gendered_tastes()
-    cfg = PipelineConfig(mf=MFConfig(factors=8, iterations=4), train=TrainConfig(
-        epochs=4, batch_size=64, history_dropout=0.0, profile_loss=1.0, profile_dropout=0.0))
+    cfg = PipelineConfig(mf=MFConfig(factors=8, iterations=4),
+                         train=TrainConfig(epochs=4, batch_size=64))
     rec = BatchRecommender(train_bundle(ds, cfg, progress=False))
     for gender, liked in (("F", range(0, 20)), ("M", range(20, 40))):
         top = rec.recommend(["new"], 10, mode="two_tower", profiles=[{"gender": gender}])[0]
         assert sum(int(v[1:]) in liked for v in top) >= 8, (gender, top)
+
+
+def test_sampled_softmax_over_part_of_a_batch_hand_computed() -> None:
+    """The profile-only pass scores only the batch's first examples, against every video."""
+    import math
+
+    import torch
+
+    from vidrec.models.two_tower_task import _Batch
+
+    videos = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # rows 0 and 2: same video
+    log_q = torch.tensor([0.5, 0.0, 0.5])
+    dup = torch.tensor([[False, False, True], [False, False, False], [True, False, False]])
+    batch = _Batch(videos, log_q, dup, torch.tensor([0.5, 0.25, 0.25]), temperature=1.0)
+    users = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # the first two examples only
+    # Example 0: logits (1 - .5, 0 - 0, masked); example 1: (0 - .5, 1 - 0, 0 - .5).
+    ce0 = -math.log(math.exp(0.5) / (math.exp(0.5) + 1.0))
+    ce1 = -math.log(math.e / (math.e + 2 * math.exp(-0.5)))
+    want = (0.5 * ce0 + 0.25 * ce1) / 0.75
+    assert batch.loss(users).item() == pytest.approx(want, rel=1e-6)
 
 
 def test_tuning_keeps_the_profile_field_that_carries_taste() -> None:

@@ -257,6 +257,7 @@ class BatchRecommender:
         self.mix = mix
         self.mf_row = {u: i for i, u in enumerate(bundle.mf_user_ids)}
         self.vid = {v: i for i, v in enumerate(bundle.video_ids)}
+        self.video_array = np.array(bundle.video_ids, dtype=object)
         pop = np.log1p(bundle.popularity.astype(np.float64))
         self.pop_z = (pop - pop.mean()) / max(pop.std(), 1e-9)
         self.demo = bundle.demographic_prior()
@@ -332,8 +333,9 @@ class BatchRecommender:
         top = np.argpartition(-score, kk - 1, axis=1)[:, :kk]
         order = np.take_along_axis(score, top, 1).argsort(axis=1)[:, ::-1]
         top = np.take_along_axis(top, order, 1)
-        vids = self.b.video_ids
-        return [[vids[j] for j in row if np.isfinite(score[i, j])] for i, row in enumerate(top)]
+        finite = np.isfinite(np.take_along_axis(score, top, 1))
+        ids = self.video_array[top]
+        return [row[keep].tolist() for row, keep in zip(ids, finite, strict=True)]
 
     def _candidates(self, tt: np.ndarray, mf: np.ndarray, has_mf: np.ndarray,
                     hist: Sequence[Sequence[str]], seen: np.ndarray) -> np.ndarray:

@@ -78,8 +78,9 @@ class FeatureEncoder:
                  ref_ts: float, duration_mean: float, duration_std: float,
                  user_fields: Sequence[str] = schema.USER_CAT_FEATURES) -> None:
         self.vocabs = vocabs
-        # The profile fields the models read; the others encode as unknown (0) for every
-        # user, in training and serving alike. `vidrec train` picks them on validation.
+        # The profile fields recommendations read; the others encode as unknown (0). The
+        # models train on every field (pipeline.train_bundle); `vidrec train` picks these
+        # on validation.
         self.user_fields = tuple(user_fields)
         self.video_ids = list(video_ids)
         # Index 0 is "unknown video"; catalog video i has id index i + 1.
@@ -191,12 +192,16 @@ class FeatureEncoder:
         """The fields in use that tell users apart (two or more known values)."""
         return [f for f in self.user_fields if len(self.vocabs.get("user." + f, {})) >= 2]
 
-    def encode_users(self, profiles: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    def encode_users(self, profiles: Sequence[Mapping[str, Any]],
+                     fields: Sequence[str] | None = None) -> np.ndarray:
+        """Profiles -> (n, len(USER_CAT_FEATURES)) indices; fields outside `fields`
+        (default: user_fields) encode as unknown, 0."""
+        use = self.user_fields if fields is None else tuple(fields)
         out = np.zeros((len(profiles), len(schema.USER_CAT_FEATURES)), dtype=np.int64)
         for i, p in enumerate(profiles):
             feats = profile_features(p)
             for j, name in enumerate(schema.USER_CAT_FEATURES):
-                if name in self.user_fields:
+                if name in use:
                     out[i, j] = self.vocabs["user." + name].get(feats[name], 0)
         return out
 

@@ -46,8 +46,11 @@ class PipelineConfig:
     # Popularity (and the demographic prior) count each positive (user, video) pair with
     # weight score ** popularity_power, score its summed feedback (0: plain counts).
     popularity_power: float = 1.0
-    # Profile fields the two-tower and the demographic prior read (None: all of
-    # schema.USER_CAT_FEATURES); `vidrec train` picks them on validation.
+    # Profile fields the two-tower and the demographic prior read when they recommend
+    # (None: all of schema.USER_CAT_FEATURES); `vidrec train` picks them on validation.
+    # Training reads every field: the two-tower's profile-only pass hides fields at
+    # random, so it knows how to do without any of them, and validation measures exactly
+    # what serving runs.
     user_fields: tuple[str, ...] | None = None
 
 
@@ -93,7 +96,8 @@ def train_bundle(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool 
     user_profiles = {str(r["user_id"]): _clean(r) for r in ds.users.to_dict("records")}
     user_list = list(user_profiles)
     user_row = {u: i for i, u in enumerate(user_list)}
-    user_cats = encoder.encode_users([user_profiles[u] for u in user_list])
+    user_cats = encoder.encode_users([user_profiles[u] for u in user_list],
+                                     fields=schema.USER_CAT_FEATURES)
     pscore = positive_scores(inter, cfg.weights)
     seqs = build_sequences(pos.merge(pscore, on=["user_id", "video_id"], how="inner"),
                            encoder, user_row)
