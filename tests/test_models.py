@@ -371,26 +371,6 @@ def test_profile_only_user_gets_the_taste_of_the_profile() -> None:
         assert sum(int(v[1:]) in liked for v in top) >= 8, (gender, top)
 
 
-def test_sampled_softmax_over_part_of_a_batch_hand_computed() -> None:
-    """The profile-only pass scores only the batch's first examples, against every video."""
-    import math
-
-    import torch
-
-    from vidrec.models.two_tower_task import _Batch
-
-    videos = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # rows 0 and 2: same video
-    log_q = torch.tensor([0.5, 0.0, 0.5])
-    dup = torch.tensor([[False, False, True], [False, False, False], [True, False, False]])
-    batch = _Batch(videos, log_q, dup, torch.tensor([0.5, 0.25, 0.25]), temperature=1.0)
-    users = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # the first two examples only
-    # Example 0: logits (1 - .5, 0 - 0, masked); example 1: (0 - .5, 1 - 0, 0 - .5).
-    ce0 = -math.log(math.exp(0.5) / (math.exp(0.5) + 1.0))
-    ce1 = -math.log(math.e / (math.e + 2 * math.exp(-0.5)))
-    want = (0.5 * ce0 + 0.25 * ce1) / 0.75
-    assert batch.loss(users).item() == pytest.approx(want, rel=1e-6)
-
-
 def test_tuning_keeps_the_profile_field_that_carries_taste() -> None:
     from vidrec.models.pipeline import tune_ranker
 
