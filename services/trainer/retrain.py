@@ -79,7 +79,7 @@ def carried_config(serving: ModelBundle | None, cfg: PipelineConfig) -> Pipeline
     return replace(cfg, ranker=replace(serving.ranker), mf=replace(
         cfg.mf, recency_boost=float(mf.get("recency_boost", 0.0)),
         recency_half_life=float(mf.get("recency_half_life", cfg.mf.recency_half_life))),
-        user_fields=serving.encoder.user_fields)
+        cold_fields=serving.encoder.cold_fields)
 
 
 def retrain(base: Path, events: pd.DataFrame, videos_log: pd.DataFrame | None,

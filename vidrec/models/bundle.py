@@ -266,7 +266,8 @@ class BatchRecommender:
                    histories: Sequence[Sequence[str]]) -> np.ndarray:
         from vidrec.models.two_tower_task import embed_users
 
-        return embed_users(self.b.two_tower, self.b.encoder.encode_users(profiles),
+        cold = [not h for h in histories]
+        return embed_users(self.b.two_tower, self.b.encoder.encode_users(profiles, cold),
                            self.b.encoder.encode_history(histories))
 
     def recommend(self, user_ids: Sequence[str], k: int, mode: str = "hybrid",
@@ -301,7 +302,8 @@ class BatchRecommender:
                 has_mf[i] = True
         demo = None
         if self.demo is not None:
-            demo = _zrows(self.demo.scores(self.b.encoder.encode_users(profiles)))
+            cats = self.b.encoder.encode_users(profiles, [not h for h in hist])
+            demo = _zrows(self.demo.scores(cats))
         seen = np.zeros((n, nv), dtype=bool)
         for i, rec in enumerate(recs):
             if rec:

@@ -76,12 +76,12 @@ def _vocab(values: Iterable[str], min_count: int = 1) -> dict[str, int]:
 class FeatureEncoder:
     def __init__(self, vocabs: dict[str, dict[str, int]], video_ids: list[str],
                  ref_ts: float, duration_mean: float, duration_std: float,
-                 user_fields: Sequence[str] = schema.USER_CAT_FEATURES) -> None:
+                 cold_fields: Sequence[str] = schema.USER_CAT_FEATURES) -> None:
         self.vocabs = vocabs
-        # The profile fields recommendations read; the others encode as unknown (0). The
-        # models train on every field (pipeline.train_bundle); `vidrec train` picks these
-        # on validation.
-        self.user_fields = tuple(user_fields)
+        # The profile fields read for a user with no history (cold start); the others
+        # encode as unknown (0) there. Users with a history, and training, read every
+        # field. `vidrec train` picks these on cold validation.
+        self.cold_fields = tuple(cold_fields)
         self.video_ids = list(video_ids)
         # Index 0 is "unknown video"; catalog video i has id index i + 1.
         self.video_index = {v: i for i, v in enumerate(self.video_ids)}
@@ -93,7 +93,7 @@ class FeatureEncoder:
 
     @classmethod
     def fit(cls, videos: pd.DataFrame, users: pd.DataFrame, ref_ts: float,
-            user_fields: Sequence[str] | None = None) -> FeatureEncoder:
+            cold_fields: Sequence[str] | None = None) -> FeatureEncoder:
         vocabs: dict[str, dict[str, int]] = {}
         for name in schema.VIDEO_CAT_FEATURES:
             col = videos[name] if name in videos else pd.Series([], dtype=str)
@@ -115,7 +115,7 @@ class FeatureEncoder:
         mean = float(logd.mean()) if len(logd) else 0.0
         std = float(logd.std()) if len(logd) > 1 and logd.std() > 0 else 1.0
         return cls(vocabs, [str(v) for v in videos["video_id"]], ref_ts, mean, std,
-                   schema.USER_CAT_FEATURES if user_fields is None else user_fields)
+                   schema.USER_CAT_FEATURES if cold_fields is None else cold_fields)
 
     def to_json(self) -> dict:
         return {
@@ -124,7 +124,7 @@ class FeatureEncoder:
             "ref_ts": self.ref_ts,
             "duration_mean": self.duration_mean,
             "duration_std": self.duration_std,
-            "user_fields": list(self.user_fields),
+            "cold_fields": list(self.cold_fields),
             "schema_hash": schema.schema_hash(),
         }
 
@@ -140,7 +140,7 @@ class FeatureEncoder:
                 f"{schema.schema_hash()}; retrain the model"
             )
         return cls(d["vocabs"], d["video_ids"], d["ref_ts"], d["duration_mean"],
-                   d["duration_std"], d.get("user_fields", schema.USER_CAT_FEATURES))
+                   d["duration_std"], d.get("cold_fields", schema.USER_CAT_FEATURES))
 
     def sizes(self) -> dict[str, int]:
         """Embedding table sizes (vocabulary + 1 for index 0)."""
@@ -188,18 +188,19 @@ class FeatureEncoder:
         age = 0.0 if up is None else max(0.0, (self.ref_ts - up) / YEAR_S)
         return (float(np.clip(logd, -5, 5)), float(min(age, 50.0) / 10.0))
 
-    def informative_user_fields(self) -> list[str]:
-        """The fields in use that tell users apart (two or more known values)."""
-        return [f for f in self.user_fields if len(self.vocabs.get("user." + f, {})) >= 2]
+    def informative_cold_fields(self) -> list[str]:
+        """The cold fields that tell users apart (two or more known values)."""
+        return [f for f in self.cold_fields if len(self.vocabs.get("user." + f, {})) >= 2]
 
     def encode_users(self, profiles: Sequence[Mapping[str, Any]],
-                     fields: Sequence[str] | None = None) -> np.ndarray:
-        """Profiles -> (n, len(USER_CAT_FEATURES)) indices; fields outside `fields`
-        (default: user_fields) encode as unknown, 0."""
-        use = self.user_fields if fields is None else tuple(fields)
+                     cold: bool | Sequence[bool] = False) -> np.ndarray:
+        """Profiles -> (n, len(USER_CAT_FEATURES)) indices. A cold profile (a user with no
+        history) reads cold_fields only; the fields left out encode as unknown, 0."""
+        flags = [cold] * len(profiles) if isinstance(cold, bool) else list(cold)
         out = np.zeros((len(profiles), len(schema.USER_CAT_FEATURES)), dtype=np.int64)
         for i, p in enumerate(profiles):
             feats = profile_features(p)
+            use = self.cold_fields if flags[i] else schema.USER_CAT_FEATURES
             for j, name in enumerate(schema.USER_CAT_FEATURES):
                 if name in use:
                     out[i, j] = self.vocabs["user." + name].get(feats[name], 0)

@@ -46,12 +46,12 @@ class PipelineConfig:
     # Popularity (and the demographic prior) count each positive (user, video) pair with
     # weight score ** popularity_power, score its summed feedback (0: plain counts).
     popularity_power: float = 1.0
-    # Profile fields the two-tower and the demographic prior read when they recommend
-    # (None: all of schema.USER_CAT_FEATURES); `vidrec train` picks them on validation.
-    # Training reads every field: the two-tower's profile-only examples hide fields at
-    # random, so it knows how to do without any of them, and validation measures exactly
-    # what serving runs.
-    user_fields: tuple[str, ...] | None = None
+    # Profile fields the two-tower and the demographic prior read for a user with no
+    # history (None: all of schema.USER_CAT_FEATURES); `vidrec train` picks them on cold
+    # validation. Training and users with a history read every field: the two-tower's
+    # profile-only examples hide fields at random, so it knows how to do without any of
+    # them, and validation measures exactly what serving runs.
+    cold_fields: tuple[str, ...] | None = None
 
 
 def positive_scores(interactions: pd.DataFrame, weights: FeedbackWeights) -> pd.DataFrame:
@@ -81,7 +81,7 @@ def train_bundle(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool 
     inter = ds.interactions
     cutoff = float(inter["timestamp"].max()) if len(inter) else time.time()
     videos = ds.videos.reset_index(drop=True)
-    encoder = FeatureEncoder.fit(videos, ds.users, ref_ts=cutoff, user_fields=cfg.user_fields)
+    encoder = FeatureEncoder.fit(videos, ds.users, ref_ts=cutoff, cold_fields=cfg.cold_fields)
     video_rows = videos.to_dict("records")
 
     fm = build_feedback_matrix(inter, cfg.weights,
@@ -96,8 +96,7 @@ def train_bundle(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool 
     user_profiles = {str(r["user_id"]): _clean(r) for r in ds.users.to_dict("records")}
     user_list = list(user_profiles)
     user_row = {u: i for i, u in enumerate(user_list)}
-    user_cats = encoder.encode_users([user_profiles[u] for u in user_list],
-                                     fields=schema.USER_CAT_FEATURES)
+    user_cats = encoder.encode_users([user_profiles[u] for u in user_list])
     pscore = positive_scores(inter, cfg.weights)
     seqs = build_sequences(pos.merge(pscore, on=["user_id", "video_id"], how="inner"),
                            encoder, user_row)
@@ -132,7 +131,7 @@ def train_bundle(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool 
                    "interactions": len(inter), "positives": len(pos)},
         "config": {"weights": asdict(cfg.weights), "mf": asdict(cfg.mf),
                    "two_tower": cfg.two_tower.to_dict(), "train": cfg.train.to_dict(),
-                   "user_fields": list(encoder.user_fields)},
+                   "cold_fields": list(encoder.cold_fields)},
         "train_seconds": {"mf": round(mf.train_seconds, 3), "two_tower": round(tt_seconds, 3),
                           "total": round(time.perf_counter() - t0, 3)},
         "metrics": {},
@@ -146,7 +145,7 @@ def train_bundle(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool 
 class TuneResult:
     weights: RankerWeights
     recency_boost: float  # MFConfig.recency_boost
-    user_fields: tuple[str, ...]  # PipelineConfig.user_fields
+    cold_fields: tuple[str, ...]  # PipelineConfig.cold_fields
     validation: dict[str, float]
     seconds: float
 
@@ -226,7 +225,7 @@ def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool 
         bundle.mf_user = recency_user_factors(bundle.mf_video, fm, ranks, cfg.mf)
     crel = relevant_sets(cold_val)
     cusers = sorted(crel)
-    fields = bundle.encoder.user_fields
+    fields = bundle.encoder.cold_fields
     if cusers:
         profiles = {str(r["user_id"]): _clean(r) for r in ds.users.to_dict("records")}
         prof = [profiles.get(u, {}) for u in cusers]
@@ -235,7 +234,7 @@ def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool 
         def cold_score(keep: tuple[str, ...]) -> float:
             """Cold validation NDCG@50 of the blend reading profile fields `keep` only, at
             its best prior weights by NDCG@10 (what serving will use)."""
-            bundle.encoder.user_fields = keep
+            bundle.encoder.cold_fields = keep
             comp = rec.components(cusers, prof)
             for cp, cd in itertools.product(COLD_GRID_POP, COLD_GRID_DEMO):
                 ws = RankerWeights(1.0, 0.0, 0.0, cp, 0.0, cd)
@@ -246,10 +245,10 @@ def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool 
                     cold[keep] = (m["ndcg@10"], m["ndcg@50"], cp, cd)
             return cold[keep][1]
 
-        every = bundle.encoder.user_fields
-        fields = select_user_fields(every, bundle.encoder.informative_user_fields(),
+        every = bundle.encoder.cold_fields
+        fields = select_cold_fields(every, bundle.encoder.informative_cold_fields(),
                                     cold_score)
-        bundle.encoder.user_fields = every
+        bundle.encoder.cold_fields = every
         best["val_cold_ndcg@10"], best["val_cold_ndcg@50"], w.cold_pop, w.cold_demo = (
             cold[fields])
         best["val_cold_ndcg@10_all_fields"], best["val_cold_ndcg@50_all_fields"] = (
@@ -261,7 +260,7 @@ def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool 
     return TuneResult(w, boost, tuple(fields), best, seconds)
 
 
-def select_user_fields(fields: Sequence[str], droppable: Sequence[str],
+def select_cold_fields(fields: Sequence[str], droppable: Sequence[str],
                        score: Callable[[tuple[str, ...]], float]) -> tuple[str, ...]:
     """Backward elimination: drop the droppable field whose absence scores best, while
     that beats keeping it.
@@ -296,7 +295,7 @@ def train_tuned(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool =
     tuned = tune_ranker(ds, cfg, progress=progress)
     cfg.ranker = tuned.weights
     cfg.mf = replace(cfg.mf, recency_boost=tuned.recency_boost)
-    cfg.user_fields = tuned.user_fields
+    cfg.cold_fields = tuned.cold_fields
     bundle = train_bundle(ds, cfg, progress=progress, version=version)
     bundle.manifest["metrics"].update(tuned.validation)
     bundle.manifest["train_seconds"]["tune"] = round(tuned.seconds, 3)

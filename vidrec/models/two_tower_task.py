@@ -48,7 +48,7 @@ class TrainConfig:
     # Probability of hiding each profile field in a profile-only example (one whose history
     # history_dropout hid), as if the user had left it blank: new users often do, and it
     # lets tuning try the tower without a field, without retraining it
-    # (pipeline.select_user_fields). Examples with their history keep whole profiles.
+    # (pipeline.select_cold_fields). Examples with their history keep whole profiles.
     profile_dropout: float = 0.5
     # Torch threads; 0: half the cores, so a retrain beside the serving processes does not
     # starve them. Offline (`vidrec train`, `vidrec evaluate`) passes every core.
