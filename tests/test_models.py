@@ -260,10 +260,8 @@ def test_retrain_keeps_what_train_tuned(small_model) -> None:  # type: ignore[no
     serving = ModelBundle.load(small_model)
     serving.manifest["config"]["mf"].update(recency_boost=30.0, recency_half_life=4.0)
     serving.ranker = RankerWeights(1.0, 0.9, 0.0, 20.0, 0.5, 40.0)
-    serving.encoder.cold_fields = ("gender", "age_bucket")
     cfg = carried_config(serving, PipelineConfig())
     assert (cfg.mf.recency_boost, cfg.mf.recency_half_life) == (30.0, 4.0)
-    assert cfg.cold_fields == ("gender", "age_bucket")
     assert cfg.ranker == serving.ranker and cfg.ranker is not serving.ranker
     assert cfg.mf.factors == MFConfig().factors  # the rest stays the caller's
     assert carried_config(None, PipelineConfig()).mf.recency_boost == 0.0
@@ -296,92 +294,11 @@ def test_tuning_picks_a_recency_boost_when_tastes_drift() -> None:
     assert r.weights.cold_pop in COLD_GRID_POP and r.weights.cold_demo in COLD_GRID_DEMO
 
 
-def test_select_cold_fields_drops_what_hurts_and_stops() -> None:
-    from vidrec.models.pipeline import select_cold_fields
-
-    # Validation score of a field subset: age and gender carry taste, zip and occupation
-    # only noise that costs 0.02 and 0.01 each; language is not droppable.
-    value = {"age_bucket": 0.05, "gender": 0.03, "zip_prefix": -0.02, "occupation": -0.01}
-    tried: list[tuple[str, ...]] = []
-
-    def score(keep: tuple[str, ...]) -> float:
-        tried.append(keep)
-        return 0.4 + sum(value.get(f, 0.0) for f in keep)
-
-    fields = ("gender", "language", "occupation", "age_bucket", "zip_prefix")
-    assert select_cold_fields(fields, list(value), score) == ("gender", "language",
-                                                               "age_bucket")
-    assert tried[1:5] == [tuple(f for f in fields if f != d) for d in value]  # first round
-    assert all("language" in t for t in tried)
-    # Nothing to gain: everything stays.
-    assert select_cold_fields(fields, list(value), lambda keep: 0.4) == fields
-
-
-def test_encoder_reads_only_the_chosen_fields_of_cold_profiles(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from vidrec import schema
+def test_encoder_fits_a_catalog_without_durations() -> None:
+    """videos.csv may omit duration_s: the duration feature is then 0 for every video."""
     from vidrec.models.features import FeatureEncoder
 
-    videos = pd.DataFrame({"video_id": ["v1"], "title": ["A"], "category": ["c"]})
-    users = pd.DataFrame({"user_id": ["a", "b"], "gender": ["F", "M"], "age": [20, 40],
-                          "occupation": ["x", "y"], "zip": ["1", "2"]})
-    records = users.to_dict("records")
-    enc = FeatureEncoder.fit(videos, users, ref_ts=0.0, cold_fields=("gender", "age_bucket"))
-    assert enc.informative_cold_fields() == ["gender", "age_bucket"]
-    col = {n: j for j, n in enumerate(schema.USER_CAT_FEATURES)}
-    left_out = [col["occupation"], col["zip_prefix"]]
-    warm, cold = enc.encode_users(records), enc.encode_users(records, cold=True)
-    assert (warm[:, left_out] > 0).all() and (cold[:, left_out] == 0).all()
-    np.testing.assert_array_equal(cold[:, col["gender"]], warm[:, col["gender"]])
-    assert cold[0, col["gender"]] != cold[1, col["gender"]] != 0
-    mixed = enc.encode_users(records, cold=[True, False])
-    np.testing.assert_array_equal(mixed, np.vstack([cold[0], warm[1]]))
-    enc.save(tmp_path / "vocab.json")
-    again = FeatureEncoder.load(tmp_path / "vocab.json")
-    assert again.cold_fields == ("gender", "age_bucket")
-    np.testing.assert_array_equal(again.encode_users(records, cold=True), cold)
-    # A vocab.json written before the field choice existed reads every field.
-    d = enc.to_json()
-    del d["cold_fields"]
-    (tmp_path / "old.json").write_text(__import__("json").dumps(d))
-    assert FeatureEncoder.load(tmp_path / "old.json").cold_fields == schema.USER_CAT_FEATURES
-
-
-def _gendered_tastes(nu: int = 300, seed: int = 0) -> Dataset:
-    """Women like videos v0-v19, men v20-v39; occupation is noise with 25 values."""
-    rng = np.random.default_rng(seed)
-    nv = 80
-    videos = pd.DataFrame({
-        "video_id": [f"v{i}" for i in range(nv)], "title": [f"Video {i}" for i in range(nv)],
-        "category": ["c"] * nv, "tags": [""] * nv, "creator_id": [""] * nv,
-        "language": [""] * nv, "duration_s": np.nan, "upload_ts": np.nan})
-    gender = rng.choice(["F", "M"], nu)
-    users = pd.DataFrame({"user_id": [f"u{i}" for i in range(nu)], "gender": gender,
-                          "occupation": [f"o{k}" for k in rng.integers(25, size=nu)]})
-    rows = []
-    for u in range(nu):
-        base = 0 if gender[u] == "F" else 20
-        for j, v in enumerate(rng.choice(20, 12, replace=False)):
-            rows.append((f"u{u}", f"v{base + int(v)}", 1000 * u + j, "like", np.nan))
-        rows.append((f"u{u}", f"v{40 + int(rng.integers(40))}", 1000 * u + 20, "like", np.nan))
-    return Dataset(videos, users, _inter(rows))
-
-
-def test_profile_only_user_gets_the_taste_of_the_profile() -> None:
-    ds = _gendered_tastes()
-    cfg = PipelineConfig(mf=MFConfig(factors=8, iterations=4),
-                         train=TrainConfig(epochs=4, batch_size=64))
-    rec = BatchRecommender(train_bundle(ds, cfg, progress=False))
-    for gender, liked in (("F", range(0, 20)), ("M", range(20, 40))):
-        top = rec.recommend(["new"], 10, mode="two_tower", profiles=[{"gender": gender}])[0]
-        assert sum(int(v[1:]) in liked for v in top) >= 8, (gender, top)
-
-
-def test_tuning_keeps_the_profile_field_that_carries_taste() -> None:
-    from vidrec.models.pipeline import tune_ranker
-
-    cfg = PipelineConfig(mf=MFConfig(factors=8, iterations=4),
-                         train=TrainConfig(epochs=3, batch_size=64))
-    r = tune_ranker(_gendered_tastes(), cfg, progress=False)
-    assert "gender" in r.cold_fields
-    assert r.validation["val_cold_ndcg@50"] >= r.validation["val_cold_ndcg@50_all_fields"]
-    assert r.validation["val_cold_ndcg@10"] > 0.5  # popularity alone mixes both halves
+    videos = pd.DataFrame({"video_id": ["v1", "v2"], "title": ["A", "B"], "category": ["c", "d"]})
+    enc = FeatureEncoder.fit(videos, pd.DataFrame({"user_id": ["a"]}), ref_ts=0.0)
+    assert (enc.duration_mean, enc.duration_std) == (0.0, 1.0)
+    np.testing.assert_array_equal(enc.encode_videos(videos.to_dict("records")).nums[:, 0], 0.0)

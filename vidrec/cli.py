@@ -210,9 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail on the first malformed row (default) or skip and report them")
     t.add_argument("--epochs", type=int, default=None, help="two-tower epochs")
     t.add_argument("--no-tune", dest="tune", action="store_false",
-                   help="skip tuning on a validation split (faster): the ranker weights, "
-                        "the MF recency boost and which profile fields the cold-start path "
-                        "reads (untuned: all of them)")
+                   help="skip tuning the ranker weights and the MF recency boost on a "
+                        "validation split (faster)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
     r = _add(sub, "recommend", cmd_recommend,

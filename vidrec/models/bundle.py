@@ -266,8 +266,7 @@ class BatchRecommender:
                    histories: Sequence[Sequence[str]]) -> np.ndarray:
         from vidrec.models.two_tower_task import embed_users
 
-        cold = [not h for h in histories]
-        return embed_users(self.b.two_tower, self.b.encoder.encode_users(profiles, cold),
+        return embed_users(self.b.two_tower, self.b.encoder.encode_users(profiles),
                            self.b.encoder.encode_history(histories))
 
     def recommend(self, user_ids: Sequence[str], k: int, mode: str = "hybrid",
@@ -302,8 +301,7 @@ class BatchRecommender:
                 has_mf[i] = True
         demo = None
         if self.demo is not None:
-            cats = self.b.encoder.encode_users(profiles, [not h for h in hist])
-            demo = _zrows(self.demo.scores(cats))
+            demo = _zrows(self.demo.scores(self.b.encoder.encode_users(profiles)))
         seen = np.zeros((n, nv), dtype=bool)
         for i, rec in enumerate(recs):
             if rec:

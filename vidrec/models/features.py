@@ -75,13 +75,8 @@ def _vocab(values: Iterable[str], min_count: int = 1) -> dict[str, int]:
 
 class FeatureEncoder:
     def __init__(self, vocabs: dict[str, dict[str, int]], video_ids: list[str],
-                 ref_ts: float, duration_mean: float, duration_std: float,
-                 cold_fields: Sequence[str] = schema.USER_CAT_FEATURES) -> None:
+                 ref_ts: float, duration_mean: float, duration_std: float) -> None:
         self.vocabs = vocabs
-        # The profile fields read for a user with no history (cold start); the others
-        # encode as unknown (0) there. Users with a history, and training, read every
-        # field. `vidrec train` picks these on cold validation.
-        self.cold_fields = tuple(cold_fields)
         self.video_ids = list(video_ids)
         # Index 0 is "unknown video"; catalog video i has id index i + 1.
         self.video_index = {v: i for i, v in enumerate(self.video_ids)}
@@ -92,8 +87,7 @@ class FeatureEncoder:
     # --- fitting and persistence -------------------------------------------------------
 
     @classmethod
-    def fit(cls, videos: pd.DataFrame, users: pd.DataFrame, ref_ts: float,
-            cold_fields: Sequence[str] | None = None) -> FeatureEncoder:
+    def fit(cls, videos: pd.DataFrame, users: pd.DataFrame, ref_ts: float) -> FeatureEncoder:
         vocabs: dict[str, dict[str, int]] = {}
         for name in schema.VIDEO_CAT_FEATURES:
             col = videos[name] if name in videos else pd.Series([], dtype=str)
@@ -114,8 +108,7 @@ class FeatureEncoder:
         logd = np.log1p(dur.dropna().to_numpy())
         mean = float(logd.mean()) if len(logd) else 0.0
         std = float(logd.std()) if len(logd) > 1 and logd.std() > 0 else 1.0
-        return cls(vocabs, [str(v) for v in videos["video_id"]], ref_ts, mean, std,
-                   schema.USER_CAT_FEATURES if cold_fields is None else cold_fields)
+        return cls(vocabs, [str(v) for v in videos["video_id"]], ref_ts, mean, std)
 
     def to_json(self) -> dict:
         return {
@@ -124,7 +117,6 @@ class FeatureEncoder:
             "ref_ts": self.ref_ts,
             "duration_mean": self.duration_mean,
             "duration_std": self.duration_std,
-            "cold_fields": list(self.cold_fields),
             "schema_hash": schema.schema_hash(),
         }
 
@@ -140,7 +132,7 @@ class FeatureEncoder:
                 f"{schema.schema_hash()}; retrain the model"
             )
         return cls(d["vocabs"], d["video_ids"], d["ref_ts"], d["duration_mean"],
-                   d["duration_std"], d.get("cold_fields", schema.USER_CAT_FEATURES))
+                   d["duration_std"])
 
     def sizes(self) -> dict[str, int]:
         """Embedding table sizes (vocabulary + 1 for index 0)."""
@@ -188,22 +180,12 @@ class FeatureEncoder:
         age = 0.0 if up is None else max(0.0, (self.ref_ts - up) / YEAR_S)
         return (float(np.clip(logd, -5, 5)), float(min(age, 50.0) / 10.0))
 
-    def informative_cold_fields(self) -> list[str]:
-        """The cold fields that tell users apart (two or more known values)."""
-        return [f for f in self.cold_fields if len(self.vocabs.get("user." + f, {})) >= 2]
-
-    def encode_users(self, profiles: Sequence[Mapping[str, Any]],
-                     cold: bool | Sequence[bool] = False) -> np.ndarray:
-        """Profiles -> (n, len(USER_CAT_FEATURES)) indices. A cold profile (a user with no
-        history) reads cold_fields only; the fields left out encode as unknown, 0."""
-        flags = [cold] * len(profiles) if isinstance(cold, bool) else list(cold)
+    def encode_users(self, profiles: Sequence[Mapping[str, Any]]) -> np.ndarray:
         out = np.zeros((len(profiles), len(schema.USER_CAT_FEATURES)), dtype=np.int64)
         for i, p in enumerate(profiles):
             feats = profile_features(p)
-            use = self.cold_fields if flags[i] else schema.USER_CAT_FEATURES
             for j, name in enumerate(schema.USER_CAT_FEATURES):
-                if name in use:
-                    out[i, j] = self.vocabs["user." + name].get(feats[name], 0)
+                out[i, j] = self.vocabs["user." + name].get(feats[name], 0)
         return out
 
     def encode_history(self, histories: Sequence[Sequence[str]]) -> np.ndarray:

@@ -118,7 +118,7 @@ class OnlineModel:
         that only retrieve, like the candidate stage. `two_tower`: this user's two-tower
         vector already computed by this model version (the ranker gets it from the
         candidate stage), so the user tower does not run twice per request."""
-        cats = self.b.encoder.encode_users([profile], cold=not history)
+        cats = self.b.encoder.encode_users([profile])
         if two_tower is not None:
             tt = two_tower
         else:

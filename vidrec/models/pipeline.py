@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -46,12 +46,6 @@ class PipelineConfig:
     # Popularity (and the demographic prior) count each positive (user, video) pair with
     # weight score ** popularity_power, score its summed feedback (0: plain counts).
     popularity_power: float = 1.0
-    # Profile fields the two-tower and the demographic prior read for a user with no
-    # history (None: all of schema.USER_CAT_FEATURES); `vidrec train` picks them on cold
-    # validation. Training and users with a history read every field: the two-tower's
-    # profile-only examples hide fields at random, so it knows how to do without any of
-    # them, and validation measures exactly what serving runs.
-    cold_fields: tuple[str, ...] | None = None
 
 
 def positive_scores(interactions: pd.DataFrame, weights: FeedbackWeights) -> pd.DataFrame:
@@ -81,7 +75,7 @@ def train_bundle(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool 
     inter = ds.interactions
     cutoff = float(inter["timestamp"].max()) if len(inter) else time.time()
     videos = ds.videos.reset_index(drop=True)
-    encoder = FeatureEncoder.fit(videos, ds.users, ref_ts=cutoff, cold_fields=cfg.cold_fields)
+    encoder = FeatureEncoder.fit(videos, ds.users, ref_ts=cutoff)
     video_rows = videos.to_dict("records")
 
     fm = build_feedback_matrix(inter, cfg.weights,
@@ -130,8 +124,7 @@ def train_bundle(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool 
         "counts": {"users": len(user_list), "videos": len(encoder.video_ids),
                    "interactions": len(inter), "positives": len(pos)},
         "config": {"weights": asdict(cfg.weights), "mf": asdict(cfg.mf),
-                   "two_tower": cfg.two_tower.to_dict(), "train": cfg.train.to_dict(),
-                   "cold_fields": list(encoder.cold_fields)},
+                   "two_tower": cfg.two_tower.to_dict(), "train": cfg.train.to_dict()},
         "train_seconds": {"mf": round(mf.train_seconds, 3), "two_tower": round(tt_seconds, 3),
                           "total": round(time.perf_counter() - t0, 3)},
         "metrics": {},
@@ -145,7 +138,6 @@ def train_bundle(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool 
 class TuneResult:
     weights: RankerWeights
     recency_boost: float  # MFConfig.recency_boost
-    cold_fields: tuple[str, ...]  # PipelineConfig.cold_fields
     validation: dict[str, float]
     seconds: float
 
@@ -225,67 +217,22 @@ def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool 
         bundle.mf_user = recency_user_factors(bundle.mf_video, fm, ranks, cfg.mf)
     crel = relevant_sets(cold_val)
     cusers = sorted(crel)
-    fields = bundle.encoder.cold_fields
     if cusers:
         profiles = {str(r["user_id"]): _clean(r) for r in ds.users.to_dict("records")}
         prof = [profiles.get(u, {}) for u in cusers]
-        cold: dict[tuple[str, ...], tuple[float, float, float, float]] = {}
-
-        def cold_score(keep: tuple[str, ...]) -> float:
-            """Cold validation NDCG@50 of the blend reading profile fields `keep` only, at
-            its best prior weights by NDCG@10 (what serving will use)."""
-            bundle.encoder.cold_fields = keep
-            comp = rec.components(cusers, prof)
-            for cp, cd in itertools.product(COLD_GRID_POP, COLD_GRID_DEMO):
-                ws = RankerWeights(1.0, 0.0, 0.0, cp, 0.0, cd)
-                lists = rec.top_k(comp, 50, "hybrid", ws)
-                m = evaluate(dict(zip(cusers, lists, strict=True)), crel, [10, 50],
-                             bundle.video_ids)
-                if m["ndcg@10"] > cold.get(keep, (-1.0,))[0]:
-                    cold[keep] = (m["ndcg@10"], m["ndcg@50"], cp, cd)
-            return cold[keep][1]
-
-        every = bundle.encoder.cold_fields
-        fields = select_cold_fields(every, bundle.encoder.informative_cold_fields(),
-                                    cold_score)
-        bundle.encoder.cold_fields = every
-        best["val_cold_ndcg@10"], best["val_cold_ndcg@50"], w.cold_pop, w.cold_demo = (
-            cold[fields])
-        best["val_cold_ndcg@10_all_fields"], best["val_cold_ndcg@50_all_fields"] = (
-            cold[every][:2])
+        cscores = {}
+        comp = rec.components(cusers, prof)
+        for cp, cd in itertools.product(COLD_GRID_POP, COLD_GRID_DEMO):
+            lists = rec.top_k(comp, 10, "hybrid", RankerWeights(1.0, 0.0, 0.0, cp, 0.0, cd))
+            m = evaluate(dict(zip(cusers, lists, strict=True)), crel, [10], bundle.video_ids)
+            cscores[(cp, cd)] = m["ndcg@10"]
+        (w.cold_pop, w.cold_demo), best["val_cold_ndcg@10"] = max(cscores.items(),
+                                                                  key=lambda kv: kv[1])
     seconds = time.perf_counter() - t0
-    log.info("tuned ranker weights %s, MF recency boost %g, profile fields %s on validation"
-             " (%d warm, %d cold users) in %.1fs: %s", w.to_dict(), boost, ",".join(fields),
-             len(users), len(cold_users), seconds, best)
-    return TuneResult(w, boost, tuple(fields), best, seconds)
-
-
-def select_cold_fields(fields: Sequence[str], droppable: Sequence[str],
-                       score: Callable[[tuple[str, ...]], float]) -> tuple[str, ...]:
-    """Backward elimination: drop the droppable field whose absence scores best, while
-    that beats keeping it.
-
-    A profile field can hurt cold start: with few users per value, the two-tower learns the
-    training users' field combinations rather than a taste that carries over to new users.
-    `score` rates a field subset on validation; the two-tower is trained with profile
-    fields dropped out, so it scores any subset without retraining. tune_ranker scores by
-    NDCG@50, not @10: a field's worth shows over the whole ranking, and 50 places count
-    several times more of a user's held-out positives than 10, so the choice is less noisy.
-    On MovieLens-100K, hiding zip prefix and occupation raised cold NDCG@10 over 4
-    validation folds from 0.298 to 0.419 for the two-tower and from 0.442 to 0.456 for the
-    blend; a single fold of ~90 users still picks other subsets at times.
-    """
-    keep = tuple(fields)
-    current = score(keep)
-    while True:
-        trials = [tuple(f for f in keep if f != d) for d in droppable if d in keep]
-        if not trials:
-            return keep
-        scored = [(score(t), t) for t in trials]
-        top, subset = max(scored, key=lambda st: st[0])
-        if top <= current:
-            return keep
-        keep, current = subset, top
+    log.info("tuned ranker weights %s, MF recency boost %g on validation (%d warm, %d cold"
+             " users) in %.1fs: %s", w.to_dict(), boost, len(users), len(cold_users), seconds,
+             best)
+    return TuneResult(w, boost, best, seconds)
 
 
 def train_tuned(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool = True,
@@ -295,7 +242,6 @@ def train_tuned(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool =
     tuned = tune_ranker(ds, cfg, progress=progress)
     cfg.ranker = tuned.weights
     cfg.mf = replace(cfg.mf, recency_boost=tuned.recency_boost)
-    cfg.cold_fields = tuned.cold_fields
     bundle = train_bundle(ds, cfg, progress=progress, version=version)
     bundle.manifest["metrics"].update(tuned.validation)
     bundle.manifest["train_seconds"]["tune"] = round(tuned.seconds, 3)

@@ -35,9 +35,7 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-6
     temperature: float = 0.05
-    # Probability of hiding the history (teaches the profile-only cold-start path). 0.3 was
-    # tried: cold validation equal (blend NDCG@10 0.455 against 0.456 over 4 folds), warm
-    # validation lower (0.2109 against 0.2126).
+    # Probability of hiding the history (teaches the profile-only cold-start path).
     history_dropout: float = 0.15
     # Probability of hiding a video's id (teaches the content-only cold-start path).
     id_dropout: float = 0.2
@@ -45,11 +43,6 @@ class TrainConfig:
     # feedback score: a 5-star rating or a full watch teaches more than a lukewarm 3 stars
     # (which still counts as a positive). 0: every positive alike.
     label_weight_power: float = 1.0
-    # Probability of hiding each profile field in a profile-only example (one whose history
-    # history_dropout hid), as if the user had left it blank: new users often do, and it
-    # lets tuning try the tower without a field, without retraining it
-    # (pipeline.select_cold_fields). Examples with their history keep whole profiles.
-    profile_dropout: float = 0.5
     # Torch threads; 0: half the cores, so a retrain beside the serving processes does not
     # starve them. Offline (`vidrec train`, `vidrec evaluate`) passes every core.
     threads: int = 0
@@ -176,13 +169,8 @@ def train_two_tower(
             idx = order[b: b + cfg.batch_size]
             labels = torch.from_numpy(labels_all[idx]).to(dev)
             hist = hist_all[idx].copy()
-            alone_rows = rng.random(len(idx)) < cfg.history_dropout
-            hist[alone_rows] = 0
-            prof = ucats[seqs.user_rows[ex_user[idx]]]
-            # Profile-only examples hide each profile field with profile_dropout.
-            hide = rng.random(tuple(prof.shape)) < cfg.profile_dropout
-            hide &= alone_rows[:, None]
-            users = model.user_embed(prof.masked_fill(torch.from_numpy(hide).to(dev), 0),
+            hist[rng.random(len(idx)) < cfg.history_dropout] = 0
+            users = model.user_embed(ucats[seqs.user_rows[ex_user[idx]]],
                                      torch.from_numpy(hist).to(dev))
             ids = labels.clone()
             ids[torch.from_numpy(rng.random(len(idx)) < cfg.id_dropout).to(dev)] = 0
