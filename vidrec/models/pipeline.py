@@ -213,8 +213,6 @@ def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool 
         boost, w.mf, w.pop, w.demo = best_point()
         best["val_warm_ndcg@10"] = scores[(boost, w.mf, w.pop, w.demo)]
         best["val_warm_ndcg@10_no_recency"] = max(v for k, v in scores.items() if k[0] == 0)
-        # The cold blend below has no MF term; restore the factors the bundle trained with.
-        bundle.mf_user = recency_user_factors(bundle.mf_video, fm, ranks, cfg.mf)
     crel = relevant_sets(cold_val)
     cusers = sorted(crel)
     if cusers:
