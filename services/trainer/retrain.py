@@ -70,12 +70,14 @@ def _ndcg(bundle: ModelBundle, window: pd.DataFrame, seen_before: pd.DataFrame) 
 
 
 def carried_config(serving: ModelBundle | None, cfg: PipelineConfig) -> PipelineConfig:
-    """What `vidrec train` tuned on validation carries over to a retrain: the ranker weights
-    and the MF recency boost (the weights were picked together with it)."""
+    """What `vidrec train` tuned on validation carries over to a retrain: the ranker weights,
+    the MF recency boost and the demographic prior's field weights (the weights were
+    picked together with them)."""
     if serving is None:
         return cfg
     mf = serving.manifest.get("config", {}).get("mf", {})
-    return replace(cfg, ranker=replace(serving.ranker), mf=replace(
+    return replace(cfg, ranker=replace(serving.ranker),
+                   demographic=serving.demographic_config(), mf=replace(
         cfg.mf, recency_boost=float(mf.get("recency_boost", 0.0)),
         recency_half_life=float(mf.get("recency_half_life", cfg.mf.recency_half_life))))
 

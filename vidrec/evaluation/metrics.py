@@ -26,6 +26,7 @@ __all__ = [
     "evaluate",
     "hits_at_k",
     "ndcg_at_k",
+    "ndcg_rows",
     "precision_at_k",
     "recall_at_k",
 ]
@@ -73,7 +74,7 @@ def ndcg_at_k(recs: Sequence[str], relevant: Collection[str], k: int) -> float:
     if not relevant:
         return 0.0
     hits = hits_at_k(recs, relevant, k)
-    return float(_ndcg(hits[None, :], np.array([len(relevant)]))[0])
+    return float(ndcg_rows(hits[None, :], np.array([len(relevant)]))[0])
 
 
 # --- vectorised kernels over a (users x k) hit matrix ---------------------------------
@@ -87,7 +88,8 @@ def _ap(hits: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
     return np.asarray((precision_at_i * hits).sum(axis=1) / denom)
 
 
-def _ndcg(hits: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+def ndcg_rows(hits: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+    """Binary-gain NDCG per row of a (users x k) hit matrix, ranks in column order."""
     k = hits.shape[1]
     discounts = 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
     dcg = hits @ discounts
@@ -179,7 +181,7 @@ def evaluate(
             out[f"precision@{k}"] = float(np.mean(n_hits / k))
             out[f"recall@{k}"] = float(np.mean(n_hits / n_rel))
             out[f"map@{k}"] = float(np.mean(_ap(h, n_rel)))
-            out[f"ndcg@{k}"] = float(np.mean(_ndcg(h, n_rel)))
+            out[f"ndcg@{k}"] = float(np.mean(ndcg_rows(h, n_rel)))
         else:
             for name in ("precision", "recall", "map", "ndcg"):
                 out[f"{name}@{k}"] = float("nan")

@@ -30,6 +30,7 @@ import torch
 
 from vidrec import schema
 from vidrec.models.content import ContentModel
+from vidrec.models.demographic import DemographicConfig, DemographicPrior, zrows
 from vidrec.models.features import FeatureEncoder
 from vidrec.models.mix import DEFAULT_MIX, N_CANDIDATES, Mix
 from vidrec.models.two_tower import TwoTower, TwoTowerConfig
@@ -93,7 +94,17 @@ class ModelBundle:
         if self.demo_counts is None:
             return None
         sizes = [self.encoder.sizes()["user." + n] for n in schema.USER_CAT_FEATURES]
-        return DemographicPrior(self.demo_counts, sizes)
+        cfg = self.demographic_config()
+        return DemographicPrior(self.demo_counts, sizes, cfg.smoothing,
+                                cfg.weights_for(schema.USER_CAT_FEATURES))
+
+    def demographic_config(self) -> DemographicConfig:
+        """The prior's smoothing and field weights (a manifest from before they were tuned:
+        the defaults, every field at weight 1)."""
+        d = self.manifest.get("config", {}).get("demographic", {})
+        return DemographicConfig(float(d.get("smoothing", DemographicConfig.smoothing)),
+                                 {str(k): float(v) for k, v in
+                                  d.get("field_weights", {}).items()})
 
     @property
     def version(self) -> str:
@@ -166,66 +177,6 @@ class ModelBundle:
 
     def video_rows(self) -> list[dict[str, Any]]:
         return self.videos.to_dict("records")
-
-
-DEMO_SMOOTHING = 20.0
-
-
-def demographic_counts(user_cats: np.ndarray, user_rows: np.ndarray, video_idx: np.ndarray,
-                       sizes: Sequence[int], n_videos: int,
-                       weights: np.ndarray | None = None) -> np.ndarray:
-    """Positives per (feature value, video): one row block per user feature.
-
-    `user_cats` (n_users, F) encoded profiles; positive i is (user_rows[i], video_idx[i])
-    and counts `weights[i]` (1 when None).
-    """
-    offsets = np.r_[0, np.cumsum(sizes)]
-    out = np.zeros((int(offsets[-1]), n_videos), dtype=np.float32)
-    for j in range(len(sizes)):
-        rows = offsets[j] + user_cats[user_rows, j]
-        np.add.at(out, (rows, video_idx), 1.0 if weights is None else weights)
-    return out
-
-
-class DemographicPrior:
-    """Naive-Bayes popularity among users who share a profile's feature values.
-
-    For a feature value c (say occupation=student) and video v, the lift is
-    log p(v | c) - log p(v), with p(v | c) = (n_cv + s·p(v)) / (n_c + s) shrunk towards the
-    overall p(v) by `smoothing` pseudo-positives. A profile's score for v is the sum of the
-    lifts of its feature values: profile-only, so a brand-new user gets it too.
-    """
-
-    def __init__(self, counts: np.ndarray, sizes: Sequence[int],
-                 smoothing: float = DEMO_SMOOTHING) -> None:
-        c = counts.astype(np.float64)
-        self.offsets = np.r_[0, np.cumsum(sizes)][:-1].astype(np.int64)
-        first = c[: sizes[0]] if len(sizes) else np.zeros((0, c.shape[1]))
-        total = first.sum(axis=0)  # each feature's rows partition the positives
-        p = (total + 1.0) / (total.sum() + c.shape[1])
-        n_c = c.sum(axis=1, keepdims=True)
-        self.lift = (np.log((c + smoothing * p) / (n_c + smoothing)) - np.log(p)).astype(
-            np.float32)
-
-    def scores_at(self, cats: np.ndarray, videos: np.ndarray) -> np.ndarray:
-        """One encoded profile (F,), the summed lifts of the given video indices only."""
-        out = np.zeros(len(videos), dtype=np.float64)
-        for j, off in enumerate(self.offsets):
-            out += self.lift[off + cats[j], videos]
-        return out
-
-    def scores(self, cats: np.ndarray) -> np.ndarray:
-        """(n, F) encoded profiles -> (n, n_videos) summed lifts."""
-        out = np.zeros((len(cats), self.lift.shape[1]), dtype=np.float64)
-        for j, off in enumerate(self.offsets):
-            out += self.lift[off + cats[:, j]]
-        return out
-
-
-def _zrows(m: np.ndarray) -> np.ndarray:
-    mu = m.mean(axis=1, keepdims=True)
-    sd = m.std(axis=1, keepdims=True)
-    return (m - mu) / np.maximum(sd, 1e-9)
 
 
 @dataclass
@@ -301,13 +252,13 @@ class BatchRecommender:
                 has_mf[i] = True
         demo = None
         if self.demo is not None:
-            demo = _zrows(self.demo.scores(self.b.encoder.encode_users(profiles)))
+            demo = zrows(self.demo.scores(self.b.encoder.encode_users(profiles)))
         seen = np.zeros((n, nv), dtype=bool)
         for i, rec in enumerate(recs):
             if rec:
                 seen[i, [self.vid[v] for v in rec.seen if v in self.vid]] = True
         return Components(
-            tt=tt, tt_z=_zrows(tt), mf=mf, mf_z=np.where(has_mf[:, None], _zrows(mf), 0.0),
+            tt=tt, tt_z=zrows(tt), mf=mf, mf_z=np.where(has_mf[:, None], zrows(mf), 0.0),
             has_mf=has_mf, no_hist=np.array([not h for h in hist])[:, None], demo_z=demo,
             cand=self._candidates(tt, mf, has_mf, hist, seen), seen=seen)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from vidrec import schema
 from vidrec.data.dataset import Dataset
@@ -21,8 +22,14 @@ from vidrec.data.feedback import (
     event_scores,
     recency_ranks,
 )
-from vidrec.models.bundle import ModelBundle, RankerWeights, UserRecord, demographic_counts
+from vidrec.models.bundle import ModelBundle, RankerWeights, UserRecord
 from vidrec.models.content import ContentModel
+from vidrec.models.demographic import (
+    DemographicConfig,
+    FieldFit,
+    demographic_counts,
+    fit_field_weights,
+)
 from vidrec.models.features import FeatureEncoder
 from vidrec.models.mf import MFConfig, recency_user_factors, train_mf
 from vidrec.models.two_tower import TwoTowerConfig
@@ -43,6 +50,7 @@ class PipelineConfig:
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ranker: RankerWeights = field(default_factory=RankerWeights)
+    demographic: DemographicConfig = field(default_factory=DemographicConfig)
     # Popularity (and the demographic prior) count each positive (user, video) pair with
     # weight score ** popularity_power, score its summed feedback (0: plain counts).
     popularity_power: float = 1.0
@@ -124,7 +132,8 @@ def train_bundle(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool 
         "counts": {"users": len(user_list), "videos": len(encoder.video_ids),
                    "interactions": len(inter), "positives": len(pos)},
         "config": {"weights": asdict(cfg.weights), "mf": asdict(cfg.mf),
-                   "two_tower": cfg.two_tower.to_dict(), "train": cfg.train.to_dict()},
+                   "two_tower": cfg.two_tower.to_dict(), "train": cfg.train.to_dict(),
+                   "demographic": asdict(cfg.demographic)},
         "train_seconds": {"mf": round(mf.train_seconds, 3), "two_tower": round(tt_seconds, 3),
                           "total": round(time.perf_counter() - t0, 3)},
         "metrics": {},
@@ -152,6 +161,34 @@ WARM_GRID_DEMO = (0.0, 0.15, 0.3, 0.5)
 COLD_GRID_POP = (0.0, 1.0, 3.0, 5.0, 8.0, 12.0, 20.0, 40.0, 80.0)
 COLD_GRID_DEMO = (0.0, 3.0, 8.0, 12.0, 20.0, 40.0, 80.0)
 RECENCY_GRID = (0.0, 3.0, 10.0, 30.0, 100.0)  # MFConfig.recency_boost
+
+
+def tune_demographic(ds: Dataset, cfg: PipelineConfig, seed: int = 0) -> FieldFit:
+    """The demographic prior's field weights and its weight next to popularity, by 5-fold
+    cross-validation over every training user of `ds` (see `fit_field_weights`)."""
+    from vidrec.evaluation.splits import relevant_sets
+
+    encoder = FeatureEncoder.fit(ds.videos.reset_index(drop=True), ds.users, ref_ts=0.0)
+    pscore = positive_scores(ds.interactions, cfg.weights)
+    pscore = pscore[pscore["video_id"].isin(encoder.video_index)]
+    profiles = {str(r["user_id"]): _clean(r) for r in ds.users.to_dict("records")}
+    users = sorted(set(pscore["user_id"].astype(str)) & set(profiles))
+    row = {u: i for i, u in enumerate(users)}
+    pscore = pscore[pscore["user_id"].astype(str).isin(row)]
+    shape = (len(users), len(encoder.video_ids))
+    pos = sp.csr_matrix(
+        (pscore["score"].to_numpy(np.float64) ** cfg.popularity_power,
+         (pscore["user_id"].astype(str).map(row).to_numpy(np.int64),
+          pscore["video_id"].map(encoder.video_index).to_numpy(np.int64))), shape=shape)
+    pairs = [(row[u], encoder.video_index[v]) for u, vs in relevant_sets(ds.interactions).items()
+             if u in row for v in vs if v in encoder.video_index]
+    r, c = (np.array(x, dtype=np.int64) for x in zip(*pairs, strict=True)) if pairs else (
+        np.zeros(0, np.int64), np.zeros(0, np.int64))
+    rel = sp.csr_matrix((np.ones(len(r), dtype=np.float64), (r, c)), shape=shape)
+    sizes = [encoder.sizes()["user." + n] for n in schema.USER_CAT_FEATURES]
+    return fit_field_weights(encoder.encode_users([profiles[u] for u in users]), pos, rel,
+                             sizes, schema.USER_CAT_FEATURES, cfg.demographic.smoothing,
+                             seed=seed)
 
 
 def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool = True
@@ -237,14 +274,22 @@ def train_tuned(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool =
                 version: str | None = None) -> ModelBundle:
     """`vidrec train`: tune the ranker weights on validation, then train on everything."""
     cfg = cfg or PipelineConfig()
+    t0 = time.perf_counter()
+    demo = tune_demographic(ds, cfg)
+    demo_seconds = time.perf_counter() - t0
+    cfg.demographic = replace(cfg.demographic, field_weights=demo.field_weights)
     tuned = tune_ranker(ds, cfg, progress=progress)
     cfg.ranker = tuned.weights
     cfg.mf = replace(cfg.mf, recency_boost=tuned.recency_boost)
     bundle = train_bundle(ds, cfg, progress=progress, version=version)
     bundle.manifest["metrics"].update(tuned.validation)
-    bundle.manifest["train_seconds"]["tune"] = round(tuned.seconds, 3)
+    bundle.manifest["metrics"].update({
+        "cv_cold_ndcg@10_prior": round(demo.ndcg, 4),
+        "cv_cold_ndcg@10_popularity": round(demo.ndcg_popularity, 4),
+        "cv_cold_ndcg@10_equal_fields": round(demo.ndcg_equal, 4)})
+    bundle.manifest["train_seconds"]["tune"] = round(demo_seconds + tuned.seconds, 3)
     bundle.manifest["train_seconds"]["total"] = round(
-        bundle.manifest["train_seconds"]["total"] + tuned.seconds, 3)
+        bundle.manifest["train_seconds"]["total"] + demo_seconds + tuned.seconds, 3)
     return bundle
 
 
