@@ -6,8 +6,8 @@ models   vidrec evaluate on MovieLens-100K (warm + cold-start splits), the tuned
          (implicit ALS, LightFM WARP; benchmark-only deps, see benchmarks/requirements.txt)
          on the same protocol, `vidrec train` wall time, and vidrec evaluate on synthetic
          data with precision against the generator's true relevance
-cold     cold start over 5 user hold-outs (one hold-out's ~94 users move NDCG@10 by about
-         ±0.03): vidrec against tuned LightFM and popularity, split by split (~20 min)
+cold     cold start over 5 user hold-outs (over one hold-out's ~94 users NDCG@10 ranged
+         0.403-0.447): vidrec against tuned LightFM and popularity, split by split (~20 min)
 serving  100k-video catalog: ANN recall@100 vs exact, gateway latency under open-loop load
 trainer  seconds-tier events/s and event -> visible latency under 20k events/s
 """

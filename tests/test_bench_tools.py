@@ -23,3 +23,22 @@ def test_cpu_seconds_counts_a_working_child_of_an_idle_shell() -> None:
     finally:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
+
+
+def test_cold_summary_ratio_is_against_each_splits_best_peer() -> None:
+    from benchmarks.cold import summarise
+
+    per_seed = {
+        0: {"users": 90.0, "vidrec two_tower": 0.30, "vidrec hybrid": 0.44,
+            "vidrec popularity": 0.40, "lightfm_warp": 0.40, "popularity (peer)": 0.41},
+        1: {"users": 95.0, "vidrec two_tower": 0.36, "vidrec hybrid": 0.42,
+            "vidrec popularity": 0.38, "lightfm_warp": 0.42, "popularity (peer)": 0.39},
+    }
+    s = summarise(per_seed)
+    assert abs(s["vidrec hybrid"]["mean"] - 0.43) < 1e-12
+    # Sample standard deviation of (0.44, 0.42) is 0.01414; over sqrt(2): 0.01.
+    assert abs(s["vidrec hybrid"]["se"] - 0.01) < 1e-9
+    # Split 0's best peer is popularity (0.41), split 1's LightFM (0.42).
+    assert s["vidrec hybrid / best peer"]["per_split"] == [round(0.44 / 0.41, 4), 1.0]
+    assert abs(s["vidrec hybrid / best peer"]["ratio_of_means"] - 0.43 / 0.41) < 1e-12
+    assert "users" not in s

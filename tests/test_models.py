@@ -299,6 +299,27 @@ def test_offline_candidates_mirror_the_serving_mix(tiny_bundle) -> None:
     assert cold.sum() == n and cold[top_pop]
 
 
+def test_a_field_at_weight_zero_no_longer_moves_the_prior(small_model, tmp_path
+                                                          ) -> None:  # type: ignore[no-untyped-def]
+    """The field weights travel in the manifest: saved, loaded, and used by the offline
+    recommender and by serving alike."""
+    bundle = ModelBundle.load(small_model)
+    a, b = {"gender": "F", "age": 25}, {"gender": "M", "age": 25}
+    cats = bundle.encoder.encode_users([a, b])
+    assert not np.allclose(*bundle.demographic_prior().scores(cats))  # gender matters
+    bundle.manifest["config"]["demographic"] = {"smoothing": 20.0,
+                                                "field_weights": {"gender": 0.0}}
+    bundle.save(tmp_path / "m")
+    loaded = ModelBundle.load(tmp_path / "m")
+    np.testing.assert_allclose(*loaded.demographic_prior().scores(cats))
+    loaded.ranker = RankerWeights(tt=0.0, mf=0.0, pop=0.0, cold_pop=1.0, demo=0.0,
+                                  cold_demo=1.0)  # the priors only (the tower reads gender)
+    online = OnlineModel(loaded)
+    ua, ub = (online.user_vectors("new", p, []) for p in (a, b))
+    ids = loaded.video_ids[:20]
+    np.testing.assert_allclose(online.score(ua, ids), online.score(ub, ids), rtol=1e-6)
+
+
 def test_retrain_keeps_what_train_tuned(small_model) -> None:  # type: ignore[no-untyped-def]
     from services.trainer.retrain import carried_config
 

@@ -46,9 +46,9 @@ class RankerWeights:
     z is per user over the catalog. A user with no history (cold start) gets `cold_pop`
     and `cold_demo` instead of `pop` and `demo`: the log-Q corrected two-tower deliberately
     leaves the popularity prior out of its scores, and with nothing but a profile to go on
-    that prior matters most. The demographic lift (see `demographic_lift`) is how much more
-    popular a video is among users sharing the profile's feature values than overall.
-    All weights are tuned on a validation split carved from training data.
+    that prior matters most. The demographic lift (`DemographicPrior`, models/demographic.py)
+    is how much more popular a video is among users sharing the profile's feature values
+    than overall. All weights are tuned on a validation split carved from training data.
     """
 
     # Defaults: what tune_ranker picked on MovieLens-100K validation (a sane untuned start).
