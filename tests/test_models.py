@@ -176,6 +176,9 @@ def test_field_weights_favour_the_field_that_carries_taste() -> None:
     assert fit.ndcg > 1.5 * fit.ndcg_popularity
     assert fit.ndcg >= fit.ndcg_equal
     assert fit.users == 600
+    # Nobody with a relevant video (only clicks, say): nothing to choose on, weights stay 1.
+    none = fit_field_weights(cats, m, sp.csr_matrix(m.shape), sizes, ["age_bucket", "occ"])
+    assert none.field_weights == {"age_bucket": 1.0, "occ": 1.0} and none.users == 0
 
 
 @pytest.fixture(scope="module")

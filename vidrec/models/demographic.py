@@ -159,8 +159,6 @@ class FieldCV:
             pop_z = ((pop - pop.mean()) / max(pop.std(), 1e-9))[cols]
             rel = relevant[held]
             self.parts.append((rel[:, cols].toarray(), np.diff(rel.indptr), pop_z, lifts))
-        if not self.parts:
-            raise ValueError("no training user has a relevant video to cross-validate on")
         self.users = sum(len(p[0]) for p in self.parts)
 
     def score(self, weights: dict[int, float], ratio: float) -> float:
@@ -193,6 +191,11 @@ def fit_field_weights(user_cats: np.ndarray, positives: sp.csr_matrix,
     between weightings. A few seconds.
     """
     cv = FieldCV(user_cats, positives, relevant, sizes, smoothing, seed=seed)
+    if cv.users == 0:
+        log.info("demographic prior: no training user with a relevant video to "
+                 "cross-validate on; every field keeps weight 1")
+        return FieldFit({n: 1.0 for n in names}, 1.0, float("nan"), float("nan"),
+                        float("nan"), 0)
     varied = cv.varied
     equal = {j: 1.0 for j in varied}
     ndcg_pop = cv.score({j: 0.0 for j in varied}, 1.0)

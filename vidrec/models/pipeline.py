@@ -283,10 +283,11 @@ def train_tuned(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool =
     cfg.mf = replace(cfg.mf, recency_boost=tuned.recency_boost)
     bundle = train_bundle(ds, cfg, progress=progress, version=version)
     bundle.manifest["metrics"].update(tuned.validation)
-    bundle.manifest["metrics"].update({
-        "cv_cold_ndcg@10_prior": round(demo.ndcg, 4),
-        "cv_cold_ndcg@10_popularity": round(demo.ndcg_popularity, 4),
-        "cv_cold_ndcg@10_equal_fields": round(demo.ndcg_equal, 4)})
+    if demo.users:
+        bundle.manifest["metrics"].update({
+            "cv_cold_ndcg@10_prior": round(demo.ndcg, 4),
+            "cv_cold_ndcg@10_popularity": round(demo.ndcg_popularity, 4),
+            "cv_cold_ndcg@10_equal_fields": round(demo.ndcg_equal, 4)})
     bundle.manifest["train_seconds"]["tune"] = round(demo_seconds + tuned.seconds, 3)
     bundle.manifest["train_seconds"]["total"] = round(
         bundle.manifest["train_seconds"]["total"] + demo_seconds + tuned.seconds, 3)
