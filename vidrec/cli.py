@@ -210,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail on the first malformed row (default) or skip and report them")
     t.add_argument("--epochs", type=int, default=None, help="two-tower epochs")
     t.add_argument("--no-tune", dest="tune", action="store_false",
-                   help="skip tuning the ranker weights and the MF recency boost on a "
-                        "validation split (faster)")
+                   help="skip tuning the ranker weights, the MF recency boost and the "
+                        "demographic prior's field weights on validation (faster)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
     r = _add(sub, "recommend", cmd_recommend,

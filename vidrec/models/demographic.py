@@ -5,7 +5,7 @@ It is the cold-start user's strongest signal besides popularity, and it needs no
 a profile. Each profile field gets a weight, chosen by k-fold cross-validation over the
 training users (`fit_field_weights`): a naive-Bayes sum with every field at weight 1
 double-counts correlated fields and lets the noisy ones (21 occupations, 10 zip prefixes
-over ~900 MovieLens users) drown the informative one (age).
+over ~900 MovieLens users) dilute the informative one (age).
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ RATIO_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)
 @dataclass
 class FieldFit:
     field_weights: dict[str, float]
-    ratio: float  # the prior's weight next to popularity's (both z-scored), for cold users
+    ratio: float  # the prior's weight next to popularity's in the search (the ranker's
+    # cold grid makes its own choice; this only scales the search)
     ndcg: float  # cross-validated cold NDCG@10 of popularity + ratio * prior
     ndcg_popularity: float  # ... of popularity alone
     ndcg_equal: float  # ... with every field at weight 1 and ratio 1 (plain naive Bayes)

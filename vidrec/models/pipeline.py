@@ -164,8 +164,8 @@ RECENCY_GRID = (0.0, 3.0, 10.0, 30.0, 100.0)  # MFConfig.recency_boost
 
 
 def tune_demographic(ds: Dataset, cfg: PipelineConfig, seed: int = 0) -> FieldFit:
-    """The demographic prior's field weights and its weight next to popularity, by 5-fold
-    cross-validation over every training user of `ds` (see `fit_field_weights`)."""
+    """The demographic prior's field weights, by 5-fold cross-validation over every
+    training user of `ds` (see `fit_field_weights`)."""
     from vidrec.evaluation.splits import relevant_sets
 
     encoder = FeatureEncoder.fit(ds.videos.reset_index(drop=True), ds.users, ref_ts=0.0)
@@ -272,7 +272,8 @@ def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool 
 
 def train_tuned(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool = True,
                 version: str | None = None) -> ModelBundle:
-    """`vidrec train`: tune the ranker weights on validation, then train on everything."""
+    """`vidrec train`: the demographic field weights (cross-validated), then the ranker
+    weights on validation, then train on everything."""
     cfg = cfg or PipelineConfig()
     t0 = time.perf_counter()
     demo = tune_demographic(ds, cfg)
