@@ -108,11 +108,9 @@ RATIO_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)
 @dataclass
 class FieldFit:
     field_weights: dict[str, float]
-    ratio: float  # the prior's weight next to popularity's in the search (the ranker's
-    # cold grid makes its own choice; this only scales the search)
-    ndcg: float  # cross-validated cold NDCG@10 of popularity + ratio * prior
+    ndcg: float  # cross-validated cold NDCG@10 of popularity + the search's best prior mix
     ndcg_popularity: float  # ... of popularity alone
-    ndcg_equal: float  # ... with every field at weight 1 and ratio 1 (plain naive Bayes)
+    ndcg_equal: float  # ... with every field at weight 1, prior and popularity alike
     users: int
 
 
@@ -184,8 +182,10 @@ class FieldCV:
 def fit_field_weights(user_cats: np.ndarray, positives: sp.csr_matrix,
                       relevant: sp.csr_matrix, sizes: Sequence[int], names: Sequence[str],
                       smoothing: float = DEMO_SMOOTHING, seed: int = 0) -> FieldFit:
-    """Pick each profile field's weight, and the prior's weight next to popularity, for
-    users known only by their profile, by `FieldCV` over every training user.
+    """Pick each profile field's weight for users known only by their profile, by `FieldCV`
+    over every training user. The prior's weight next to popularity is searched along
+    (it sets the scale the field weights are judged at) but not kept: the ranker's cold
+    grid picks the blend with the two-tower.
 
     The choice rests on ~850 MovieLens users (up to 1000) instead of the ~85 of a single cold
     validation split, whose noise (about ±0.03 NDCG) is larger than the differences
@@ -195,8 +195,7 @@ def fit_field_weights(user_cats: np.ndarray, positives: sp.csr_matrix,
     if cv.users == 0:
         log.info("demographic prior: no training user with a relevant video to "
                  "cross-validate on; every field keeps weight 1")
-        return FieldFit({n: 1.0 for n in names}, 1.0, float("nan"), float("nan"),
-                        float("nan"), 0)
+        return FieldFit({n: 1.0 for n in names}, float("nan"), float("nan"), float("nan"), 0)
     varied = cv.varied
     equal = {j: 1.0 for j in varied}
     ndcg_pop = cv.score({j: 0.0 for j in varied}, 1.0)
@@ -218,4 +217,4 @@ def fit_field_weights(user_cats: np.ndarray, positives: sp.csr_matrix,
     log.info("demographic prior: field weights %s, ratio %g; cross-validated cold NDCG@%d "
              "%.4f (popularity %.4f, equal weights %.4f) over %d users", weights, ratio, cv.k,
              best_ndcg, ndcg_pop, ndcg_equal, cv.users)
-    return FieldFit(weights, ratio, best_ndcg, ndcg_pop, ndcg_equal, cv.users)
+    return FieldFit(weights, best_ndcg, ndcg_pop, ndcg_equal, cv.users)
