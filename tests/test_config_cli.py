@@ -42,8 +42,8 @@ def test_values_are_typed_and_bad_ones_rejected() -> None:
     assert load_settings(RankerSettings, {"VIDREC_QDRANT_URL": "http://q"}).top_m == 50
 
 
-def test_train_recommend_evaluate_from_the_command_line(small_dataset: Path,
-                                                        tmp_path: Path) -> None:
+def test_train_recommend_evaluate_from_the_command_line(
+        small_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     model = tmp_path / "model"
     assert main(["train", "--data", str(small_dataset), "--out", str(model), "--quiet",
                  "--no-tune", "--epochs", "2"]) == 0
@@ -68,6 +68,15 @@ def test_train_recommend_evaluate_from_the_command_line(small_dataset: Path,
                  str(small_dataset / "later" / "users.csv"), "--k", "5", "--out", str(out2)]) == 0
     new_rows = [json.loads(line) for line in out2.read_text().splitlines()]
     assert len(new_rows) == 20 and all(len(r["videos"]) == 5 for r in new_rows)
+    # a malformed new-users file names its line and column; nothing is written for it
+    bad = tmp_path / "bad_users.csv"
+    bad.write_text("user_id,age,gender\nn1,31,F\nn2,thirty,M\n")
+    out3 = tmp_path / "bad.jsonl"
+    assert main(["recommend", "--model", str(model), "--users", str(bad), "--k", "5",
+                 "--out", str(out3)]) == 2
+    err = capsys.readouterr().err
+    assert "bad_users.csv, line 3, column 'age'" in err and "'thirty'" in err
+    assert not out3.exists()
     # --k 0 is refused with a message, not a traceback
     with pytest.raises(SystemExit, match="--k must be positive"):
         main(["recommend", "--model", str(model), "--users", str(ids), "--k", "0",

@@ -98,18 +98,15 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def read_users_file(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
     """A text file of user ids (one per line) or a users.csv of new users with features."""
-    import pandas as pd
-
     text = path.read_text()
     first = text.splitlines()[0].strip() if text.strip() else ""
     if "," in first and "user_id" in [c.strip() for c in first.split(",")]:
-        from vidrec.data.dataset import DataError
+        from vidrec.data.dataset import load_users
 
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-        if df["user_id"].eq("").any():
-            line = int(df.index[df["user_id"].eq("")][0]) + 2
-            raise DataError(path, line, "user_id", "empty user_id")
-        return df["user_id"].tolist(), df.to_dict("records")
+        df = load_users(path)
+        profiles = [{k: None if isinstance(v, float) and v != v else v for k, v in r.items()}
+                    for r in df.to_dict("records")]
+        return df["user_id"].tolist(), profiles
     ids = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return ids, [{} for _ in ids]
 

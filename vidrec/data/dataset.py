@@ -533,6 +533,14 @@ def load_dataset(root: Path | str, on_bad_rows: BadRowPolicy = "fail") -> Datase
                    bad_rows=report)
 
 
+def load_users(path: Path | str) -> pd.DataFrame:
+    """One users.csv on its own (new users for `vidrec recommend`), checked like a data
+    directory's: a bad age or a repeated user_id raises DataError naming line and column
+    instead of silently becoming an unknown profile value."""
+    raw = _read_raw(Path(path), (schema.USER_ID,))
+    return _apply_policy(*_check_users(raw), "fail", BadRowReport())
+
+
 # --- writing --------------------------------------------------------------------------
 
 
