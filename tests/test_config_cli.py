@@ -77,6 +77,22 @@ def test_train_recommend_evaluate_from_the_command_line(
     err = capsys.readouterr().err
     assert "bad_users.csv, line 3, column 'age'" in err and "'thirty'" in err
     assert not out3.exists()
+    # "more like this": k videos, never the anchor, best first, mostly the same category
+    sim = tmp_path / "similar.jsonl"
+    vids = pd.read_csv(small_dataset / "videos.csv", dtype=str).set_index("video_id")
+    anchors = list(vids.index[:20])
+    assert main(["similar", "--model", str(model), "--video", *anchors, "--k", "5",
+                 "--out", str(sim)]) == 0
+    same = 0
+    for row in map(json.loads, sim.read_text().splitlines()):
+        got = [h["video_id"] for h in row["similar"]]
+        scores = [h["score"] for h in row["similar"]]
+        assert len(got) == 5 and row["video_id"] not in got and scores == sorted(scores)[::-1]
+        same += sum(vids.at[g, "category"] == vids.at[row["video_id"], "category"] for g in got)
+    base = (vids["category"].value_counts(normalize=True) ** 2).sum()
+    assert same / 100 > 2 * base
+    with pytest.raises(SystemExit, match="unknown video id"):
+        main(["similar", "--model", str(model), "--video", "no-such-video"])
     # --k 0 is refused with a message, not a traceback
     with pytest.raises(SystemExit, match="--k must be positive"):
         main(["recommend", "--model", str(model), "--users", str(ids), "--k", "0",

@@ -133,6 +133,45 @@ def cmd_recommend(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_similar(a: argparse.Namespace) -> int:
+    from vidrec.models.bundle import ModelBundle
+    from vidrec.models.content import similar
+
+    if a.k <= 0:
+        raise SystemExit("--k must be positive")
+    bundle = ModelBundle.load(Path(a.model))
+    index = {v: i for i, v in enumerate(bundle.video_ids)}
+    unknown = [v for v in a.video if v not in index]
+    if unknown:
+        raise SystemExit(f"unknown video id(s) {', '.join(unknown)}: not in the catalog of "
+                         f"{a.model}")
+    vectors = bundle.content_vectors if a.by == "content" else bundle.video_vectors
+    rows = bundle.videos.set_index("video_id")
+    out = Path(a.out).open("w") if a.out else None
+    try:
+        for v in a.video:
+            hits = [(bundle.video_ids[j], s) for j, s in similar(vectors, index[v], a.k)]
+            if out:
+                out.write(json.dumps({"video_id": v, "by": a.by, "similar": [
+                    {"video_id": h, "score": round(s, 4)} for h, s in hits]}) + "\n")
+                continue
+            print(f"similar to {v} ({_describe(rows, v)}) by {a.by}:")
+            for n, (h, s) in enumerate(hits, 1):
+                print(f"  {n:2d}. {h}  {s:6.3f}  {_describe(rows, h)}")
+    finally:
+        if out:
+            out.close()
+            print(f"wrote {len(a.video)} videos x {a.k} to {a.out}")
+    return 0
+
+
+def _describe(rows: Any, video_id: str) -> str:
+    """'[category] title' of a catalog video, for people reading the terminal."""
+    r = rows.loc[video_id]
+    cat = r.get("category", "") or "-"
+    return f"[{cat}] {str(r.get('title', ''))[:60]}"
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from vidrec.data.dataset import load_dataset
     from vidrec.evaluation.offline import evaluate_dataset
@@ -220,6 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output .jsonl")
     r.add_argument("--mode", default="hybrid", choices=["hybrid", "two_tower", "mf",
                                                          "popularity"])
+
+    sm = _add(sub, "similar", cmd_similar,
+              "Videos similar to a given video ('more like this'): by content features "
+              "alone (works for a video nobody has watched yet) or by the two-tower "
+              "vectors (content plus who watched it).")
+    sm.add_argument("--model", required=True, help="model directory from `vidrec train`")
+    sm.add_argument("--video", required=True, nargs="+", help="one or more video ids")
+    sm.add_argument("--k", type=int, default=10)
+    sm.add_argument("--by", choices=["content", "two_tower"], default="content")
+    sm.add_argument("--out", help="write one JSON line per video here instead of a table")
 
     e = _add(sub, "evaluate", cmd_evaluate,
              "Offline evaluation: per-user temporal split and cold-start split; writes "
