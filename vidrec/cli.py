@@ -185,11 +185,13 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     k = 10 if 10 in ks else ks[-1]
     cols = [f"precision@{k}", f"recall@{k}", f"map@{k}", f"ndcg@{k}", f"coverage@{k}",
             f"diversity@{k}", f"novelty@{k}"]
-    extra = sorted({c for m in res.results.values() for c in m if c.startswith("true_")})
-    cols += extra
-    print(f"{'model':24s}" + "".join(f"{c:>15s}" for c in cols))
+    extra = {c for m in res.results.values() for c in m if c.startswith("true_")}
+    cols += sorted(extra, key=lambda c: (c.split("@")[0], int(c.split("@")[1])))
+    width = [max(12, len(c) + 2) for c in cols]
+    print(f"{'model':24s}" + "".join(f"{c:>{w}s}" for c, w in zip(cols, width, strict=True)))
     for name, m in res.results.items():
-        print(f"{name:24s}" + "".join(f"{m.get(c, float('nan')):15.4f}" for c in cols))
+        print(f"{name:24s}" + "".join(f"{m.get(c, float('nan')):{w}.4f}"
+                                       for c, w in zip(cols, width, strict=True)))
     for title, rows in res.tables.items():
         print(f"\n{title}")
         for row in rows:
