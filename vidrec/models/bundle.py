@@ -36,6 +36,8 @@ from vidrec.models.mix import DEFAULT_MIX, N_CANDIDATES, Mix
 from vidrec.models.two_tower import TwoTower, TwoTowerConfig
 
 MANIFEST = "manifest.json"
+# Users x catalog cells scored at once by the batch recommender (see chunk_size).
+CHUNK_CELLS = 1 << 24
 
 
 @dataclass
@@ -192,6 +194,26 @@ class Components:
     demo_z: np.ndarray | None  # demographic lift, z-normalised (None: no prior)
     cand: np.ndarray  # bool: in the CF candidate set (hybrid)
     seen: np.ndarray  # bool: interacted with in training (never returned)
+    # Each user's candidates as video indices (ascending, -1 padded): the hybrid blends
+    # only these, 200 per user instead of the whole catalog.
+    cand_idx: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+    _at_cand: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def at_cand(self, name: str, m: np.ndarray) -> np.ndarray:
+        """Matrix `m` (users x catalog) at each user's candidates, gathered once."""
+        if name not in self._at_cand:
+            self._at_cand[name] = np.take_along_axis(m, np.maximum(self.cand_idx, 0), 1)
+        return self._at_cand[name]
+
+
+def candidate_index(cand: np.ndarray) -> np.ndarray:
+    """Boolean users x catalog -> (users, max candidates) video indices, -1 padded."""
+    rows, cols = np.nonzero(cand)
+    counts = cand.sum(axis=1)
+    out = np.full((cand.shape[0], int(counts.max(initial=0))), -1, dtype=np.int64)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    out[rows, np.arange(len(rows)) - starts[rows]] = cols
+    return out
 
 
 class BatchRecommender:
@@ -220,14 +242,21 @@ class BatchRecommender:
         return embed_users(self.b.two_tower, self.b.encoder.encode_users(profiles),
                            self.b.encoder.encode_history(histories))
 
+    def chunk_size(self) -> int:
+        """Users scored together: every score term is a users x catalog matrix, so a chunk
+        is sized to the catalog (~128 MB per float64 term). A fixed 1024 users took 6 GB
+        of memory on a 100k-video catalog."""
+        return max(1, min(1024, CHUNK_CELLS // max(1, len(self.b.video_ids))))
+
     def recommend(self, user_ids: Sequence[str], k: int, mode: str = "hybrid",
                   profiles: Sequence[Mapping[str, Any]] | None = None,
-                  weights: RankerWeights | None = None, chunk: int = 1024
+                  weights: RankerWeights | None = None, chunk: int | None = None
                   ) -> list[list[str]]:
         """Top-k per user, never a video the user interacted with in training.
 
         Users not in the training data are cold-start users: `profiles[i]` describes them.
         """
+        chunk = chunk or self.chunk_size()
         out: list[list[str]] = []
         for s in range(0, len(user_ids), chunk):
             ids = list(user_ids[s: s + chunk])
@@ -257,12 +286,15 @@ class BatchRecommender:
         for i, rec in enumerate(recs):
             if rec:
                 seen[i, [self.vid[v] for v in rec.seen if v in self.vid]] = True
+        cand = self._candidates(tt, mf, has_mf, hist, seen)
         return Components(
             tt=tt, tt_z=zrows(tt), mf=mf, mf_z=np.where(has_mf[:, None], zrows(mf), 0.0),
             has_mf=has_mf, no_hist=np.array([not h for h in hist])[:, None], demo_z=demo,
-            cand=self._candidates(tt, mf, has_mf, hist, seen), seen=seen)
+            cand=cand, seen=seen, cand_idx=candidate_index(cand))
 
     def top_k(self, c: Components, k: int, mode: str, w: RankerWeights) -> list[list[str]]:
+        if mode == "hybrid":
+            return self._top_k_hybrid(c, k, w)
         n, nv = c.tt.shape
         pop = np.broadcast_to(self.pop_z, (n, nv))
         if mode == "popularity":
@@ -271,21 +303,33 @@ class BatchRecommender:
             score = np.where(c.has_mf[:, None], c.mf, pop)
         elif mode == "two_tower":
             score = c.tt.astype(np.float64)
-        elif mode == "hybrid":
-            score = w.tt * c.tt_z + w.mf * c.mf_z + np.where(c.no_hist, w.cold_pop, w.pop) * pop
-            wd = np.where(c.no_hist, w.cold_demo, w.demo)
-            if c.demo_z is not None and np.any(wd != 0):
-                score = score + wd * c.demo_z
-            score = np.where(c.cand, score, -np.inf)
         else:
             raise ValueError(f"unknown mode {mode!r}")
         score = np.where(c.seen, -np.inf, np.array(score, dtype=np.float64))
-        kk = min(k, nv)
+        return self._best(score, np.broadcast_to(np.arange(nv), (n, nv)), k)
+
+    def _top_k_hybrid(self, c: Components, k: int, w: RankerWeights) -> list[list[str]]:
+        """The blended second-stage score over each user's candidates (never seen ones:
+        the candidate stage skips them)."""
+        idx = c.cand_idx
+        score = (w.tt * c.at_cand("tt_z", c.tt_z) + w.mf * c.at_cand("mf_z", c.mf_z)
+                 + np.where(c.no_hist, w.cold_pop, w.pop) * self.pop_z[np.maximum(idx, 0)])
+        wd = np.where(c.no_hist, w.cold_demo, w.demo)
+        if c.demo_z is not None and np.any(wd != 0):
+            score = score + wd * c.at_cand("demo_z", c.demo_z)
+        return self._best(np.where(idx >= 0, score, -np.inf), np.maximum(idx, 0), k)
+
+    def _best(self, score: np.ndarray, video_idx: np.ndarray, k: int) -> list[list[str]]:
+        """Per row, the ids of the k best finite scores, best first (score[i, j] belongs to
+        video video_idx[i, j])."""
+        kk = min(k, score.shape[1])
+        if kk == 0:
+            return [[] for _ in range(len(score))]
         top = np.argpartition(-score, kk - 1, axis=1)[:, :kk]
         order = np.take_along_axis(score, top, 1).argsort(axis=1)[:, ::-1]
         top = np.take_along_axis(top, order, 1)
         finite = np.isfinite(np.take_along_axis(score, top, 1))
-        ids = self.video_array[top]
+        ids = self.video_array[np.take_along_axis(video_idx, top, 1)]
         return [row[keep].tolist() for row, keep in zip(ids, finite, strict=True)]
 
     def _candidates(self, tt: np.ndarray, mf: np.ndarray, has_mf: np.ndarray,

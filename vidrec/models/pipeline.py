@@ -22,7 +22,7 @@ from vidrec.data.feedback import (
     event_scores,
     recency_ranks,
 )
-from vidrec.models.bundle import ModelBundle, RankerWeights, UserRecord
+from vidrec.models.bundle import BatchRecommender, ModelBundle, RankerWeights, UserRecord
 from vidrec.models.content import ContentModel
 from vidrec.models.demographic import (
     DemographicConfig,
@@ -201,9 +201,7 @@ def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool 
     NDCG@10 on both. The caller's test data never enters: `ds` is already the training
     side of any evaluation split.
     """
-    from vidrec.evaluation.metrics import evaluate
     from vidrec.evaluation.splits import cold_start_split, relevant_sets, temporal_split
-    from vidrec.models.bundle import BatchRecommender
 
     t0 = time.perf_counter()
     rest, cold_val, cold_users = cold_start_split(ds.interactions, 0.1, seed)
@@ -226,12 +224,12 @@ def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool 
             # The score terms are computed once per boost; each grid point only blends them.
             bundle.mf_user = recency_user_factors(bundle.mf_video, fm, ranks,
                                                   replace(cfg.mf, recency_boost=rb))
-            comp = rec.components(users, [{}] * len(users))
-            for mf, pop, demo in grid:
-                ws = RankerWeights(1.0, mf, pop, 0.0, demo, 0.0)
-                lists = rec.top_k(comp, 10, "hybrid", ws)
-                m = evaluate(dict(zip(users, lists, strict=True)), rel, [10], bundle.video_ids)
-                scores[(rb, mf, pop, demo)] = m["ndcg@10"]
+            points = list(grid)
+            ndcg = grid_ndcg(rec, users, [{}] * len(users), rel,
+                             [RankerWeights(1.0, mf, pop, 0.0, demo, 0.0)
+                              for mf, pop, demo in points])
+            for (mf, pop, demo), v in zip(points, ndcg, strict=True):
+                scores[(rb, mf, pop, demo)] = v
 
         def best_point() -> tuple[float, float, float, float]:
             return max(scores.items(), key=lambda kv: kv[1])[0]
@@ -255,12 +253,10 @@ def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool 
     if cusers:
         profiles = {str(r["user_id"]): _clean(r) for r in ds.users.to_dict("records")}
         prof = [profiles.get(u, {}) for u in cusers]
-        cscores = {}
-        comp = rec.components(cusers, prof)
-        for cp, cd in itertools.product(COLD_GRID_POP, COLD_GRID_DEMO):
-            lists = rec.top_k(comp, 10, "hybrid", RankerWeights(1.0, 0.0, 0.0, cp, 0.0, cd))
-            m = evaluate(dict(zip(cusers, lists, strict=True)), crel, [10], bundle.video_ids)
-            cscores[(cp, cd)] = m["ndcg@10"]
+        cpoints = list(itertools.product(COLD_GRID_POP, COLD_GRID_DEMO))
+        cndcg = grid_ndcg(rec, cusers, prof, crel,
+                          [RankerWeights(1.0, 0.0, 0.0, cp, 0.0, cd) for cp, cd in cpoints])
+        cscores = dict(zip(cpoints, cndcg, strict=True))
         (w.cold_pop, w.cold_demo), best["val_cold_ndcg@10"] = max(cscores.items(),
                                                                   key=lambda kv: kv[1])
     seconds = time.perf_counter() - t0
@@ -268,6 +264,30 @@ def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool 
              " users) in %.1fs: %s", w.to_dict(), boost, len(users), len(cold_users), seconds,
              best)
     return TuneResult(w, boost, best, seconds)
+
+
+def grid_ndcg(rec: BatchRecommender, users: list[str], profiles: list[dict[str, Any]],
+              relevant: dict[str, set[str]], grid: list[RankerWeights]) -> list[float]:
+    """Hybrid NDCG@10 over `users` for every weight setting in `grid`.
+
+    The score terms are computed once per chunk of users (`BatchRecommender.chunk_size`,
+    so a large catalog stays within memory); each setting only blends them.
+    """
+    from vidrec.evaluation.metrics import evaluate
+
+    sums, n = np.zeros(len(grid)), 0.0
+    step = rec.chunk_size()
+    for s in range(0, len(users), step):
+        part = users[s: s + step]
+        comp = rec.components(part, profiles[s: s + step])
+        sub = {u: relevant[u] for u in part}
+        for i, w in enumerate(grid):
+            lists = rec.top_k(comp, 10, "hybrid", w)
+            m = evaluate(dict(zip(part, lists, strict=True)), sub, [10], ())
+            if m["users"]:
+                sums[i] += m["ndcg@10"] * m["users"]
+        n += m["users"] if grid else 0.0
+    return (sums / n).tolist() if n else [float("nan")] * len(grid)
 
 
 def train_tuned(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool = True,
