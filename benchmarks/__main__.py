@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in sequence; figures land in var/bench/.
 
-    python -m benchmarks [--only models,cold,serving,trainer] [--ml ../shared/data/ml-100k]
+    python -m benchmarks [--only models,cold,scale,serving,trainer] [--ml ../shared/data/ml-100k]
 
 models   vidrec evaluate on MovieLens-100K (warm + cold-start splits), the tuned peers
          (implicit ALS, LightFM WARP; benchmark-only deps, see benchmarks/requirements.txt)
@@ -8,6 +8,8 @@ models   vidrec evaluate on MovieLens-100K (warm + cold-start splits), the tuned
          data with precision against the generator's true relevance
 cold     cold start over 5 user hold-outs (over one hold-out's ~94 users NDCG@10 ranged
          0.403-0.447): vidrec against tuned LightFM and popularity, split by split (~20 min)
+scale    100k-video catalog: wall time and peak memory of `vidrec train` and of
+         `vidrec recommend` for every user
 serving  100k-video catalog: ANN recall@100 vs exact, gateway latency under open-loop load
 trainer  seconds-tier events/s and event -> visible latency under 20k events/s
 """
@@ -74,6 +76,10 @@ def serving(var: Path) -> None:
     sh(PY, "-m", "benchmarks.serving", "--model", str(model), "--out", str(var / "serving"))
 
 
+def scale(var: Path) -> None:
+    sh(PY, "-m", "benchmarks.scale", "--out", str(var / "scale"))
+
+
 def trainer(var: Path) -> None:
     sh(PY, "-m", "benchmarks.trainer", "--out", str(var / "trainer"))
 
@@ -81,7 +87,7 @@ def trainer(var: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="models,cold,serving,trainer")
+    ap.add_argument("--only", default="models,cold,scale,serving,trainer")
     ap.add_argument("--ml", default="../shared/data/ml-100k")
     ap.add_argument("--var", default="var/bench")
     a = ap.parse_args()
@@ -89,7 +95,7 @@ def main() -> int:
     var.mkdir(parents=True, exist_ok=True)
     for name in a.only.split(","):
         {"models": lambda: models(var, Path(a.ml)), "cold": lambda: cold(var, Path(a.ml)),
-         "serving": lambda: serving(var),
+         "scale": lambda: scale(var), "serving": lambda: serving(var),
          "trainer": lambda: trainer(var)}[name]()
     print(f"figures in {var}/", flush=True)
     return 0

@@ -196,7 +196,7 @@ class Components:
     seen: np.ndarray  # bool: interacted with in training (never returned)
     # Each user's candidates as video indices (ascending, -1 padded): the hybrid blends
     # only these, 200 per user instead of the whole catalog.
-    cand_idx: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+    cand_idx: np.ndarray
     _at_cand: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def at_cand(self, name: str, m: np.ndarray) -> np.ndarray:
