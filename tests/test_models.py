@@ -10,7 +10,13 @@ import scipy.sparse as sp
 
 from vidrec.data.dataset import Dataset
 from vidrec.data.feedback import FeedbackWeights, build_feedback_matrix, recency_ranks
-from vidrec.models.bundle import BatchRecommender, DemographicPrior, ModelBundle, RankerWeights
+from vidrec.models.bundle import (
+    BatchRecommender,
+    DemographicPrior,
+    ModelBundle,
+    RankerWeights,
+    UserRecord,
+)
 from vidrec.models.mf import MFConfig, fold_in, recency_factor, recency_user_factors, train_mf
 from vidrec.models.online import OnlineModel
 from vidrec.models.pipeline import PipelineConfig, positives, train_bundle
@@ -257,6 +263,14 @@ def test_chunked_scoring_gives_the_unchunked_results(tiny_bundle, monkeypatch) -
     np.testing.assert_allclose(grid_ndcg(rec, rel_users, [{}] * len(rel_users), rel, grid),
                                whole_ndcg, rtol=1e-12)
     assert len(set(np.round(whole_ndcg, 9))) > 1  # the settings differ, so the test can fail
+    # A user who has seen the whole catalog has no candidate left: an empty list, in a
+    # chunk beside a user who has some, and alone.
+    everything = UserRecord({}, list(bundle.video_ids[:5]), list(bundle.video_ids))
+    monkeypatch.setitem(bundle.users, "glutton", everything)
+    lists = rec.recommend(["glutton", users[0]], 5)
+    assert lists[0] == [] and lists[1] == whole[0][:5]
+    assert rec.recommend(["glutton"], 5) == [[]]
+    assert rec.recommend(["glutton"], 5, mode="two_tower") == [[]]
 
 
 def test_online_score_matches_offline_blend(tiny_bundle) -> None:
