@@ -101,12 +101,10 @@ def read_users_file(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
     text = path.read_text()
     first = text.splitlines()[0].strip() if text.strip() else ""
     if "," in first and "user_id" in [c.strip() for c in first.split(",")]:
-        from vidrec.data.dataset import load_users
+        from vidrec.data.dataset import load_users, user_profiles
 
-        df = load_users(path)
-        profiles = [{k: None if isinstance(v, float) and v != v else v for k, v in r.items()}
-                    for r in df.to_dict("records")]
-        return df["user_id"].tolist(), profiles
+        profiles = user_profiles(load_users(path))  # user_ids are checked unique
+        return list(profiles), list(profiles.values())
     ids = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return ids, [{} for _ in ids]
 
@@ -146,22 +144,20 @@ def cmd_similar(a: argparse.Namespace) -> int:
         raise SystemExit(f"unknown video id(s) {', '.join(unknown)}: not in the catalog of "
                          f"{a.model}")
     vectors = bundle.content_vectors if a.by == "content" else bundle.video_vectors
-    rows = bundle.videos.set_index("video_id")
-    out = Path(a.out).open("w") if a.out else None
-    try:
-        for v in a.video:
-            hits = [(bundle.video_ids[j], s) for j, s in similar(vectors, index[v], a.k)]
-            if out:
-                out.write(json.dumps({"video_id": v, "by": a.by, "similar": [
+    found = {v: [(bundle.video_ids[j], s) for j, s in similar(vectors, index[v], a.k)]
+             for v in a.video}
+    if a.out:
+        with Path(a.out).open("w") as f:
+            for v, hits in found.items():
+                f.write(json.dumps({"video_id": v, "by": a.by, "similar": [
                     {"video_id": h, "score": round(s, 4)} for h, s in hits]}) + "\n")
-                continue
-            print(f"similar to {v} ({_describe(rows, v)}) by {a.by}:")
-            for n, (h, s) in enumerate(hits, 1):
-                print(f"  {n:2d}. {h}  {s:6.3f}  {_describe(rows, h)}")
-    finally:
-        if out:
-            out.close()
-            print(f"wrote {len(a.video)} videos x {a.k} to {a.out}")
+        print(f"wrote {len(found)} videos x {a.k} to {a.out}")
+        return 0
+    rows = bundle.videos.set_index("video_id")
+    for v, hits in found.items():
+        print(f"similar to {v} ({_describe(rows, v)}) by {a.by}:")
+        for n, (h, s) in enumerate(hits, 1):
+            print(f"  {n:2d}. {h}  {s:6.3f}  {_describe(rows, h)}")
     return 0
 
 

@@ -52,7 +52,7 @@ def score_candidates(model: OnlineModel, store: FeatureStore | None, user_id: st
     keep = np.flatnonzero(known)
     if not len(keep):
         return []
-    ids = [video_ids[i] for i in keep] if len(keep) < len(video_ids) else list(video_ids)
+    ids = [video_ids[int(i)] for i in keep] if len(keep) < len(video_ids) else list(video_ids)
     uv = model.user_vectors(user_id, profile, history, mf_vector, two_tower=tt_vector)
     s = model.score(uv, ids)
     ranked = np.argsort(-s, kind="stable")

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -539,6 +539,14 @@ def load_users(path: Path | str) -> pd.DataFrame:
     instead of silently becoming an unknown profile value."""
     raw = _read_raw(Path(path), (schema.USER_ID,))
     return _apply_policy(*_check_users(raw), "fail", BadRowReport())
+
+
+def user_profiles(users: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """user_id -> that users.csv row as a profile, a missing number (NaN) as None: the
+    form the feature encoder and serving's profile messages share."""
+    return {str(r[schema.USER_ID]): {k: None if isinstance(v, float) and v != v else v
+                                     for k, v in r.items()}
+            for r in users.to_dict("records")}
 
 
 # --- writing --------------------------------------------------------------------------

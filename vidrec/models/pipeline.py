@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from vidrec import schema
-from vidrec.data.dataset import Dataset
+from vidrec.data.dataset import Dataset, user_profiles
 from vidrec.data.feedback import (
     FeedbackWeights,
     build_feedback_matrix,
@@ -95,10 +95,10 @@ def train_bundle(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool 
     mf.user_factors = recency_user_factors(mf.video_factors, fm, recency_ranks(fm, pos),
                                            cfg.mf)
 
-    user_profiles = {str(r["user_id"]): _clean(r) for r in ds.users.to_dict("records")}
-    user_list = list(user_profiles)
+    profiles = user_profiles(ds.users)
+    user_list = list(profiles)
     user_row = {u: i for i, u in enumerate(user_list)}
-    user_cats = encoder.encode_users([user_profiles[u] for u in user_list])
+    user_cats = encoder.encode_users([profiles[u] for u in user_list])
     pscore = positive_scores(inter, cfg.weights)
     seqs = build_sequences(pos.merge(pscore, on=["user_id", "video_id"], how="inner"),
                            encoder, user_row)
@@ -121,7 +121,7 @@ def train_bundle(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool 
         [encoder.sizes()["user." + n] for n in schema.USER_CAT_FEATURES],
         len(encoder.video_ids), pw[known])
 
-    users = _user_records(inter, pos, user_profiles)
+    users = _user_records(inter, pos, profiles)
     manifest: dict[str, Any] = {
         "version": version or datetime.now(UTC).strftime("m%Y%m%d%H%M%S"),
         "created_at": datetime.now(UTC).isoformat(),
@@ -171,7 +171,7 @@ def tune_demographic(ds: Dataset, cfg: PipelineConfig, seed: int = 0) -> FieldFi
     encoder = FeatureEncoder.fit(ds.videos.reset_index(drop=True), ds.users, ref_ts=0.0)
     pscore = positive_scores(ds.interactions, cfg.weights)
     pscore = pscore[pscore["video_id"].isin(encoder.video_index)]
-    profiles = {str(r["user_id"]): _clean(r) for r in ds.users.to_dict("records")}
+    profiles = user_profiles(ds.users)
     users = sorted(set(pscore["user_id"].astype(str)) & set(profiles))
     row = {u: i for i, u in enumerate(users)}
     pscore = pscore[pscore["user_id"].astype(str).isin(row)]
@@ -251,7 +251,7 @@ def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool 
     crel = relevant_sets(cold_val)
     cusers = sorted(crel)
     if cusers:
-        profiles = {str(r["user_id"]): _clean(r) for r in ds.users.to_dict("records")}
+        profiles = user_profiles(ds.users)
         prof = [profiles.get(u, {}) for u in cusers]
         cpoints = list(itertools.product(COLD_GRID_POP, COLD_GRID_DEMO))
         cndcg = grid_ndcg(rec, cusers, prof, crel,
@@ -266,7 +266,7 @@ def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool 
     return TuneResult(w, boost, best, seconds)
 
 
-def grid_ndcg(rec: BatchRecommender, users: list[str], profiles: list[dict[str, Any]],
+def grid_ndcg(rec: BatchRecommender, users: list[str], profiles: Sequence[Mapping[str, Any]],
               relevant: dict[str, set[str]], grid: list[RankerWeights]) -> list[float]:
     """Hybrid NDCG@10 over `users` for every weight setting in `grid`.
 
@@ -279,7 +279,7 @@ def grid_ndcg(rec: BatchRecommender, users: list[str], profiles: list[dict[str, 
     step = rec.chunk_size()
     for s in range(0, len(users), step):
         part = users[s: s + step]
-        comp = rec.components(part, profiles[s: s + step])
+        comp = rec.components(part, list(profiles[s: s + step]))
         sub = {u: relevant[u] for u in part}
         for i, w in enumerate(grid):
             lists = rec.top_k(comp, 10, "hybrid", w)
@@ -313,10 +313,6 @@ def train_tuned(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool =
     bundle.manifest["train_seconds"]["total"] = round(
         bundle.manifest["train_seconds"]["total"] + demo_seconds + tuned.seconds, 3)
     return bundle
-
-
-def _clean(r: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
 
 
 def _user_records(inter: pd.DataFrame, pos: pd.DataFrame,
