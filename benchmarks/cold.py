@@ -5,7 +5,8 @@ ranged from 0.403 to 0.447 across five random hold-outs, more than the gaps meas
 benchmark repeats the protocol of `benchmarks.peers` (10% of users held out entirely,
 known only by their profile; each model tuned on a validation split carved from the
 training side only) for several seeds and reports each split, the mean, and the paired
-ratio vidrec / best peer per split.
+ratio vidrec / best peer per split. Beside them, not as a peer, a profile-only multinomial
+logit (profile_logit.py): how far any model that knows only the profile gets.
 
     python -m benchmarks.cold --data ../shared/data/ml-100k --seeds 0,1,2,3,4 --out DIR
 """
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import profile_logit
 from benchmarks.peers import (
     PeerRun,
     _make_split,
@@ -43,6 +45,9 @@ from vidrec.models.two_tower_task import TrainConfig
 log = logging.getLogger(__name__)
 
 METRIC = "ndcg@10"
+# Not a peer: what a profile-only model fitted discriminatively reaches (profile_logit.py).
+REFERENCE = "profile logit (reference)"
+RATIOS = ("vidrec hybrid", "vidrec two_tower", REFERENCE)
 
 
 def one_split(ds: Dataset, seed: int) -> dict[str, float]:
@@ -72,6 +77,15 @@ def one_split(ds: Dataset, seed: int) -> dict[str, float]:
                                    [10], [])[METRIC]
     log.info("seed %d: LightFM tuned and scored in %.0fs (%s)", seed,
              time.perf_counter() - t0, params)
+    t0 = time.perf_counter()
+    catalog = ds.videos["video_id"].astype(str).tolist()
+    l2 = max(profile_logit.L2_GRID, key=lambda c: (evaluate(
+        profile_logit.fit(vfit, ds.users, catalog, c).recommend(val.users, 10),
+        val.relevant, [10], [])[METRIC], -c))
+    ref = profile_logit.fit(ctrain, ds.users, catalog, l2)
+    out[REFERENCE] = evaluate(ref.recommend(cold.users, 10), cold.relevant, [10], [])[METRIC]
+    log.info("seed %d: profile logit (L2 %g from validation) in %.0fs", seed, l2,
+             time.perf_counter() - t0)
     pop = _tune_popularity(val, 10)
     out["popularity (peer)"] = evaluate(popularity(ctrain, cold.users, 10, **pop),
                                         cold.relevant, [10], [])[METRIC]
@@ -81,7 +95,8 @@ def one_split(ds: Dataset, seed: int) -> dict[str, float]:
 
 def summarise(per_seed: dict[int, dict[str, float]]) -> dict[str, Any]:
     """Mean and standard error per model over splits; the per-split ratio of vidrec's
-    served cold path (hybrid) and two-tower to the best peer of that split."""
+    served cold path (hybrid), its two-tower and the reference to the best peer of that
+    split."""
     seeds = sorted(per_seed)
     models = [m for m in per_seed[seeds[0]] if m != "users"]
     summary: dict[str, Any] = {}
@@ -89,13 +104,13 @@ def summarise(per_seed: dict[int, dict[str, float]]) -> dict[str, Any]:
         v = np.array([per_seed[s][m] for s in seeds])
         summary[m] = {"mean": float(v.mean()),
                       "se": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0}
-    for mode in ("hybrid", "two_tower"):
-        r = np.array([per_seed[s][f"vidrec {mode}"] / max(per_seed[s]["lightfm_warp"],
-                                                          per_seed[s]["popularity (peer)"])
+    for name in (n for n in RATIOS if n in summary):
+        r = np.array([per_seed[s][name] / max(per_seed[s]["lightfm_warp"],
+                                              per_seed[s]["popularity (peer)"])
                       for s in seeds])
-        summary[f"vidrec {mode} / best peer"] = {
+        summary[f"{name} / best peer"] = {
             "per_split": [round(float(x), 4) for x in r], "mean": float(r.mean()),
-            "ratio_of_means": summary[f"vidrec {mode}"]["mean"] / max(
+            "ratio_of_means": summary[name]["mean"] / max(
                 summary["lightfm_warp"]["mean"], summary["popularity (peer)"]["mean"])}
     return summary
 
@@ -147,9 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{s:6d}" + "".join(f"{per_seed[s][m]:22.4f}" for m in models))
     print(f"{'mean':>6s}" + "".join(f"{summary[m]['mean']:22.4f}" for m in models))
     print(f"{'±se':>6s}" + "".join(f"{summary[m]['se']:22.4f}" for m in models))
-    for mode in ("hybrid", "two_tower"):
-        r = summary[f"vidrec {mode} / best peer"]
-        print(f"vidrec {mode} / best peer per split: {r['per_split']}; mean {r['mean']:.4f}; "
+    for name in (n for n in RATIOS if n in summary):
+        r = summary[f"{name} / best peer"]
+        print(f"{name} / best peer per split: {r['per_split']}; mean {r['mean']:.4f}; "
               f"ratio of means {r['ratio_of_means']:.4f}")
     print(f"wrote {a.out / 'cold.json'}, {a.out / 'cold.png'}")
     return 0

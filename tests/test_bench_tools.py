@@ -42,3 +42,26 @@ def test_cold_summary_ratio_is_against_each_splits_best_peer() -> None:
     assert s["vidrec hybrid / best peer"]["per_split"] == [round(0.44 / 0.41, 4), 1.0]
     assert abs(s["vidrec hybrid / best peer"]["ratio_of_means"] - 0.43 / 0.41) < 1e-12
     assert "users" not in s
+
+
+def test_profile_logit_learns_what_each_profile_value_likes_and_popularity() -> None:
+    """Women like w1, men like m1; p1 is popular with both. A new woman gets w1 before m1,
+    a new man the reverse, and both get p1 before the video nobody watched."""
+    import pandas as pd
+
+    from benchmarks import profile_logit
+
+    users = pd.DataFrame({"user_id": [f"u{i}" for i in range(12)],
+                          "gender": ["F"] * 5 + ["M"] * 5 + ["F", "M"]})
+    rows = []
+    for i in range(10):  # u10 (F) and u11 (M) are the cold users
+        g = "w1" if i < 5 else "m1"
+        rows += [(f"u{i}", g, 1), (f"u{i}", "p1", 2)]
+    inter = pd.DataFrame([(u, v, t, "like", 1.0) for u, v, t in rows],
+                         columns=["user_id", "video_id", "timestamp", "event", "value"])
+    model = profile_logit.fit(inter, users, ["w1", "m1", "p1", "none"], l2=1e-4)
+    recs = model.recommend(["u10", "u11"], 4)
+    assert recs["u10"].index("w1") < recs["u10"].index("m1")
+    assert recs["u11"].index("m1") < recs["u11"].index("w1")
+    for r in recs.values():
+        assert r.index("p1") < r.index("none")
