@@ -246,6 +246,38 @@ def test_candidates_mix_every_source(stack: Stack) -> None:
     assert not {v.video_id for v in c.candidates} & (state.seen | set(state.history))
 
 
+def test_what_trends_now_reaches_new_users(stack: Stack, gw) -> None:  # type: ignore[no-untyped-def]
+    """Likes sent through the gateway now lift a video that was last in the popular list
+    to its top (the trainer counts them and rewrites the list), and the candidate stage's
+    popular source offers it to a new user."""
+    from vidrec.store import trending
+    from vidrec.v1 import candidate_pb2, candidate_pb2_grpc
+
+    store = FeatureStore.from_url(stack.redis_url)
+    popular = store.get_list(store.keys.popular(), 500)
+    fresh = set(store.get_list(store.keys.fresh(), 200))
+    target = next(v for v in reversed(popular) if v not in fresh)
+    score = trending.scores(store)
+    need = int(score[popular[0]] - score[target]) + 20
+    evs = [event(f"fan{i}", target, events_pb2.EVENT_TYPE_LIKE) for i in range(need)]
+    for b in range(0, need, 1000):
+        assert gw.LogEvents(gateway_pb2.LogEventsRequest(events=evs[b: b + 1000]),
+                            timeout=10).accepted == len(evs[b: b + 1000])
+    new_user = common_pb2.UserContext(user_id="brand-new-fan")
+    deadline = time.monotonic() + 30
+    got: dict[str, str] = {}
+    with grpc.insecure_channel(stack.services["candidate"].addr) as ch:
+        stub = candidate_pb2_grpc.CandidateStub(ch)
+        while time.monotonic() < deadline:
+            c = stub.Generate(candidate_pb2.GenerateRequest(user=new_user, n=60), timeout=10)
+            got = {v.video_id: common_pb2.CandidateSource.Name(v.source) for v in c.candidates}
+            if got.get(target) == "CANDIDATE_SOURCE_POPULAR":
+                break
+            time.sleep(0.5)
+    assert store.get_list(store.keys.popular(), 1) == [target]
+    assert got.get(target) == "CANDIDATE_SOURCE_POPULAR"
+
+
 def test_new_video_becomes_recommendable(stack: Stack, gw) -> None:  # type: ignore[no-untyped-def]
     from vidrec import schema
     from vidrec.infra.kafka import EventProducer

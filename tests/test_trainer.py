@@ -23,6 +23,7 @@ import pytest
 from services.trainer.apply import apply_batch
 from services.trainer.events import DeadLetter, decode, kind
 from vidrec import schema
+from vidrec.store import trending
 from vidrec.store.features import FeatureStore
 from vidrec.v1 import events_pb2
 
@@ -184,6 +185,7 @@ def test_trainer_killed_mid_stream_loses_nothing_and_doubles_nothing(
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and counters(store) != expected:
                 time.sleep(0.5)
+            time.sleep(trending.REFRESH_S + 1)  # one more popular-list refresh
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
@@ -193,6 +195,18 @@ def test_trainer_killed_mid_stream_loses_nothing_and_doubles_nothing(
     assert counters(store) == counts, log.read_text()[-3000:]
     assert all(store.user(u).history == history[u] for u in history)
     assert all(store.user(u).seen == seen[u] for u in seen)
+    # Trending counts too: every positive event exactly once, at its decayed weight, and
+    # the running trainer writes the popular list from them.
+    ref = float(store.r.get(trending.ref_key(store)))
+    want: dict[str, float] = defaultdict(float)
+    for e in {e.event_id: e for e in events}.values():
+        if kind(e) == "positive":
+            want[e.video_id] += 2 ** ((e.timestamp - ref) / trending.HALF_LIFE_S)
+    raw = {k.decode(): v for k, v in
+           store.r.zrange(trending.trending_key(store), 0, -1, withscores=True)}
+    assert raw.keys() == want.keys()
+    assert all(abs(raw[v] / want[v] - 1) < 1e-9 for v in want)
+    assert store.get_list(store.keys.popular(), 100) == sorted(want, key=lambda v: -want[v])
 
 
 def test_fold_in_weights_recent_positives_by_the_models_recency_boost(

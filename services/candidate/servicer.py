@@ -17,9 +17,12 @@ from vidrec.v1 import candidate_pb2, candidate_pb2_grpc
 log = logging.getLogger(__name__)
 
 MAX_N = 2000
-# The fresh-uploads list is read from Redis at most this often (one round trip per request
-# was a third of this service's time at 80 req/s); a new upload shows up within a second.
+# The fresh-uploads and popular lists are read from Redis at most this often (one round
+# trip per request was a third of this service's time at 80 req/s); a new upload shows up
+# within a second. The trainer rewrites the popular list every few seconds.
 FRESH_TTL_S = 1.0
+POPULAR_TTL_S = 5.0
+POPULAR_READ = 200
 
 
 class CandidateServicer(candidate_pb2_grpc.CandidateServicer):
@@ -28,20 +31,29 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServicer):
         self.holder = holder
         self.store = store
         self.default_n = default_n
-        self._fresh: tuple[float, list[str]] = (-FRESH_TTL_S, [])
+        self._lists: dict[str, tuple[float, list[str]]] = {}
 
-    def fresh_ids(self) -> list[str]:
-        at, ids = self._fresh
+    def _list(self, key: str, n: int, ttl_s: float) -> list[str]:
+        """A Redis list, cached for ttl_s. These lists are nice-to-haves: Redis trouble
+        gives an empty list (the caller falls back), never a failed request."""
+        at, ids = self._lists.get(key, (-ttl_s, []))
         now = time.monotonic()
-        if now - at < FRESH_TTL_S:
+        if now - at < ttl_s:
             return ids
         try:
-            ids = self.store.get_list(self.store.keys.fresh(), 50)
-        except Exception:  # fresh list is a nice-to-have; Redis trouble must not fail this
-            log.warning("fresh list unavailable")
+            ids = self.store.get_list(key, n)
+        except Exception:
+            log.warning("list %s unavailable", key)
             ids = []
-        self._fresh = (now, ids)
+        self._lists[key] = (now, ids)
         return ids
+
+    def fresh_ids(self) -> list[str]:
+        return self._list(self.store.keys.fresh(), 50, FRESH_TTL_S)
+
+    def popular_ids(self) -> list[str]:
+        """Trending now (the trainer keeps it from live events); empty: the model's own."""
+        return self._list(self.store.keys.popular(), POPULAR_READ, POPULAR_TTL_S)
 
     def Generate(self, request: candidate_pb2.GenerateRequest, context: grpc.ServicerContext
                  ) -> candidate_pb2.GenerateResponse:
@@ -61,14 +73,14 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServicer):
         mf = user_mf_vector(cm, u.user_id, list(u.mf_vector), u.mf_vector_version)
         uv = cm.online.user_vectors(u.user_id, profile_dict(u.profile), history, mf, demo=False)
         seen = set(u.seen_video_ids) | set(u.negative_video_ids) | set(history)
-        fresh = self.fresh_ids()
-        unknown = [v for v in fresh if v not in cm.online.videos]
+        fresh, popular = self.fresh_ids(), self.popular_ids()
+        unknown = [v for v in dict.fromkeys(fresh + popular) if v not in cm.online.videos]
         if unknown:
             # Uploaded after this model was trained: embed from Redis features, index it.
             for rec in self.store.videos(unknown).values():
                 cm.add_video(rec)
         cands = generate(cm, u.user_id, uv, history, seen, n, search_filter(request.filters),
-                         fresh, u.experiment_arm)
+                         fresh, u.experiment_arm, popular_ids=popular or None)
         resp = candidate_pb2.GenerateResponse(model_version=cm.version,
                                               user_vector=uv.two_tower.tolist())
         # Filled field by field: 68 us for 200 candidates against 158 us with keyword

@@ -75,10 +75,11 @@ SIDE_EF = 64
 
 def generate(cm: CandidateModel, user_id: str, uv: UserVectors, history: list[str],
              seen: set[str], n: int, flt: SearchFilter, fresh_ids: list[str], arm: str,
-             mix: Mix = DEFAULT_MIX) -> list[Cand]:
+             mix: Mix = DEFAULT_MIX, popular_ids: list[str] | None = None) -> list[Cand]:
     """Up to n candidates: each side source gets its quota (at most half of n together),
     the two-tower ANN fills the rest. Two-tower hits come first, so that with the ranker
-    down the candidate order is still the best guess."""
+    down the candidate order is still the best guess. `popular_ids`: what is trending now
+    (None: the model's all-time popular videos)."""
     o = cm.online
     mf_only = arm == "mf_only" and uv.mf is not None
     side: list[Cand] = []
@@ -114,7 +115,8 @@ def generate(cm: CandidateModel, user_id: str, uv: UserVectors, history: list[st
         if passes(flt, o.videos.get(vid)):
             add(vid, "fresh", 0.0)
     got = 0
-    for rank, vid in enumerate(o.popular):  # skipping what the user saw or MF/content took
+    popular = o.popular if popular_ids is None else popular_ids
+    for rank, vid in enumerate(popular):  # skipping what the user saw or MF/content took
         if got == n_popular:
             break
         if vid not in taken and passes(flt, o.videos.get(vid)):

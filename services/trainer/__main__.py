@@ -1,4 +1,5 @@
-"""python -m services.trainer: the event consumer plus fold-in and retrain timers."""
+"""python -m services.trainer: the event consumer plus fold-in and retrain timers, and
+the popular list rewritten from trending counts every few seconds."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from vidrec.config import SettingsError, TrainerSettings, load_settings
 from vidrec.logs import setup_logging
 from vidrec.models.bundle import ModelBundle
 from vidrec.models.online import OnlineModel
+from vidrec.store import trending
 from vidrec.store.artifacts import ArtifactStore
 from vidrec.store.features import FeatureStore
 
@@ -87,7 +89,7 @@ def main() -> int:
     threading.Thread(target=retrain_loop, name="retrain", daemon=True).start()
     log.info("trainer consuming %s, %s as group %s", schema.TOPIC_EVENTS, schema.TOPIC_VIDEOS,
              s.group_id)
-    last_beat = 0.0
+    last_beat = last_trend = 0.0
     while not stop.is_set():
         try:
             loop.run_once(timeout_ms=500)
@@ -100,6 +102,12 @@ def main() -> int:
             last_beat = time.monotonic()
             store.r.set(f"{s.key_prefix}:trainer:heartbeat",
                         json.dumps({"t": time.time(), **loop.stats.__dict__}), ex=30)
+        if time.monotonic() - last_trend > trending.REFRESH_S:
+            last_trend = time.monotonic()
+            try:
+                trending.refresh(store)
+            except Exception:  # the previous list stays; the next pass retries
+                log.exception("trending refresh failed")
     log.info("trainer stopping: %s", loop.stats)
     consumer.close(autocommit=False)
     producer.close()

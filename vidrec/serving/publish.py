@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from vidrec.models.bundle import ModelBundle
+from vidrec.store import trending
 from vidrec.store.artifacts import ArtifactStore
 from vidrec.store.features import FeatureStore
 from vidrec.store.index import VectorIndex
@@ -23,7 +24,6 @@ from vidrec.store.index import VectorIndex
 log = logging.getLogger(__name__)
 
 FRESH_LIST_LEN = 200
-POPULAR_LIST_LEN = 500
 
 
 def collection_name(version: str) -> str:
@@ -79,8 +79,10 @@ def load_features(store: FeatureStore, bundle: ModelBundle, overwrite_history: b
         existing = {uid for (uid, _), e in zip(users, p.execute(), strict=True) if e}
     store.put_users((uid, rec.profile, [] if uid in existing else rec.history, rec.seen)
                     for uid, rec in users)
-    order = np.argsort(-bundle.popularity, kind="stable")[:POPULAR_LIST_LEN]
-    store.put_list(store.keys.popular(), [bundle.video_ids[i] for i in order])
+    # What is popular now: seeded from the model's popularity on the first publish, kept
+    # by the trainer from live events afterwards (a republish keeps the live counts).
+    trending.seed(store, bundle.video_ids, bundle.popularity.astype(np.float64))
+    trending.refresh(store)
     up = bundle.videos.get("upload_ts")
     if up is not None:
         ts = np.array([float(x) if x not in ("", None) else -np.inf for x in up])

@@ -1,0 +1,79 @@
+"""Trending counts in a real Redis: decay, seeding, rescaling, exactly-once with events."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from services.trainer.apply import apply_batch
+from vidrec.store import trending
+from vidrec.store.features import FeatureStore
+from vidrec.v1 import events_pb2
+
+E = events_pb2
+WEEK = trending.HALF_LIFE_S
+
+
+def likes(video: str, n: int, t: float, tag: str) -> list[events_pb2.Event]:
+    return [E.Event(event_id=f"{tag}{i}", user_id=f"u{i}", video_id=video,
+                    type=E.EVENT_TYPE_LIKE, timestamp=t) for i in range(n)]
+
+
+def test_a_week_old_count_weighs_half_and_the_list_follows(redis_client, key_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """Seeded a week ago: a=10, b=4, c=1. Six likes for c now count 6 against a's 10 / 2 =
+    5, so c leads the popular list; the seed alone had it last."""
+    store = FeatureStore(redis_client, key_prefix)
+    store.put_videos([{"video_id": v} for v in "abc"])
+    now = time.time()
+    assert trending.seed(store, ["a", "b", "c"], np.array([10.0, 4.0, 1.0]), now=now - WEEK)
+    assert trending.refresh(store, now=now) == ["a", "b", "c"]
+    assert store.get_list(store.keys.popular(), 10) == ["a", "b", "c"]
+    apply_batch(store, likes("c", 6, now, "x"))
+    got = trending.scores(store, now=now)
+    assert abs(got["a"] - 5.0) < 1e-6 and abs(got["b"] - 2.0) < 1e-6
+    assert abs(got["c"] - (0.5 + 6.0)) < 1e-6
+    assert trending.refresh(store, now=now) == ["c", "a", "b"]
+    assert store.get_list(store.keys.popular(), 10) == ["c", "a", "b"]
+    # Redelivered events are not counted twice (the same atomic script as the history).
+    apply_batch(store, likes("c", 6, now, "x"))
+    assert abs(trending.scores(store, now=now)["c"] - 6.5) < 1e-6
+
+
+def test_a_republish_keeps_live_counts(redis_client, key_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    store = FeatureStore(redis_client, key_prefix)
+    now = time.time()
+    assert trending.seed(store, ["a", "b"], np.array([5.0, 1.0]), now=now)
+    assert not trending.seed(store, ["a", "b"], np.array([1.0, 50.0]), now=now)
+    assert trending.refresh(store, now=now) == ["a", "b"]
+
+
+def test_rescaling_keeps_every_ratio(redis_client, key_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """After ~2 years (100 half-lives) the raw scores are 2^100 times their counts; refresh
+    rescales them and moves the reference time, and the decayed counts stay the same."""
+    store = FeatureStore(redis_client, key_prefix)
+    store.put_videos([{"video_id": v} for v in "ab"])
+    t0 = time.time() - 100 * WEEK
+    trending.seed(store, ["a"], np.array([3.0]), now=t0)
+    apply_batch(store, likes("b", 2, time.time(), "y"))
+    now = time.time()
+    before = trending.scores(store, now=now)
+    assert abs(before["b"] - 2.0) < 1e-6 and before["a"] < 1e-20
+    raw = dict(redis_client.zrange(trending.trending_key(store), 0, -1, withscores=True))
+    assert raw[b"b"] > 2.0**90
+    trending.refresh(store, now=now)
+    assert abs(float(redis_client.get(trending.ref_key(store))) - now) < 1e-3
+    after = trending.scores(store, now=now)
+    assert abs(after["b"] - 2.0) < 1e-9 and abs(after["a"] / before["a"] - 1) < 1e-9
+    raw = dict(redis_client.zrange(trending.trending_key(store), 0, -1, withscores=True))
+    assert abs(raw[b"b"] - 2.0) < 1e-9
+
+
+def test_a_clock_far_ahead_counts_as_now(redis_client, key_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """A client whose clock says next year must not outweigh a year of real events."""
+    store = FeatureStore(redis_client, key_prefix)
+    store.put_videos([{"video_id": "a"}])
+    now = time.time()
+    trending.seed(store, [], np.array([]), now=now)
+    apply_batch(store, likes("a", 1, now + 365 * 86400, "z"))
+    assert trending.scores(store, now=now)["a"] < 2 ** (120 / WEEK) + 1e-6

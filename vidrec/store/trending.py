@@ -1,0 +1,93 @@
+"""Trending: what is popular now, as exponentially decayed counts of positive events.
+
+One Redis sorted set holds, per video, its positive events weighted 2 ** ((t - ref) /
+HALF_LIFE_S), t the event's time and ref a reference time kept beside the set (forward
+decay, Cormode et al. 2009). An event a week old then weighs half as much as one now, and
+no pass over every video is ever needed to age the counts: only their ratios matter, and
+those do not change as time goes on. The trainer adds events as it applies them (inside
+the same atomic script, so a redelivered event is not counted twice) and calls `refresh`
+every few seconds, which writes the popular list the candidate stage reads.
+
+A first publish seeds the set with the model's all-time popularity as of publish time, so
+a new deployment has a list at once; from then on live events take over within weeks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from vidrec.store.features import FeatureStore
+
+HALF_LIFE_S = 7 * 86400.0  # "popular this week"
+POPULAR_LIST_LEN = 500
+TRENDING_LEN = 20_000  # videos kept in the set; the rest weigh too little to matter
+# Scores grow 2x per half-life after ref; past 2^64 the set is rescaled and ref moved to
+# now (about once a year), far below where a double loses the ratios.
+REBASE_HALF_LIVES = 64.0
+REFRESH_S = 5.0  # how often the trainer rewrites the popular list
+
+
+def trending_key(store: FeatureStore) -> str:
+    return f"{store.keys.prefix}:trending"
+
+
+def ref_key(store: FeatureStore) -> str:
+    return f"{store.keys.prefix}:trending:ref"
+
+
+# KEYS: trending set, ref, popular list. ARGV: now, half-life, rebase after, keep, n.
+_REFRESH = """
+local now, hl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rebase, keep, n = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local ref = tonumber(redis.call('GET', KEYS[2]) or '')
+if ref == nil then
+  redis.call('SET', KEYS[2], tostring(now))
+elseif (now - ref) / hl > rebase then
+  redis.call('ZUNIONSTORE', KEYS[1], 1, KEYS[1], 'WEIGHTS', tostring(2 ^ (-(now - ref) / hl)))
+  redis.call('SET', KEYS[2], tostring(now))
+end
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -keep - 1)
+local top = redis.call('ZREVRANGE', KEYS[1], 0, n - 1)
+if #top > 0 then
+  redis.call('DEL', KEYS[3])
+  redis.call('RPUSH', KEYS[3], unpack(top))
+end
+return top
+"""
+
+
+def seed(store: FeatureStore, video_ids: Sequence[str], weights: np.ndarray,
+         now: float | None = None) -> bool:
+    """Start the set from `weights` (e.g. the model's popularity) as of `now`, unless it
+    exists: a republish must not wipe what live events have counted. True if seeded."""
+    now = time.time() if now is None else now
+    keep = np.argsort(-weights, kind="stable")[:TRENDING_LEN]
+    pairs = {str(video_ids[i]): float(weights[i]) for i in keep if weights[i] > 0}
+    if not store.r.set(ref_key(store), repr(now), nx=True):
+        return False
+    if pairs:
+        store.r.zadd(trending_key(store), pairs)
+    return True
+
+
+def refresh(store: FeatureStore, now: float | None = None,
+            n: int = POPULAR_LIST_LEN) -> list[str]:
+    """Rescale if due, trim, and write the top `n` as the popular list; returns them."""
+    now = time.time() if now is None else now
+    script = store.r.register_script(_REFRESH)
+    top = script(keys=[trending_key(store), ref_key(store), store.keys.popular()],
+                 args=[repr(now), HALF_LIFE_S, REBASE_HALF_LIVES, TRENDING_LEN, n])
+    return [x.decode() if isinstance(x, bytes) else str(x) for x in top]
+
+
+def scores(store: FeatureStore, now: float | None = None) -> dict[str, float]:
+    """Every video's decayed count as of `now` (for tests and inspection)."""
+    now = time.time() if now is None else now
+    ref = float(store.r.get(ref_key(store)) or now)
+    scale = 2.0 ** (-(now - ref) / HALF_LIFE_S)
+    pairs: list[tuple[bytes | str, float]] = store.r.zrange(  # type: ignore[assignment]
+        trending_key(store), 0, -1, withscores=True)
+    return {(k.decode() if isinstance(k, bytes) else k): v * scale for k, v in pairs}
