@@ -53,10 +53,9 @@ def test_rescaling_keeps_every_ratio(redis_client, key_prefix: str) -> None:  # 
     rescales them and moves the reference time, and the decayed counts stay the same."""
     store = FeatureStore(redis_client, key_prefix)
     store.put_videos([{"video_id": v} for v in "ab"])
-    t0 = time.time() - 100 * WEEK
-    trending.seed(store, ["a"], np.array([3.0]), now=t0)
-    apply_batch(store, likes("b", 2, time.time(), "y"))
     now = time.time()
+    trending.seed(store, ["a"], np.array([3.0]), now=now - 100 * WEEK)
+    apply_batch(store, likes("b", 2, now, "y"))
     before = trending.scores(store, now=now)
     assert abs(before["b"] - 2.0) < 1e-6 and before["a"] < 1e-20
     raw = dict(redis_client.zrange(trending.trending_key(store), 0, -1, withscores=True))
