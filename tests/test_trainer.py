@@ -197,11 +197,19 @@ def test_trainer_killed_mid_stream_loses_nothing_and_doubles_nothing(
     assert all(store.user(u).seen == seen[u] for u in seen)
     # Trending counts too: every positive event exactly once, at its decayed weight, and
     # the running trainer writes the popular list from them.
+    # A positive counts when the video is not in the user's recent history already.
     ref = float(store.r.get(trending.ref_key(store)))
     want: dict[str, float] = defaultdict(float)
+    recent: dict[str, list[str]] = defaultdict(list)
     for e in {e.event_id: e for e in events}.values():
         if kind(e) == "positive":
-            want[e.video_id] += 2 ** ((e.timestamp - ref) / trending.HALF_LIFE_S)
+            h = recent[e.user_id]
+            if e.video_id in h:
+                h.remove(e.video_id)
+            else:
+                want[e.video_id] += 2 ** ((e.timestamp - ref) / trending.HALF_LIFE_S)
+            h.insert(0, e.video_id)
+            del h[schema.HISTORY_LEN:]
     raw = {k.decode(): v for k, v in
            store.r.zrange(trending.trending_key(store), 0, -1, withscores=True)}
     assert raw.keys() == want.keys()

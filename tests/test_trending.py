@@ -76,3 +76,18 @@ def test_a_clock_far_ahead_counts_as_now(redis_client, key_prefix: str) -> None:
     trending.seed(store, [], np.array([]), now=now)
     apply_batch(store, likes("a", 1, now + 365 * 86400, "z"))
     assert trending.scores(store, now=now)["a"] < 2 ** (120 / WEEK) + 1e-6
+
+
+def test_one_user_counts_once_per_video(redis_client, key_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """A click, a watch and five likes by one user lift a video by one; a second user's
+    like by one more."""
+    store = FeatureStore(redis_client, key_prefix)
+    store.put_videos([{"video_id": "a"}])
+    now = time.time()
+    trending.seed(store, [], np.array([]), now=now)
+    types = [E.EVENT_TYPE_CLICK, E.EVENT_TYPE_WATCH] + [E.EVENT_TYPE_LIKE] * 5
+    apply_batch(store, [E.Event(event_id=f"c{i}", user_id="u1", video_id="a", type=t,
+                                value=0.9, timestamp=now) for i, t in enumerate(types)])
+    assert abs(trending.scores(store, now=now)["a"] - 1.0) < 1e-9
+    apply_batch(store, likes("a", 1, now, "other-"))  # user u0
+    assert abs(trending.scores(store, now=now)["a"] - 2.0) < 1e-9

@@ -46,7 +46,9 @@ def dirty_key(store: FeatureStore) -> str:
 # between, and a killed client cannot leave half of it applied), which gives the same
 # exactly-once guarantee as MULTI/EXEC, but the client sends 14 strings per event
 # instead of ~8 encoded commands: redis-py's per-command cost was the bottleneck (measured
-# 12.5k events/s with a pipeline).
+# 12.5k events/s with a pipeline). A positive event counts towards trending only if the
+# video was not already in the user's recent history: a click, a watch and a like by one
+# user count once, and one client repeating likes cannot lift a video alone.
 _APPLY = """
 local n_fields = 14
 local hist_len, neg_len, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -70,13 +72,14 @@ for i = 10, #ARGV, n_fields do
     table.insert(unknown, eid)
   else
     batch[pk .. eid] = true
+    local again = 0
     if kind == 'p' or kind == 'n' then
-      redis.call('LREM', lkey, 0, vid)
+      again = redis.call('LREM', lkey, 0, vid)
       redis.call('LPUSH', lkey, vid)
       redis.call('LTRIM', lkey, 0, (kind == 'p' and hist_len or neg_len) - 1)
       redis.call('SADD', dirty, uid)
     end
-    if kind == 'p' then
+    if kind == 'p' and again == 0 then
       redis.call('ZINCRBY', tkey, tostring(2 ^ ((tonumber(ts) - ref) / hl)), vid)
     end
     if kind ~= 'e' then redis.call('SADD', seen, vid) end

@@ -5,7 +5,8 @@ HALF_LIFE_S), t the event's time and ref a reference time kept beside the set (f
 decay, Cormode et al. 2009). An event a week old then weighs half as much as one now, and
 no pass over every video is ever needed to age the counts: only their ratios matter, and
 those do not change as time goes on. The trainer adds events as it applies them (inside
-the same atomic script, so a redelivered event is not counted twice) and calls `refresh`
+the same atomic script, so a redelivered event is not counted twice, and a video already
+in the user's recent history is not counted again) and calls `refresh`
 every few seconds, which writes the popular list the candidate stage reads.
 
 A first publish seeds the set with the model's all-time popularity as of publish time, so
