@@ -1,4 +1,4 @@
-"""Hand-built cases for the reranker's business rules (no gRPC, no services)."""
+"""Hand-built cases for the rerank business rules, vidrec.rerank (no gRPC, no services)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from services.reranker.rules import (
+from vidrec.config import RerankerSettings
+from vidrec.rerank import (
     DEFAULT_RULES,
     RULES,
     Item,
@@ -17,12 +18,10 @@ from services.reranker.rules import (
     RerankPlan,
     UserState,
     dedupe,
-    minimal_rules,
     reason_for,
     recency,
     rerank,
 )
-from vidrec.config import RerankerSettings
 
 NOW = 1_700_000_000.0
 DAY = 86_400.0
@@ -94,11 +93,10 @@ def test_disabled_caps_have_no_effect() -> None:
 
 
 def _near_duplicates() -> list[Item]:
-    v = np.array([1.0, 0.0, 0.0])
     return [
-        item("a", 1.00, vector=v),
-        item("a_dup", 0.99, vector=np.array([0.99, 0.01, 0.0])),
-        item("other", 0.90, vector=np.array([0.0, 1.0, 0.0])),
+        item("a", 1.00, category="music", creator_id="A"),
+        item("a_dup", 0.99, category="music", creator_id="A"),
+        item("other", 0.90, category="news", creator_id="B"),
     ]
 
 
@@ -120,26 +118,24 @@ def test_mmr_disabled_is_score_order() -> None:
     assert ids(rerank(_near_duplicates(), USER, 2, cfg(mmr_lambda=0.5), NOW)) == ["a", "a_dup"]
 
 
-def test_mmr_falls_back_to_category_and_creator_overlap() -> None:
-    items = [
+def test_mmr_similarity_is_half_category_half_creator() -> None:
+    # After "a": same category only is 0.5 similar, so "same_cat" (0.5*0.9 - 0.5*0.5 = 0.2)
+    # still beats the unrelated "other" (0.0); same category and creator (-0.05) does not.
+    same_cat = [
         item("a", 1.00, category="music", creator_id="A"),
-        item("a_same", 0.99, category="music", creator_id="A"),
-        item("other", 0.90, category="news", creator_id="B"),
+        item("same_cat", 0.99, category="music", creator_id="B"),
+        item("other", 0.90, category="news", creator_id="C"),
     ]
-    assert ids(rerank(items, USER, 2, cfg("mmr", mmr_lambda=0.5), NOW)) == ["a", "other"]
-    assert ids(rerank(items, USER, 2, cfg("mmr", mmr_lambda=1.0), NOW)) == ["a", "a_same"]
+    assert ids(rerank(same_cat, USER, 2, cfg("mmr", mmr_lambda=0.5), NOW)) == ["a", "same_cat"]
+    same_both = [*same_cat[::2], item("same_both", 0.99, category="music", creator_id="A")]
+    assert ids(rerank(same_both, USER, 2, cfg("mmr", mmr_lambda=0.5), NOW)) == ["a", "other"]
 
 
-def test_mmr_tolerates_missing_and_mismatched_vectors() -> None:
-    items = [
-        item("a", 1.0, vector=np.ones(3)),
-        item("b", 0.9, vector=np.ones(5)),  # wrong dimension -> metadata similarity
-        item("c", 0.8, vector=np.zeros(3)),  # zero norm
-        item("d", 0.7, vector=np.array([np.nan, 1.0, 1.0])),
-        item("e", 0.6),
-    ]
+def test_mmr_missing_metadata_is_never_similar() -> None:
+    items = [item("a", 1.0), item("b", 0.99), item("c", 0.9, category="news", creator_id="C")]
+    assert ids(rerank(items, USER, 2, cfg("mmr", mmr_lambda=0.5), NOW)) == ["a", "b"]
     out = rerank(items, USER, 10, cfg("mmr", mmr_lambda=0.3), NOW)
-    assert sorted(ids(out)) == ["a", "b", "c", "d", "e"]
+    assert sorted(ids(out)) == ["a", "b", "c"]
 
 
 # --- freshness -----------------------------------------------------------------------------
@@ -302,7 +298,7 @@ def test_default_rules_survive_bad_scores_and_missing_metadata() -> None:
     items = [
         item("a", math.nan),
         item("b", math.inf, upload_ts=math.nan),
-        item("c", -math.inf, vector=np.ones(4)),
+        item("c", -math.inf),
         item("d", 0.3, category="", creator_id=""),
     ]
     out = rerank(items, USER, 10, RerankConfig(), NOW)
@@ -321,7 +317,6 @@ def test_every_result_has_a_reason_with_all_rules() -> None:
             category=f"cat{i % 12}",
             creator_id=f"cr{i % 15}",
             upload_ts=NOW - float(rng.integers(0, 60)) * DAY,
-            vector=rng.normal(size=8),
         )
         for i in range(100)
     ]
@@ -365,32 +360,3 @@ def test_custom_rule_plugs_in_through_registry() -> None:
     out = rerank(items, USER, 5, cfg("seen_filter", "no_shorts"), NOW, registry=registry)
     assert ids(out) == ["long1"]
 
-
-# --- the gateway's degraded path -----------------------------------------------------------
-
-
-def test_minimal_rules_seen_filter_caps_and_score_order() -> None:
-    items = [
-        item("a1", 0.5, creator_id="A", category="music"),
-        item("a2", 0.9, creator_id="A", category="music"),
-        item("a3", 0.8, creator_id="A", category="music"),
-        item("b1", 0.7, creator_id="B", category="music"),
-        item("seen", 1.0, creator_id="C"),
-        item("n1", 0.1),
-        item("a2", 0.2, source="popular"),  # duplicate, worse score
-    ]
-    out = minimal_rules(items, {"seen"}, 10, max_per_creator=2, max_per_category=3)
-    assert ids(out) == ["a2", "a3", "b1", "n1"]
-    assert [r.reason for r in out] == ["Picked for you"] * 4
-    assert ids(minimal_rules(items, {"seen"}, 2, 2, 3)) == ["a2", "a3"]
-    assert minimal_rules([], set(), 5, 2, 3) == []
-    assert minimal_rules(items, set(), 0, 2, 3) == []
-
-
-def test_minimal_rules_reasons_follow_source() -> None:
-    items = [
-        item("p", 0.9, source="popular", category="music"),
-        item("f", 0.8, source="fresh", category="news"),
-    ]
-    out = minimal_rules(items, (), 5, 2, 4)
-    assert [r.reason for r in out] == ["Popular in music this week", "New in news"]

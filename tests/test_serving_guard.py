@@ -8,9 +8,9 @@ import grpc
 import pytest
 
 from services.ranker.servicer import RankerServicer
-from services.reranker.rules import RerankConfig
 from services.reranker.servicer import RerankerServicer
 from vidrec.infra.embedded import free_port
+from vidrec.rerank import RerankConfig
 from vidrec.serving.server import Server
 from vidrec.store.features import FeatureStore
 from vidrec.v1 import (

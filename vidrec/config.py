@@ -62,21 +62,31 @@ class RankerSettings(ModelServiceSettings):
 
 
 @dataclass(frozen=True)
-class RerankerSettings(CommonSettings):
-    listen_addr: str = "127.0.0.1:0"
-    grace_s: float = 5.0
+class RerankSettings(CommonSettings):
+    """The rerank rules' knobs (vidrec.rerank.RerankConfig.from_settings). The reranker and
+    the gateway both read them: when the reranker is down the gateway applies the same rules,
+    so VIDREC_MAX_PER_CREATOR and the others must reach both processes."""
+
+    # A cap of 0 or less means no cap.
     max_per_creator: int = 2
     max_per_category: int = 4
+    # 1.0 = pure relevance order, 0.0 = pure diversity.
     mmr_lambda: float = 0.8
     freshness_days: float = 14.0
     freshness_boost: float = 0.05
     exploration_slots: int = 1
-    # Enabled rules in order, comma-separated; empty = all (services/reranker/rules.py).
+    # Enabled rules in order, comma-separated; empty = all (vidrec.rerank.RULES).
     rules: str = ""
 
 
 @dataclass(frozen=True)
-class GatewaySettings(CommonSettings):
+class RerankerSettings(RerankSettings):
+    listen_addr: str = "127.0.0.1:0"
+    grace_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class GatewaySettings(RerankSettings):
     candidate_addr: str = field(default="", metadata={"required": True})
     ranker_addr: str = field(default="", metadata={"required": True})
     reranker_addr: str = field(default="", metadata={"required": True})

@@ -12,6 +12,7 @@ from services.gateway.funnel import Budget, Stubs
 from services.gateway.servicer import GatewayServicer
 from vidrec.config import GatewaySettings, SettingsError, load_settings
 from vidrec.logs import setup_logging
+from vidrec.rerank import RerankConfig
 from vidrec.serving.server import Server
 from vidrec.store.features import FeatureStore
 from vidrec.v1 import (
@@ -36,6 +37,8 @@ def main() -> int:
     try:
         s = load_settings(GatewaySettings)
         arms = parse_arms(s.arms)
+        # The rules the degraded path applies when the reranker is down: the reranker's knobs.
+        rules = RerankConfig.from_settings(s)
     except (SettingsError, ValueError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
@@ -56,7 +59,7 @@ def main() -> int:
         producer = EventProducer(s.kafka_bootstrap, ack_timeout_s=5.0,
                                  linger_ms=IMPRESSION_LINGER_MS)
     servicer = GatewayServicer(stubs, store, producer, arms,
-                               Budget(s.candidate_share, s.ranker_share),
+                               Budget(s.candidate_share, s.ranker_share), rules,
                                s.max_k, s.default_deadline_ms / 1000, s.log_impressions)
     server = Server("gateway", s.listen_addr,
                     [gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name],

@@ -3,7 +3,9 @@ each degrading instead of failing (DESIGN.md §1):
 
   candidate down -> popular/fresh lists from Redis
   ranker down    -> candidate order
-  reranker down  -> minimal rules here (seen filter, per-creator/category caps)
+  reranker down  -> the reranker's own rules run here (vidrec.serving.rerank.apply_rules,
+                    with the same configured RerankConfig): same caps, seen filter,
+                    dislikes, freshness, MMR, exploration and reasons
 
 A degraded answer says which stages were skipped.
 """
@@ -17,6 +19,8 @@ from dataclasses import dataclass, field
 import grpc
 
 from vidrec.models.mix import N_CANDIDATES
+from vidrec.rerank import RerankConfig
+from vidrec.serving.rerank import apply_rules
 from vidrec.store.features import FeatureStore, UserState
 from vidrec.v1 import (
     candidate_pb2,
@@ -53,8 +57,6 @@ class FunnelResult:
 class Budget:
     candidate_share: float = 0.4
     ranker_share: float = 0.6
-    max_per_creator: int = 2
-    max_per_category: int = 4
     # Was 300 candidates and 100 scored videos; every stage's work grows with them. Offline,
     # against synthetic ground truth, fewer candidates per source did not lower precision@10
     # (4k videos: 0.4372 at 200 and 300; 20k videos: 0.4021 at 200, 0.4003 at 300), and
@@ -69,7 +71,7 @@ def _left(deadline: float) -> float:
 
 def run_funnel(stubs: Stubs, store: FeatureStore, request_id: str, user: common_pb2.UserContext,
                state: UserState, k: int, filters: common_pb2.Filters, deadline: float,
-               budget: Budget) -> FunnelResult:
+               budget: Budget, rules: RerankConfig) -> FunnelResult:
     degraded: list[str] = []
     version = ""
     user_vector: list[float] = []
@@ -115,9 +117,10 @@ def run_funnel(stubs: Stubs, store: FeatureStore, request_id: str, user: common_
     except grpc.RpcError as exc:
         if exc.code() not in DEGRADABLE:
             raise
-        log.warning("reranker stage %s: minimal rules", exc.code().name)
+        log.warning("reranker stage %s: applying the rerank rules here", exc.code().name)
         degraded.append("reranker")
-        final = minimal_rules(store, scored, state.seen, k, budget)
+        final = apply_rules(store, user, scored, k, rules, now=time.time(),
+                            store_optional=True)
     return FunnelResult(final, version, degraded)
 
 
@@ -155,41 +158,3 @@ def fallback_candidates(store: FeatureStore, state: UserState, n: int,
                 out.append(common_pb2.CandidateVideo(video_id=v, source=src))
     return out
 
-
-REASONS = {
-    common_pb2.CANDIDATE_SOURCE_POPULAR: "Popular right now",
-    common_pb2.CANDIDATE_SOURCE_FRESH: "Just uploaded",
-    common_pb2.CANDIDATE_SOURCE_CONTENT_SIMILAR: "Similar to videos you watched",
-}
-
-
-def minimal_rules(store: FeatureStore, scored: list[common_pb2.ScoredVideo], seen: set[str],
-                  k: int, budget: Budget) -> list[common_pb2.ScoredVideo]:
-    """Seen filter + per-creator and per-category caps, in score order."""
-    try:
-        meta = store.videos([s.video_id for s in scored])
-    except Exception:
-        meta = {}
-    creators: dict[str, int] = {}
-    cats: dict[str, int] = {}
-    out = []
-    for s in sorted(scored, key=lambda s: -s.score):
-        if s.video_id in seen:
-            continue
-        m = meta.get(s.video_id, {})
-        cr, ca = m.get("creator_id", ""), m.get("category", "")
-        if cr and creators.get(cr, 0) >= budget.max_per_creator:
-            continue
-        if ca and cats.get(ca, 0) >= budget.max_per_category:
-            continue
-        if cr:
-            creators[cr] = creators.get(cr, 0) + 1
-        if ca:
-            cats[ca] = cats.get(ca, 0) + 1
-        v = common_pb2.ScoredVideo()
-        v.CopyFrom(s)
-        v.reason = REASONS.get(s.source, "Picked for you")
-        out.append(v)
-        if len(out) == k:
-            break
-    return out

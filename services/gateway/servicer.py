@@ -14,6 +14,7 @@ from services.gateway.funnel import Budget, Stubs, run_funnel
 from services.gateway.impressions import ImpressionLog
 from services.gateway.validation import Invalid, check_events, check_recommend
 from vidrec.logs import request_id_var
+from vidrec.rerank import RerankConfig
 from vidrec.serving.convert import profile_dict, profile_proto
 from vidrec.store.features import FeatureStore, UserState
 from vidrec.v1 import common_pb2, events_pb2, gateway_pb2, gateway_pb2_grpc
@@ -23,13 +24,15 @@ log = logging.getLogger(__name__)
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(self, stubs: Stubs, store: FeatureStore, producer: Any,
-                 arms: list[tuple[str, float]], budget: Budget, max_k: int,
-                 default_deadline_s: float, log_impressions: bool = True) -> None:
+                 arms: list[tuple[str, float]], budget: Budget, rules: RerankConfig,
+                 max_k: int, default_deadline_s: float, log_impressions: bool = True) -> None:
         self.stubs = stubs
         self.store = store
         self.producer = producer  # vidrec.infra.kafka.EventProducer or None
         self.arms = arms
         self.budget = budget
+        # The reranker's configured rules, for the degraded path when it is down.
+        self.rules = rules
         self.max_k = max_k
         self.default_deadline_s = default_deadline_s
         self.impressions = (ImpressionLog(producer.producer)
@@ -67,7 +70,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             user.mf_vector_version = state.mf_version
         try:
             res = run_funnel(self.stubs, self.store, request_id, user, state, request.k,
-                             request.filters, deadline, self.budget)
+                             request.filters, deadline, self.budget, self.rules)
         except grpc.RpcError as exc:
             log.error("funnel failed: %s", exc.code().name)
             context.abort(grpc.StatusCode.UNAVAILABLE, "recommendation stages unavailable")

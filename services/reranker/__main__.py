@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from services.reranker.rules import RerankConfig
 from services.reranker.servicer import RerankerServicer
 from vidrec.config import RerankerSettings, SettingsError, load_settings
 from vidrec.logs import setup_logging
+from vidrec.rerank import RerankConfig
 from vidrec.serving.server import Server
 from vidrec.store.features import FeatureStore
 from vidrec.v1 import reranker_pb2, reranker_pb2_grpc

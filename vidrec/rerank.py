@@ -1,12 +1,15 @@
 """Business rules of the reranker stage, as plain functions over domain objects.
 
-The reranker turns the ranker's top ~100 into the k videos a user sees. Each rule is a small
-function registered by name in `RULES`; `RerankConfig.rules` says which run and in what order,
-so a deployment can switch one off without touching code. A rule configures a `RerankPlan`:
-pool rules (seen filter, dislikes, freshness) rewrite the candidate pool at once, selection
-rules (caps, MMR, exploration) add constraints or objectives that the greedy selection in
-`rerank` honours afterwards. Nothing here knows about gRPC: the servicer converts protobuf
-to these types and back.
+The reranker turns the ranker's top candidates into the k videos a user sees. Each rule is a
+small function registered by name in `RULES`; `RerankConfig.rules` says which run and in what
+order, so a deployment can switch one off without touching code. A rule configures a
+`RerankPlan`: pool rules (seen filter, dislikes, freshness) rewrite the candidate pool at once,
+selection rules (caps, MMR, exploration) add constraints or objectives that the greedy
+selection in `rerank` honours afterwards.
+
+Nothing here knows about gRPC or protobuf, so offline evaluation can run the rules as they
+are. vidrec.serving.rerank converts the messages to these types and back, for the reranker
+service and for the gateway when the reranker is down: both answer with the same rules.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import hashlib
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
+
+from vidrec.config import RerankSettings
 
 DAY_S = 86_400.0
 
@@ -47,8 +52,6 @@ class Item:
     category: str = ""
     creator_id: str = ""
     upload_ts: float | None = None
-    # Content vector for diversity; excluded from ==/hash because arrays do not compare.
-    vector: np.ndarray | None = field(default=None, compare=False, repr=False)
     title: str = ""
 
 
@@ -108,20 +111,16 @@ class RerankConfig:
 
     @classmethod
     def from_settings(
-        cls, settings: Any, registry: Mapping[str, Rule] | None = None
+        cls, settings: RerankSettings, registry: Mapping[str, Rule] | None = None
     ) -> RerankConfig:
-        """Build from vidrec.config.RerankerSettings; unknown rule names are a config error.
+        """Build from the rerank knobs both the reranker and the gateway read (one
+        vidrec.config.RerankSettings), so the degraded path cannot drift from the reranker.
 
-        `settings.rules`, if the settings class has it, is a comma-separated string or a
-        sequence of names; without it every built-in rule runs in the default order.
+        Unknown rule names and out-of-range knobs are a config error (ValueError).
+        `settings.rules` is comma-separated; empty runs every built-in rule in default order.
         """
-        raw = getattr(settings, "rules", None)
-        if raw is None or raw == "":
-            rules = DEFAULT_RULES
-        elif isinstance(raw, str):
-            rules = tuple(r.strip() for r in raw.split(",") if r.strip())
-        else:
-            rules = tuple(raw)
+        raw = settings.rules
+        rules = tuple(r.strip() for r in raw.split(",") if r.strip()) if raw else DEFAULT_RULES
         cfg = cls(
             max_per_creator=int(settings.max_per_creator),
             max_per_category=int(settings.max_per_category),
@@ -333,32 +332,11 @@ def _relevance(pool: Sequence[Item]) -> np.ndarray:
     return rel
 
 
-def _as_vector(v: object) -> np.ndarray | None:
-    if v is None:
-        return None
-    try:
-        a = np.asarray(v, dtype=float).ravel()
-    except (TypeError, ValueError):
-        return None
-    return a if a.size and np.isfinite(a).all() else None
-
-
 class _Similarity:
-    """Pairwise similarity in [0, 1]: cosine of content vectors when both items have one,
-    else shared category / shared creator (half each)."""
+    """Pairwise similarity in [0, 1] from the video records serving already reads: a shared
+    category and a shared creator count half each."""
 
     def __init__(self, pool: Sequence[Item]) -> None:
-        n = len(pool)
-        vecs = [_as_vector(it.vector) for it in pool]
-        dim = next((v.size for v in vecs if v is not None), 0)
-        self._v = np.zeros((n, dim))
-        self._has = np.zeros(n, dtype=bool)
-        for i, v in enumerate(vecs):
-            if v is not None and v.size == dim:
-                norm = float(np.linalg.norm(v))
-                if norm > 0:
-                    self._v[i] = v / norm
-                    self._has[i] = True
         self._cat = self._codes(it.category for it in pool)
         self._cre = self._codes(it.creator_id for it in pool)
 
@@ -371,9 +349,7 @@ class _Similarity:
     def row(self, i: int) -> np.ndarray:
         sim = 0.5 * ((self._cat == self._cat[i]) & (self._cat[i] >= 0))
         sim = sim + 0.5 * ((self._cre == self._cre[i]) & (self._cre[i] >= 0))
-        if self._has[i]:
-            sim = np.where(self._has, self._v @ self._v[i], sim)
-        return np.clip(sim, 0.0, 1.0)
+        return sim
 
 
 class _Greedy:
@@ -516,30 +492,3 @@ def rerank(
         out.append(Ranked(replace(pool[i], source=EXPLORATION), reason))
     return out
 
-
-def minimal_rules(
-    items: Iterable[Item],
-    seen: Collection[str],
-    k: int,
-    max_per_creator: int,
-    max_per_category: int,
-) -> list[Ranked]:
-    """The gateway's fallback when the reranker is down: seen filter and caps, score order.
-
-    Kept here so the degraded answer obeys the same cap semantics as the full reranker.
-    """
-    if k <= 0:
-        return []
-    pool = [it for it in dedupe(items) if it.video_id not in seen]
-    pool.sort(key=lambda it: -_score_key(it.score))  # stable: ties keep input order
-    constraints = cap_constraints(max_per_creator, max_per_category)
-    nobody = UserState(user_id="")
-    out: list[Ranked] = []
-    for it in pool:
-        if len(out) >= k:
-            break
-        if all(c.allows(it) for c in constraints):
-            for c in constraints:
-                c.add(it)
-            out.append(Ranked(it, reason_for(it, nobody, fresh=it.source == "fresh")))
-    return out
