@@ -36,11 +36,12 @@ from benchmarks.peers import (
     recommend_lightfm,
 )
 from vidrec.data.dataset import Dataset
-from vidrec.evaluation.metrics import evaluate
+from vidrec.data.splits import cold_start_split, item_counts
 from vidrec.evaluation.offline import COLD_MODES, EvalResult, score_modes
-from vidrec.evaluation.splits import cold_start_split, item_counts
-from vidrec.models.pipeline import PipelineConfig, train_tuned
+from vidrec.metrics import evaluate
 from vidrec.models.two_tower_task import TrainConfig
+from vidrec.training.pipeline import PipelineConfig
+from vidrec.training.tune import train_tuned
 
 log = logging.getLogger(__name__)
 

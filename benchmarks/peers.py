@@ -7,7 +7,7 @@ LightFM on the same split has not earned its complexity.
 
 Protocol (tune_and_run_peers), MovieLens-100K, top-10:
 
-- relevant = rating >= 4 (vidrec.evaluation.splits.is_relevant);
+- relevant = rating >= 4 (vidrec.data.splits.is_relevant);
 - warm: per-user temporal split, each user's last 20% by time are test (users with >= 5
   interactions); videos the user has in training are never recommended;
 - cold: 10% of users held out entirely, known only by their profile features;
@@ -35,9 +35,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from vidrec.data.dataset import Dataset
-from vidrec.evaluation.metrics import evaluate
-from vidrec.evaluation.report import write_report
-from vidrec.evaluation.splits import (
+from vidrec.data.splits import (
     NON_ENGAGEMENT_EVENTS,
     cold_start_split,
     is_relevant,
@@ -47,6 +45,8 @@ from vidrec.evaluation.splits import (
     temporal_split,
     validation_split,
 )
+from vidrec.evaluation.report import write_report
+from vidrec.metrics import evaluate
 from vidrec.schema import TAG_SEPARATOR, UNKNOWN, USER_ID, VIDEO_ID, age_bucket
 
 log = logging.getLogger(__name__)

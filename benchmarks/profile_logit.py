@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from benchmarks.peers import user_feature_tokens
-from vidrec.models.pipeline import PipelineConfig, positive_scores
+from vidrec.training.pipeline import PipelineConfig, positive_scores
 
 L2_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 STEPS = 300

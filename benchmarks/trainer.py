@@ -22,6 +22,8 @@ import time
 import uuid
 from pathlib import Path
 
+import redis
+
 from vidrec.infra.embedded import KafkaBroker, RedisServer
 from vidrec.infra.kafka import ALL_TOPICS, EventProducer, ensure_topics
 from vidrec.store.features import FeatureStore
@@ -60,8 +62,8 @@ def stream(bootstrap: str, rate: float, seconds: float) -> None:
 
 
 def applied(store: FeatureStore) -> int:
-    raw = store.r.get(f"{store.keys.prefix}:trainer:heartbeat")
-    return int(json.loads(raw)["applied"]) if raw else 0
+    beat = store.heartbeat()
+    return int(beat["applied"]) if beat else 0
 
 
 def main() -> int:
@@ -79,6 +81,7 @@ def main() -> int:
     with RedisServer() as rs, KafkaBroker() as kb:
         ensure_topics(kb.bootstrap, ALL_TOPICS)
         store = FeatureStore.from_url(rs.url)
+        watch = redis.Redis.from_url(rs.url)  # a tight observer of the trainer's writes
         store.put_videos({"video_id": v} for v in VIDEOS)
         backlog = events(a.events, seed=1)
         t = time.perf_counter()
@@ -94,11 +97,11 @@ def main() -> int:
         try:
             # heartbeat every 2 s is too coarse for the start: watch the counters instead.
             key = store.keys.counters("v1", "a")
-            while not store.r.exists(key):
+            while not watch.exists(key):
                 time.sleep(0.005)
             t_first = time.perf_counter()
             while True:
-                n = sum(int(x) for x in store.r.hvals(key))
+                n = sum(int(x) for x in watch.hvals(key))
                 if n and applied(store) >= a.events:
                     break
                 if time.perf_counter() - t_first > 300:
@@ -126,7 +129,7 @@ def main() -> int:
                     t0 = time.perf_counter()
                     p.send_events([ev])
                     hk = store.keys.user_history(user)
-                    while store.r.lindex(hk, 0) is None and time.perf_counter() - t0 < 10:
+                    while watch.lindex(hk, 0) is None and time.perf_counter() - t0 < 10:
                         time.sleep(0.002)
                     lat.append(time.perf_counter() - t0)
                     i += 1

@@ -148,7 +148,7 @@ def small_model(small_dataset, tmp_path_factory: pytest.TempPathFactory):  # typ
     from dataclasses import replace
 
     from vidrec.data.dataset import load_dataset
-    from vidrec.models.pipeline import PipelineConfig, train_bundle
+    from vidrec.training.pipeline import PipelineConfig, train_bundle
 
     cfg = PipelineConfig()
     cfg.train = replace(cfg.train, epochs=3)

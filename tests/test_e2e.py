@@ -250,14 +250,13 @@ def test_what_trends_now_reaches_new_users(stack: Stack, gw) -> None:  # type: i
     """Likes sent through the gateway now lift a video that was last in the popular list
     to its top (the trainer counts them and rewrites the list), and the candidate stage's
     popular source offers it to a new user."""
-    from vidrec.store import trending
     from vidrec.v1 import candidate_pb2, candidate_pb2_grpc
 
     store = FeatureStore.from_url(stack.redis_url)
-    popular = store.get_list(store.keys.popular(), 500)
-    fresh = set(store.get_list(store.keys.fresh(), 200))
+    popular = store.popular_list(500)
+    fresh = set(store.fresh_list(200))
     target = next(v for v in reversed(popular) if v not in fresh)
-    score = trending.scores(store)
+    score = store.trending_scores()
     need = int(score[popular[0]] - score[target]) + 20
     evs = [event(f"fan{i}", target, events_pb2.EVENT_TYPE_LIKE) for i in range(need)]
     for b in range(0, need, 1000):
@@ -274,7 +273,7 @@ def test_what_trends_now_reaches_new_users(stack: Stack, gw) -> None:  # type: i
             if got.get(target) == "CANDIDATE_SOURCE_POPULAR":
                 break
             time.sleep(0.5)
-    assert store.get_list(store.keys.popular(), 1) == [target]
+    assert store.popular_list(1) == [target]
     assert got.get(target) == "CANDIDATE_SOURCE_POPULAR"
 
 

@@ -21,7 +21,7 @@ def test_impressions_reach_kafka_in_order_and_close_flushes(kafka_broker: KafkaB
         model_version="m1", experiment_arm="hybrid",
         videos=[gateway_pb2.RecommendedVideo(video_id=f"v{i}") for i in range(3)])
     with EventProducer(kafka_broker.bootstrap, linger_ms=100) as producer:
-        log = ImpressionLog(producer.producer, topic=topic)
+        log = ImpressionLog(producer, topic=topic)
         for r in range(5):
             log.log("u1", f"req{r}", resp)
         log.close()  # queued responses are sent before the thread stops
@@ -48,7 +48,7 @@ def test_a_full_queue_drops_impressions_instead_of_blocking(
     """With the broker gone, each send blocks waiting for metadata; Recommend must not."""
     producer = EventProducer(private_kafka_broker.bootstrap, max_block_ms=3000)
     private_kafka_broker.stop()
-    log = ImpressionLog(producer.producer, maxsize=2,
+    log = ImpressionLog(producer, maxsize=2,
                         topic=f"impressions-{uuid.uuid4().hex[:8]}")  # no metadata cached
     resp = gateway_pb2.RecommendResponse(videos=[gateway_pb2.RecommendedVideo(video_id="v")])
     t = time.monotonic()

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from vidrec.evaluation.metrics import (
+from vidrec.metrics import (
     average_precision_at_k,
     evaluate,
     hits_at_k,

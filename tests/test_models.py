@@ -19,8 +19,8 @@ from vidrec.models.bundle import (
 )
 from vidrec.models.mf import MFConfig, fold_in, recency_factor, recency_user_factors, train_mf
 from vidrec.models.online import OnlineModel
-from vidrec.models.pipeline import PipelineConfig, positives, train_bundle
 from vidrec.models.two_tower_task import TrainConfig
+from vidrec.training.pipeline import PipelineConfig, positives, train_bundle
 
 
 def _inter(rows: list[tuple[str, str, int, str, float]]) -> pd.DataFrame:
@@ -242,7 +242,7 @@ def test_chunked_scoring_gives_the_unchunked_results(tiny_bundle, monkeypatch) -
     """A large catalog scores users in chunks (bounded memory); lists and tuning NDCG
     come out exactly as when every user is scored at once."""
     from vidrec.models import bundle as bundle_mod
-    from vidrec.models.pipeline import grid_ndcg
+    from vidrec.training.tune import grid_ndcg
 
     bundle, inter = tiny_bundle
     users = sorted(inter["user_id"].unique())
@@ -365,7 +365,7 @@ def test_a_field_at_weight_zero_no_longer_moves_the_prior(small_model, tmp_path
 
 
 def test_retrain_keeps_what_train_tuned(small_model) -> None:  # type: ignore[no-untyped-def]
-    from services.trainer.retrain import carried_config
+    from vidrec.training.retrain import carried_config
 
     serving = ModelBundle.load(small_model)
     serving.manifest["config"]["mf"].update(recency_boost=30.0, recency_half_life=4.0)
@@ -384,7 +384,7 @@ def test_retrain_keeps_what_train_tuned(small_model) -> None:  # type: ignore[no
 def test_tuning_picks_a_recency_boost_when_tastes_drift() -> None:
     """Every user likes one cluster of videos, then another: the validation split (each
     user's latest 20%) is the second cluster, so recent positives should count more."""
-    from vidrec.models.pipeline import COLD_GRID_DEMO, COLD_GRID_POP, RECENCY_GRID, tune_ranker
+    from vidrec.training.tune import COLD_GRID_DEMO, COLD_GRID_POP, RECENCY_GRID, tune_ranker
 
     rng = np.random.default_rng(0)
     nv, nu = 120, 300

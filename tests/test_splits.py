@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vidrec.evaluation.splits import (
+from vidrec.data.splits import (
     RelevanceThresholds,
     cold_start_split,
     is_relevant,

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.trainer.apply import apply_batch
-from services.trainer.events import DeadLetter, decode, kind
+from services.trainer.loop import decode
 from vidrec import schema
+from vidrec.events import NAME_OF, FeedbackWeights, base_weight, kind_of
 from vidrec.store import trending
-from vidrec.store.features import FeatureStore
+from vidrec.store.features import FeatureStore, UserSeed
 from vidrec.v1 import events_pb2
 
 E = events_pb2
@@ -47,6 +47,12 @@ def make_events(n: int, users: int, seed: int) -> list[events_pb2.Event]:
     return out
 
 
+def kind(e: events_pb2.Event) -> str:
+    """The contract's kind of a non-rating event (make_events makes no ratings)."""
+    name = NAME_OF[e.type]
+    return kind_of(name, base_weight(name, e.value, FeedbackWeights())).value
+
+
 def expected_state(events: list[events_pb2.Event]) -> tuple[dict, dict, dict]:
     """Offline replay: per-user history and seen sets, per (version, arm) counters."""
     history: dict[str, list[str]] = defaultdict(list)
@@ -58,12 +64,11 @@ def expected_state(events: list[events_pb2.Event]) -> tuple[dict, dict, dict]:
             continue
         done.add(e.event_id)
         k = kind(e)
-        if k == "positive":
+        if k == "positive":  # a video keeps the place of its first positive event
             h = history[e.user_id]
-            if e.video_id in h:
-                h.remove(e.video_id)
-            h.insert(0, e.video_id)
-            del h[schema.HISTORY_LEN:]
+            if e.video_id not in h:
+                h.insert(0, e.video_id)
+                del h[schema.HISTORY_LEN:]
         if k in ("positive", "negative", "seen"):
             seen[e.user_id].add(e.video_id)
         c = counts[(e.model_version, e.experiment_arm)]
@@ -78,13 +83,10 @@ def expected_state(events: list[events_pb2.Event]) -> tuple[dict, dict, dict]:
 
 
 def counters(store: FeatureStore) -> dict[tuple[str, str], dict[str, float]]:
-    out = {}
-    for m in store.r.smembers(store.keys.stats_index()):
-        version, _, arm = m.decode().partition("|")
-        h = store.r.hgetall(store.keys.counters(version, arm))
-        out[(version, arm)] = {k.decode(): float(v) for k, v in h.items()
-                               if k.decode() != "watch_time_s"}
-    return out
+    fields = ("impressions", "clicks", "watches", "completed", "likes", "dislikes")
+    return {(r["model_version"], r["experiment_arm"]): {f: float(r[f]) for f in fields
+                                                        if r[f]}
+            for r in store.read_stats()}
 
 
 # --- pure parts ---------------------------------------------------------------------------
@@ -94,17 +96,19 @@ def counters(store: FeatureStore) -> dict[tuple[str, str], dict[str, float]]:
     (b"\xff\xfe", "not a vidrec.v1.Event"),
     (b"x" * 70_000, "bytes; the limit"),
     (E.Event(event_id="1", user_id="u", video_id="v", type=42).SerializeToString(),
-     "unknown event type 42"),
+     "type 42 is not a known event type"),
     (E.Event(event_id="1", user_id="u", video_id="v", type=E.EVENT_TYPE_WATCH,
              value=float("nan")).SerializeToString(), "value is not a finite number"),
     (E.Event(event_id="1", user_id="u", video_id="v", type=E.EVENT_TYPE_RATING,
-             value=7).SerializeToString(), "rating 7.0 outside 1..5"),
+             value=7).SerializeToString(), "a rating must be in 1..5, got 7.0"),
     (E.Event(user_id="u", video_id="v", type=E.EVENT_TYPE_CLICK).SerializeToString(),
-     "event_id is empty"),
+     "event_id is required"),
+    (E.Event(event_id="1", user_id="u", video_id="v", type=E.EVENT_TYPE_CLICK,
+             timestamp=1.7e308).SerializeToString(), "ahead of the server clock"),
 ])
 def test_decode_rejects_with_a_reason(raw: bytes, reason: str) -> None:
     d = decode(raw)
-    assert isinstance(d, DeadLetter) and reason in d.reason
+    assert isinstance(d, str) and reason in d
 
 
 def test_apply_is_idempotent_and_matches_replay(redis_client, key_prefix: str) -> None:  # type: ignore[no-untyped-def]
@@ -112,8 +116,8 @@ def test_apply_is_idempotent_and_matches_replay(redis_client, key_prefix: str) -
     store.put_videos([{"video_id": v} for v in VIDEOS])
     events = make_events(3000, users=40, seed=1)
     for s in range(0, 3000, 700):
-        apply_batch(store, events[s: s + 700])
-    again = apply_batch(store, events[:1000])  # redelivery: nothing changes
+        store.apply_events(events[s: s + 700])
+    again = store.apply_events(events[:1000])  # redelivery: nothing changes
     assert again.duplicates == 1000 and not again.applied
     history, seen, counts = expected_state(events)
     for u in history:
@@ -128,7 +132,7 @@ def test_unknown_video_is_reported_not_applied(redis_client, key_prefix: str) ->
     store.put_videos([{"video_id": "v000"}])
     ev = [E.Event(event_id="a", user_id="u", video_id="nope", type=E.EVENT_TYPE_LIKE,
                   timestamp=1.0)]
-    res = apply_batch(store, ev)
+    res = store.apply_events(ev)
     assert [e.video_id for e in res.unknown_video] == ["nope"] and not res.applied
     assert store.user("u").seen == set()
 
@@ -198,41 +202,39 @@ def test_trainer_killed_mid_stream_loses_nothing_and_doubles_nothing(
     # Trending counts too: every positive event exactly once, at its decayed weight, and
     # the running trainer writes the popular list from them.
     # A positive counts when the video is not in the user's recent history already.
-    ref = float(store.r.get(trending.ref_key(store)))
+    ref = store.trending_ref()
+    assert ref is not None
     want: dict[str, float] = defaultdict(float)
     recent: dict[str, list[str]] = defaultdict(list)
     for e in {e.event_id: e for e in events}.values():
         if kind(e) == "positive":
             h = recent[e.user_id]
-            if e.video_id in h:
-                h.remove(e.video_id)
-            else:
+            if e.video_id not in h:
                 want[e.video_id] += 2 ** ((e.timestamp - ref) / trending.HALF_LIFE_S)
-            h.insert(0, e.video_id)
-            del h[schema.HISTORY_LEN:]
-    raw = {k.decode(): v for k, v in
-           store.r.zrange(trending.trending_key(store), 0, -1, withscores=True)}
+                h.insert(0, e.video_id)
+                del h[schema.HISTORY_LEN:]
+    raw = store.trending_scores(now=ref)  # at the reference time: the stored weights
     assert raw.keys() == want.keys()
     assert all(abs(raw[v] / want[v] - 1) < 1e-9 for v in want)
-    assert store.get_list(store.keys.popular(), 100) == sorted(want, key=lambda v: -want[v])
+    assert store.popular_list(100) == sorted(want, key=lambda v: -want[v])
 
 
 def test_fold_in_weights_recent_positives_by_the_models_recency_boost(
         redis_client, key_prefix: str, small_model: Path) -> None:  # type: ignore[no-untyped-def]
-    from services.trainer.apply import dirty_key
-    from services.trainer.foldin import fold_in_dirty
     from vidrec.models.bundle import ModelBundle
     from vidrec.models.online import OnlineModel
+    from vidrec.training.foldin import fold_in_dirty
 
     store = FeatureStore(redis_client, key_prefix)
     bundle = ModelBundle.load(small_model)
     vids = bundle.video_ids
     history = vids[:12]  # most recent first: vids[0] is the latest positive
-    store.put_users([("fresh", {}, history, history)])
+    store.seed_users([UserSeed("fresh", {}, history, history,
+                               feedback={v: (1.0, 0.0, 0.0) for v in history})])
 
     def folded(boost: float) -> np.ndarray:
         bundle.manifest["config"]["mf"].update(recency_boost=boost, recency_half_life=0.05)
-        store.r.sadd(dirty_key(store), "fresh")
+        store.mark_dirty(["fresh"])
         assert fold_in_dirty(store, OnlineModel(bundle), "vX") == 1
         st = store.user("fresh")
         assert st.mf_version == "vX" and st.mf_vector is not None

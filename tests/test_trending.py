@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 
-from services.trainer.apply import apply_batch
 from vidrec.store import trending
 from vidrec.store.features import FeatureStore
 from vidrec.v1 import events_pb2
@@ -26,26 +25,26 @@ def test_a_week_old_count_weighs_half_and_the_list_follows(redis_client, key_pre
     store = FeatureStore(redis_client, key_prefix)
     store.put_videos([{"video_id": v} for v in "abc"])
     now = time.time()
-    assert trending.seed(store, ["a", "b", "c"], np.array([10.0, 4.0, 1.0]), now=now - WEEK)
-    assert trending.refresh(store, now=now) == ["a", "b", "c"]
-    assert store.get_list(store.keys.popular(), 10) == ["a", "b", "c"]
-    apply_batch(store, likes("c", 6, now, "x"))
-    got = trending.scores(store, now=now)
+    assert store.seed_trending(["a", "b", "c"], np.array([10.0, 4.0, 1.0]), now=now - WEEK)
+    assert store.refresh_trending(now=now) == ["a", "b", "c"]
+    assert store.popular_list(10) == ["a", "b", "c"]
+    store.apply_events(likes("c", 6, now, "x"))
+    got = store.trending_scores(now=now)
     assert abs(got["a"] - 5.0) < 1e-6 and abs(got["b"] - 2.0) < 1e-6
     assert abs(got["c"] - (0.5 + 6.0)) < 1e-6
-    assert trending.refresh(store, now=now) == ["c", "a", "b"]
-    assert store.get_list(store.keys.popular(), 10) == ["c", "a", "b"]
+    assert store.refresh_trending(now=now) == ["c", "a", "b"]
+    assert store.popular_list(10) == ["c", "a", "b"]
     # Redelivered events are not counted twice (the same atomic script as the history).
-    apply_batch(store, likes("c", 6, now, "x"))
-    assert abs(trending.scores(store, now=now)["c"] - 6.5) < 1e-6
+    store.apply_events(likes("c", 6, now, "x"))
+    assert abs(store.trending_scores(now=now)["c"] - 6.5) < 1e-6
 
 
 def test_a_republish_keeps_live_counts(redis_client, key_prefix: str) -> None:  # type: ignore[no-untyped-def]
     store = FeatureStore(redis_client, key_prefix)
     now = time.time()
-    assert trending.seed(store, ["a", "b"], np.array([5.0, 1.0]), now=now)
-    assert not trending.seed(store, ["a", "b"], np.array([1.0, 50.0]), now=now)
-    assert trending.refresh(store, now=now) == ["a", "b"]
+    assert store.seed_trending(["a", "b"], np.array([5.0, 1.0]), now=now)
+    assert not store.seed_trending(["a", "b"], np.array([1.0, 50.0]), now=now)
+    assert store.refresh_trending(now=now) == ["a", "b"]
 
 
 def test_rescaling_keeps_every_ratio(redis_client, key_prefix: str) -> None:  # type: ignore[no-untyped-def]
@@ -54,17 +53,17 @@ def test_rescaling_keeps_every_ratio(redis_client, key_prefix: str) -> None:  # 
     store = FeatureStore(redis_client, key_prefix)
     store.put_videos([{"video_id": v} for v in "ab"])
     now = time.time()
-    trending.seed(store, ["a"], np.array([3.0]), now=now - 100 * WEEK)
-    apply_batch(store, likes("b", 2, now, "y"))
-    before = trending.scores(store, now=now)
+    store.seed_trending(["a"], np.array([3.0]), now=now - 100 * WEEK)
+    store.apply_events(likes("b", 2, now, "y"))
+    before = store.trending_scores(now=now)
     assert abs(before["b"] - 2.0) < 1e-6 and before["a"] < 1e-20
-    raw = dict(redis_client.zrange(trending.trending_key(store), 0, -1, withscores=True))
+    raw = dict(redis_client.zrange(store.keys.trending(), 0, -1, withscores=True))
     assert raw[b"b"] > 2.0**90
-    trending.refresh(store, now=now)
-    assert abs(float(redis_client.get(trending.ref_key(store))) - now) < 1e-3
-    after = trending.scores(store, now=now)
+    store.refresh_trending(now=now)
+    assert abs(float(redis_client.get(store.keys.trending_ref())) - now) < 1e-3
+    after = store.trending_scores(now=now)
     assert abs(after["b"] - 2.0) < 1e-9 and abs(after["a"] / before["a"] - 1) < 1e-9
-    raw = dict(redis_client.zrange(trending.trending_key(store), 0, -1, withscores=True))
+    raw = dict(redis_client.zrange(store.keys.trending(), 0, -1, withscores=True))
     assert abs(raw[b"b"] - 2.0) < 1e-9
 
 
@@ -73,9 +72,9 @@ def test_a_clock_far_ahead_counts_as_now(redis_client, key_prefix: str) -> None:
     store = FeatureStore(redis_client, key_prefix)
     store.put_videos([{"video_id": "a"}])
     now = time.time()
-    trending.seed(store, [], np.array([]), now=now)
-    apply_batch(store, likes("a", 1, now + 365 * 86400, "z"))
-    assert trending.scores(store, now=now)["a"] < 2 ** (120 / WEEK) + 1e-6
+    store.seed_trending([], np.array([]), now=now)
+    store.apply_events(likes("a", 1, now + 365 * 86400, "z"))
+    assert store.trending_scores(now=now)["a"] < 2 ** (120 / WEEK) + 1e-6
 
 
 def test_one_user_counts_once_per_video(redis_client, key_prefix: str) -> None:  # type: ignore[no-untyped-def]
@@ -84,10 +83,10 @@ def test_one_user_counts_once_per_video(redis_client, key_prefix: str) -> None: 
     store = FeatureStore(redis_client, key_prefix)
     store.put_videos([{"video_id": "a"}])
     now = time.time()
-    trending.seed(store, [], np.array([]), now=now)
+    store.seed_trending([], np.array([]), now=now)
     types = [E.EVENT_TYPE_CLICK, E.EVENT_TYPE_WATCH] + [E.EVENT_TYPE_LIKE] * 5
-    apply_batch(store, [E.Event(event_id=f"c{i}", user_id="u1", video_id="a", type=t,
+    store.apply_events([E.Event(event_id=f"c{i}", user_id="u1", video_id="a", type=t,
                                 value=0.9, timestamp=now) for i, t in enumerate(types)])
-    assert abs(trending.scores(store, now=now)["a"] - 1.0) < 1e-9
-    apply_batch(store, likes("a", 1, now, "other-"))  # user u0
-    assert abs(trending.scores(store, now=now)["a"] - 2.0) < 1e-9
+    assert abs(store.trending_scores(now=now)["a"] - 1.0) < 1e-9
+    store.apply_events(likes("a", 1, now, "other-"))  # user u0
+    assert abs(store.trending_scores(now=now)["a"] - 2.0) < 1e-9

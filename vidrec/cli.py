@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from vidrec.logs import setup_logging
 
 if TYPE_CHECKING:
-    from vidrec.models.pipeline import PipelineConfig
+    from vidrec.training.pipeline import PipelineConfig
 
 log = logging.getLogger("vidrec.cli")
 
@@ -66,7 +66,7 @@ def offline_config() -> PipelineConfig:
     offline train or evaluation (the trainer service keeps half)."""
     from dataclasses import replace
 
-    from vidrec.models.pipeline import PipelineConfig
+    from vidrec.training.pipeline import PipelineConfig
 
     cfg = PipelineConfig()
     cfg.train = replace(cfg.train, threads=os.cpu_count() or 1)
@@ -75,7 +75,8 @@ def offline_config() -> PipelineConfig:
 
 def cmd_train(a: argparse.Namespace) -> int:
     from vidrec.data.dataset import load_dataset
-    from vidrec.models.pipeline import train_bundle, train_tuned
+    from vidrec.training.pipeline import train_bundle
+    from vidrec.training.tune import train_tuned
 
     t0 = time.perf_counter()
     ds = load_dataset(Path(a.data), on_bad_rows=a.on_bad_rows)

@@ -11,7 +11,10 @@ import argparse
 import runpy
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vidrec.infra.streams import RecordSink
 
 SERVICES = ("gateway", "candidate", "ranker", "reranker", "trainer")
 
@@ -22,12 +25,13 @@ def _ops_settings() -> Any:
     return load_settings(TrainerSettings)
 
 
-def _producer(bootstrap: str) -> Any:
+def _producer(bootstrap: str) -> RecordSink | None:
+    """The producer that announces a published model; None without Kafka."""
     if not bootstrap:
         return None
-    from vidrec.infra.kafka import make_producer
+    from vidrec.infra.kafka import EventProducer
 
-    return make_producer(bootstrap)
+    return EventProducer(bootstrap)
 
 
 def cmd_publish(a: argparse.Namespace) -> int:
@@ -73,10 +77,10 @@ def cmd_rollback(a: argparse.Namespace) -> int:
 
 
 def cmd_retrain(a: argparse.Namespace) -> int:
-    from services.trainer.eventlog import EventLog
-    from services.trainer.retrain import run_retrain
     from vidrec.store.artifacts import ArtifactStore
+    from vidrec.store.eventlog import EventLog
     from vidrec.store.features import FeatureStore
+    from vidrec.training.retrain import run_retrain
 
     s = _ops_settings()
     producer = _producer(s.kafka_bootstrap)
@@ -120,20 +124,20 @@ def cmd_status(a: argparse.Namespace) -> int:
     from vidrec.store.artifacts import ArtifactStore
 
     latest = ArtifactStore(Path(a.var) / "artifacts").latest() or "-"
-    redis_url = json.loads(state.read_text()).get("redis", "") if state.exists() else ""
+    stack = json.loads(state.read_text()) if state.exists() else {}
+    redis_url, prefix = stack.get("redis", ""), stack.get("key_prefix", "vidrec")
     print(f"{'service':10s} {'address':22s} {'health':14s} model")
     worst = 0
     for name, addr in addrs.items():
-        status = check(addr) if addr else _trainer_status(redis_url)
+        status = check(addr) if addr else _trainer_status(redis_url, prefix)
         worst |= status not in ("SERVING", "RUNNING")
         model = latest if name in ("candidate", "ranker", "gateway") else "-"
         print(f"{name:10s} {addr or '-':22s} {status:14s} {model}")
     return int(worst)
 
 
-def _trainer_status(redis_url: str) -> str:
+def _trainer_status(redis_url: str, prefix: str) -> str:
     """The trainer has no port: its heartbeat in Redis (refreshed every 2 s) tells."""
-    import json
     import time
 
     if not redis_url:
@@ -141,12 +145,11 @@ def _trainer_status(redis_url: str) -> str:
     from vidrec.store.features import FeatureStore
 
     try:
-        raw = FeatureStore.from_url(redis_url).r.get("vidrec:trainer:heartbeat")
+        beat = FeatureStore.from_url(redis_url, prefix).heartbeat()
     except Exception:
         return "unknown"
-    if not raw:
+    if not beat:
         return "NO HEARTBEAT"
-    beat = json.loads(raw)
     age = time.time() - beat["t"]
     return "RUNNING" if age < 10 else f"STALE ({age:.0f}s)"
 
@@ -193,8 +196,6 @@ def register(sub: Any) -> None:
                        "next version, load its video vectors into a new index collection and "
                        "its features into Redis, then switch the alias and LATEST atomically.")
     p.add_argument("--model", required=True)
-    p.add_argument("--data", help="data directory the model was trained on (optional: the "
-                   "model directory carries its catalog and users)")
     p.add_argument("--overwrite-history", action="store_true",
                    help="replace users' Redis history with the training history")
     p.set_defaults(fn=cmd_publish)

@@ -40,7 +40,7 @@ class ModelServiceSettings(CommonSettings):
     listen_addr: str = "127.0.0.1:0"
     # Root of published artifacts: <root>/<version>/ with a LATEST pointer.
     artifact_root: str = "var/artifacts"
-    # Seconds between checks of LATEST (hot swap); Kafka announcements also trigger it.
+    # Seconds between checks of LATEST (hot swap: a new published version is picked up).
     reload_interval_s: float = 2.0
     # Number of model versions kept loaded so one request is served by one version.
     keep_versions: int = 2

@@ -31,7 +31,7 @@ DEMO = {"users": 2000, "videos": 3000, "seed": 7, "interactions_per_user": 150.0
 def prepare(var: Path) -> tuple[Path, Path]:
     from vidrec.data.dataset import load_dataset
     from vidrec.data.synth import generate
-    from vidrec.models.pipeline import train_tuned
+    from vidrec.training.tune import train_tuned
 
     data, model = var / "data" / "demo", var / "models" / "initial"
     if not (data / "interactions.csv").exists():
@@ -62,13 +62,14 @@ def publish_or_reload(stack: object, model: Path) -> str:
     store = FeatureStore.from_url(stack.redis_url)
     latest = artifacts.latest()
     if latest and (stack.index_root / f"videos_{latest}").exists():
-        # Redis is memory-only: reload the serving version's features, keep its index.
-        load_features(store, ModelBundle.load(artifacts.path(latest)), overwrite_history=True)
-        store.r.set(store.keys.serving_version(), latest)
+        # Redis is memory-only: reload the serving version's features, keep its index
+        # (users with live state in Redis keep it; an empty Redis gets the training state).
+        load_features(store, ModelBundle.load(artifacts.path(latest)), overwrite_history=False)
+        store.set_serving_version(latest)
         return latest
     index = EdgeIndex(stack.index_root)
     try:
-        return publish(model, artifacts, index, store, overwrite_history=True)
+        return publish(model, artifacts, index, store)
     finally:
         index.close()
 

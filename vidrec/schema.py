@@ -56,6 +56,8 @@ VIDEO_NUM_FEATURES = ("log_duration", "age_years")
 UNKNOWN = "<unk>"
 # Recent history length used by the user tower and kept in Redis.
 HISTORY_LEN = 50
+# Videos a user said no to, kept in Redis (the reranker reads them).
+NEGATIVES_LEN = 200
 MAX_TITLE_TOKENS = 12
 
 
@@ -94,32 +96,51 @@ TOPIC_VIDEOS = "vidrec.videos"
 
 
 class Keys:
-    """Redis key builders; `prefix` namespaces a deployment (tests use a random one)."""
+    """Redis key builders; `prefix` namespaces a deployment (tests use a random one).
+
+    Every key of a user shares the hash tag {user_id}, so one user's keys live in one
+    Redis Cluster slot. Which keys are global, and which operations touch several users'
+    keys at once, is written down in docs/redis.md.
+    """
 
     def __init__(self, prefix: str = "vidrec") -> None:
         self.prefix = prefix
 
+    # --- per user (one slot each) ---
+
+    def user_root(self, user_id: str) -> str:
+        """The common stem of a user's keys (the apply script appends the suffixes)."""
+        return f"{self.prefix}:user:{{{user_id}}}"
+
     def user_profile(self, user_id: str) -> str:
-        return f"{self.prefix}:user:{{{user_id}}}:profile"
+        return f"{self.user_root(user_id)}:profile"
 
     def user_history(self, user_id: str) -> str:
-        """Capped list of recently watched video ids, most recent first."""
-        return f"{self.prefix}:user:{{{user_id}}}:history"
+        """Capped list of positively engaged video ids, by first positive, latest first."""
+        return f"{self.user_root(user_id)}:history"
 
     def user_seen(self, user_id: str) -> str:
-        """Set of every video the user interacted with (seen filter)."""
-        return f"{self.prefix}:user:{{{user_id}}}:seen"
+        """Set of every video the user interacted with beyond an impression (seen filter)."""
+        return f"{self.user_root(user_id)}:seen"
 
     def user_negatives(self, user_id: str) -> str:
-        """Capped list of disliked / skipped video ids."""
-        return f"{self.prefix}:user:{{{user_id}}}:neg"
+        """Capped list of videos the user said no to (dislike, skip, low rating)."""
+        return f"{self.user_root(user_id)}:neg"
+
+    def user_feedback(self, user_id: str) -> str:
+        """Hash of the user's summed feedback per video (the MF row; store/apply.py)."""
+        return f"{self.user_root(user_id)}:fb"
 
     def user_vector(self, user_id: str) -> str:
         """Hash version -> float32 bytes of the freshest folded-in user vector."""
-        return f"{self.prefix}:user:{{{user_id}}}:vec"
+        return f"{self.user_root(user_id)}:vec"
+
+    # --- per video ---
 
     def video_features(self, video_id: str) -> str:
         return f"{self.prefix}:video:{video_id}"
+
+    # --- global ---
 
     def popular(self) -> str:
         return f"{self.prefix}:list:popular"
@@ -127,9 +148,23 @@ class Keys:
     def fresh(self) -> str:
         return f"{self.prefix}:list:fresh"
 
+    def trending(self) -> str:
+        """Sorted set of forward-decayed positive counts per video (store/trending.py)."""
+        return f"{self.prefix}:trending"
+
+    def trending_ref(self) -> str:
+        return f"{self.prefix}:trending:ref"
+
     def processed_events(self) -> str:
-        """Set of applied event ids (idempotency)."""
+        """Stem of the hourly sets of applied event ids (idempotency)."""
         return f"{self.prefix}:events:done"
+
+    def dirty_users(self) -> str:
+        """Set of users with events not yet folded into their MF vector."""
+        return f"{self.prefix}:trainer:dirty"
+
+    def trainer_heartbeat(self) -> str:
+        return f"{self.prefix}:trainer:heartbeat"
 
     def counters(self, model_version: str, arm: str) -> str:
         return f"{self.prefix}:stats:{model_version}:{arm}"

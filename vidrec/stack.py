@@ -162,7 +162,8 @@ class Stack:
 
     def write_state(self) -> None:
         state = {"services": {n: s.addr for n, s in self.services.items()},
-                 "redis": self.redis_url, "kafka": self.kafka_bootstrap, "pid": os.getpid()}
+                 "redis": self.redis_url, "kafka": self.kafka_bootstrap, "pid": os.getpid(),
+                 "key_prefix": self.extra_env.get("VIDREC_KEY_PREFIX", "vidrec")}
         (self.var / "run").mkdir(parents=True, exist_ok=True)
         (self.var / "run" / "stack.json").write_text(json.dumps(state, indent=2))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -33,27 +34,28 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServicer):
         self.default_n = default_n
         self._lists: dict[str, tuple[float, list[str]]] = {}
 
-    def _list(self, key: str, n: int, ttl_s: float) -> list[str]:
+    def _list(self, name: str, read: Callable[[int], list[str]], n: int, ttl_s: float
+              ) -> list[str]:
         """A Redis list, cached for ttl_s. These lists are nice-to-haves: Redis trouble
         gives an empty list (the caller falls back), never a failed request."""
-        at, ids = self._lists.get(key, (-ttl_s, []))
+        at, ids = self._lists.get(name, (-ttl_s, []))
         now = time.monotonic()
         if now - at < ttl_s:
             return ids
         try:
-            ids = self.store.get_list(key, n)
+            ids = read(n)
         except Exception:
-            log.warning("list %s unavailable", key)
+            log.warning("%s list unavailable", name)
             ids = []
-        self._lists[key] = (now, ids)
+        self._lists[name] = (now, ids)
         return ids
 
     def fresh_ids(self) -> list[str]:
-        return self._list(self.store.keys.fresh(), 50, FRESH_TTL_S)
+        return self._list("fresh", self.store.fresh_list, 50, FRESH_TTL_S)
 
     def popular_ids(self) -> list[str]:
         """Trending now (the trainer keeps it from live events); empty: the model's own."""
-        return self._list(self.store.keys.popular(), POPULAR_READ, POPULAR_TTL_S)
+        return self._list("popular", self.store.popular_list, POPULAR_READ, POPULAR_TTL_S)
 
     def Generate(self, request: candidate_pb2.GenerateRequest, context: grpc.ServicerContext
                  ) -> candidate_pb2.GenerateResponse:

@@ -141,15 +141,16 @@ def fallback_candidates(store: FeatureStore, state: UserState, n: int,
     flt = search_filter(filters) if filters is not None else None
     out = []
     seen = state.seen | set(state.history)
-    for key, src in ((store.keys.fresh(), common_pb2.CANDIDATE_SOURCE_FRESH),
-                     (store.keys.popular(), common_pb2.CANDIDATE_SOURCE_POPULAR)):
-        try:
-            ids = store.get_list(key, n)
-        except Exception:
-            log.warning("fallback list %s unavailable", key)
-            continue
+    for name, read, src in (
+            ("fresh", store.fresh_list, common_pb2.CANDIDATE_SOURCE_FRESH),
+            ("popular", store.popular_list, common_pb2.CANDIDATE_SOURCE_POPULAR)):
         limit = n // 5 if src == common_pb2.CANDIDATE_SOURCE_FRESH else n
-        meta = store.videos(ids[:limit]) if flt is not None else {}
+        try:
+            ids = read(n)
+            meta = store.videos(ids[:limit]) if flt is not None else {}
+        except Exception:
+            log.warning("fallback %s list unavailable", name)
+            continue
         for v in ids[:limit]:
             if flt is not None and not passes(flt, meta.get(v)):
                 continue

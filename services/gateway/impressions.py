@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from vidrec import schema
+from vidrec.infra.streams import RecordSink
 from vidrec.v1 import events_pb2, gateway_pb2
 
 log = logging.getLogger(__name__)
@@ -25,9 +26,9 @@ _STOP = object()
 
 
 class ImpressionLog:
-    def __init__(self, producer: Any, maxsize: int = QUEUE_SIZE,
+    def __init__(self, producer: RecordSink, maxsize: int = QUEUE_SIZE,
                  topic: str = schema.TOPIC_EVENTS) -> None:
-        self.producer = producer  # a kafka-python KafkaProducer
+        self.producer = producer
         self.topic = topic
         self.dropped = 0
         self._q: queue.Queue[Any] = queue.Queue(maxsize)
@@ -67,10 +68,9 @@ class ImpressionLog:
     def _send(self, user_id: str, request_id: str, resp: gateway_pb2.RecommendResponse,
               now: float) -> None:
         key = user_id.encode()
-        for pos, v in enumerate(resp.videos):
-            e = events_pb2.Event(
-                event_id=f"{request_id}:{pos}", user_id=user_id, video_id=v.video_id,
-                type=events_pb2.EVENT_TYPE_IMPRESSION, timestamp=now, request_id=request_id,
-                position=pos, experiment_arm=resp.experiment_arm,
-                model_version=resp.model_version)
-            self.producer.send(self.topic, key=key, value=e.SerializeToString())
+        self.producer.send_nowait(self.topic, [(key, events_pb2.Event(
+            event_id=f"{request_id}:{pos}", user_id=user_id, video_id=v.video_id,
+            type=events_pb2.EVENT_TYPE_IMPRESSION, timestamp=now, request_id=request_id,
+            position=pos, experiment_arm=resp.experiment_arm,
+            model_version=resp.model_version).SerializeToString())
+            for pos, v in enumerate(resp.videos)])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any
 
 import grpc
 
@@ -13,6 +12,7 @@ from services.gateway.arms import assign
 from services.gateway.funnel import Budget, Stubs, run_funnel
 from services.gateway.impressions import ImpressionLog
 from services.gateway.validation import Invalid, check_events, check_recommend
+from vidrec.infra.streams import RecordSink
 from vidrec.logs import request_id_var
 from vidrec.rerank import RerankConfig
 from vidrec.serving.convert import profile_dict, profile_proto
@@ -23,19 +23,19 @@ log = logging.getLogger(__name__)
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
-    def __init__(self, stubs: Stubs, store: FeatureStore, producer: Any,
+    def __init__(self, stubs: Stubs, store: FeatureStore, producer: RecordSink | None,
                  arms: list[tuple[str, float]], budget: Budget, rules: RerankConfig,
                  max_k: int, default_deadline_s: float, log_impressions: bool = True) -> None:
         self.stubs = stubs
         self.store = store
-        self.producer = producer  # vidrec.infra.kafka.EventProducer or None
+        self.producer = producer  # None: LogEvents answers UNAVAILABLE
         self.arms = arms
         self.budget = budget
         # The reranker's configured rules, for the degraded path when it is down.
         self.rules = rules
         self.max_k = max_k
         self.default_deadline_s = default_deadline_s
-        self.impressions = (ImpressionLog(producer.producer)
+        self.impressions = (ImpressionLog(producer)
                             if producer is not None and log_impressions else None)
 
     # --- Recommend -------------------------------------------------------------------
@@ -96,9 +96,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             check_events(request)
         except Invalid as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if self.producer is None:
+        producer = self.producer
+        if producer is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "event logging is not configured "
                           "(VIDREC_KAFKA_BOOTSTRAP is empty)")
+        assert producer is not None  # abort() raised otherwise
         now = time.time()
         events = []
         for e in request.events:
@@ -108,7 +110,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 c.timestamp = now
             events.append(c)
         try:
-            self.producer.send_events(events)
+            producer.send_events(events)
         except Exception as exc:
             log.warning("LogEvents: Kafka did not acknowledge: %s", exc)
             context.abort(grpc.StatusCode.UNAVAILABLE,
@@ -119,10 +121,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     def GetStats(self, request: gateway_pb2.GetStatsRequest, context: grpc.ServicerContext
                  ) -> gateway_pb2.GetStatsResponse:
-        from vidrec.store.stats import read_stats
-
         try:
-            rows = read_stats(self.store)
+            rows = self.store.read_stats()
         except Exception:
             context.abort(grpc.StatusCode.UNAVAILABLE, "stats store unavailable")
         return gateway_pb2.GetStatsResponse(stats=[gateway_pb2.ArmStats(**r) for r in rows])

@@ -11,18 +11,20 @@ import threading
 import time
 from pathlib import Path
 
-from services.trainer.eventlog import EventLog
-from services.trainer.foldin import fold_in_dirty
 from services.trainer.loop import TrainerLoop
-from services.trainer.retrain import run_retrain
 from vidrec import schema
 from vidrec.config import SettingsError, TrainerSettings, load_settings
+from vidrec.events import FeedbackWeights
+from vidrec.infra.streams import RecordSource
 from vidrec.logs import setup_logging
 from vidrec.models.bundle import ModelBundle
 from vidrec.models.online import OnlineModel
 from vidrec.store import trending
 from vidrec.store.artifacts import ArtifactStore
+from vidrec.store.eventlog import EventLog
 from vidrec.store.features import FeatureStore
+from vidrec.training.foldin import fold_in_dirty
+from vidrec.training.retrain import run_retrain
 
 log = logging.getLogger("services.trainer")
 
@@ -50,8 +52,9 @@ def main() -> int:
         with videos_log.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
-    loop = TrainerLoop(consumer, store, producer, events, s.batch_size, on_video=on_video)
     artifacts = ArtifactStore(s.artifact_root)
+    loop = TrainerLoop(consumer, store, producer, events, s.batch_size, on_video=on_video,
+                       weights=serving_weights(artifacts))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -100,12 +103,14 @@ def main() -> int:
             rewind(consumer)
         if time.monotonic() - last_beat > 2.0:
             last_beat = time.monotonic()
-            store.r.set(f"{s.key_prefix}:trainer:heartbeat",
-                        json.dumps({"t": time.time(), **loop.stats.__dict__}), ex=30)
+            try:
+                store.beat(loop.stats.__dict__)
+            except Exception:  # Redis trouble: the batch loop already says so
+                log.warning("heartbeat not written")
         if time.monotonic() - last_trend > trending.REFRESH_S:
             last_trend = time.monotonic()
             try:
-                trending.refresh(store)
+                store.refresh_trending()
             except Exception:  # the previous list stays; the next pass retries
                 log.exception("trending refresh failed")
     log.info("trainer stopping: %s", loop.stats)
@@ -114,14 +119,24 @@ def main() -> int:
     return 0
 
 
-def rewind(consumer: object) -> None:
+def serving_weights(artifacts: ArtifactStore) -> FeedbackWeights:
+    """The feedback weights the serving model was trained with (the fold-in solves against
+    it), else the defaults."""
+    latest = artifacts.latest()
+    if latest is None:
+        return FeedbackWeights()
+    manifest = json.loads((artifacts.path(latest) / "manifest.json").read_text())
+    return FeedbackWeights(**manifest.get("config", {}).get("weights", {}))
+
+
+def rewind(consumer: RecordSource) -> None:
     """Back to the last committed offsets, so the failed batch is fetched again."""
-    for tp in consumer.assignment():  # type: ignore[attr-defined]
-        committed = consumer.committed(tp)  # type: ignore[attr-defined]
+    for tp in consumer.assignment():
+        committed = consumer.committed(tp)
         if committed is None:
-            consumer.seek_to_beginning(tp)  # type: ignore[attr-defined]
+            consumer.seek_to_beginning(tp)
         else:
-            consumer.seek(tp, committed)  # type: ignore[attr-defined]
+            consumer.seek(tp, committed)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """The consuming loop: poll -> decode -> log -> apply -> dead letters -> commit.
 
-Offsets are committed only after the batch's effects are in Redis (EXEC returned), its
+Offsets are committed only after the batch's effects are in Redis (the script returned), its
 events are in the fsync'd log and its dead letters are acknowledged by Kafka. A crash
-anywhere before the commit redelivers the batch, and apply_batch skips what was applied.
+anywhere before the commit redelivers the batch, and the store skips what was applied.
 """
 
 from __future__ import annotations
@@ -11,20 +11,35 @@ import base64
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.trainer.apply import apply_batch
-from services.trainer.eventlog import EventLog
-from services.trainer.events import DeadLetter, decode
+from google.protobuf.message import DecodeError
+
 from vidrec import schema
+from vidrec.events import MAX_RECORD_BYTES, FeedbackWeights, event_problem
+from vidrec.infra.streams import Record, RecordSink, RecordSource
 from vidrec.serving.convert import video_row
+from vidrec.store.eventlog import EventLog
 from vidrec.store.features import FeatureStore
 from vidrec.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 
-FRESH_LEN = 200
+
+def decode(value: bytes | None) -> events_pb2.Event | str:
+    """The event in a record, or the reason it goes to the dead-letter topic."""
+    if value is None:
+        return "empty record"
+    if len(value) > MAX_RECORD_BYTES:
+        return f"record is {len(value)} bytes; the limit is {MAX_RECORD_BYTES}"
+    e = events_pb2.Event()
+    try:
+        e.ParseFromString(value)
+    except DecodeError as exc:
+        return f"not a vidrec.v1.Event: {exc}"
+    return event_problem(e) or e
 
 
 @dataclass
@@ -38,7 +53,7 @@ class LoopStats:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
-def dead_letter(reason: str, record: Any) -> bytes:
+def dead_letter(reason: str, record: Record) -> bytes:
     return json.dumps({
         "reason": reason, "topic": record.topic, "partition": record.partition,
         "offset": record.offset,
@@ -48,11 +63,14 @@ def dead_letter(reason: str, record: Any) -> bytes:
 
 
 class TrainerLoop:
-    def __init__(self, consumer: Any, store: FeatureStore, producer: Any, event_log: EventLog,
-                 batch_size: int = 2000, on_video: Any = None, linger_s: float = 0.1) -> None:
+    def __init__(self, consumer: RecordSource, store: FeatureStore, producer: RecordSink,
+                 event_log: EventLog, batch_size: int = 2000,
+                 on_video: Callable[[dict[str, Any]], None] | None = None,
+                 linger_s: float = 0.1, weights: FeedbackWeights | None = None) -> None:
         self.consumer = consumer
         self.store = store
-        self.producer = producer  # vidrec.infra.kafka.EventProducer
+        self.producer = producer
+        self.weights = weights
         self.log = event_log
         self.batch_size = batch_size
         self.stats = LoopStats()
@@ -64,20 +82,20 @@ class TrainerLoop:
         if not records:
             return 0
         t0 = time.perf_counter()
-        good: list[tuple[Any, events_pb2.Event]] = []
-        dead: list[tuple[str, Any]] = []
+        good: list[tuple[Record, events_pb2.Event]] = []
+        dead: list[tuple[str, Record]] = []
         for r in records:
             if r.topic == schema.TOPIC_VIDEOS:
                 self._video(r, dead)
                 continue
             d = decode(r.value)
-            if isinstance(d, DeadLetter):
-                dead.append((d.reason, r))
+            if isinstance(d, str):
+                dead.append((d, r))
             else:
                 good.append((r, d))
         events = [e for _, e in good]
         self.log.append(events)
-        res = apply_batch(self.store, events)
+        res = self.store.apply_events(events, self.weights)
         unknown = {id(e) for e in res.unknown_video}
         dead += [(f"unknown video {e.video_id!r}", r) for r, e in good if id(e) in unknown]
         if dead:
@@ -98,7 +116,7 @@ class TrainerLoop:
                         res.duplicates, len(dead))
         return len(records)
 
-    def _gather(self, timeout_ms: int) -> list[Any]:
+    def _gather(self, timeout_ms: int) -> list[Record]:
         """A batch: up to batch_size records, waiting at most linger_s after the first one.
 
         Every batch pays a fixed cost (log fsync, one script call, an offset commit); a
@@ -115,7 +133,7 @@ class TrainerLoop:
             records += [r for rs in more.values() for r in rs]
         return records
 
-    def _video(self, r: Any, dead: list[tuple[str, Any]]) -> None:
+    def _video(self, r: Record, dead: list[tuple[str, Record]]) -> None:
         v = events_pb2.VideoUpserted()
         try:
             v.ParseFromString(r.value or b"")
@@ -128,12 +146,7 @@ class TrainerLoop:
         row = video_row(v)
         self.store.put_videos([row])
         if not v.hidden:
-            k = self.store.keys.fresh()
-            p = self.store.r.pipeline(transaction=True)
-            p.lrem(k, 0, v.video_id)
-            p.lpush(k, v.video_id)
-            p.ltrim(k, 0, FRESH_LEN - 1)
-            p.execute()
+            self.store.push_fresh(v.video_id)
         self.stats.videos += 1
         if self.on_video is not None:
             self.on_video(row)

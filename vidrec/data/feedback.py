@@ -1,15 +1,7 @@
 """The sparse user x video feedback matrix: explicit and implicit events -> preference + confidence.
 
-Every (user, video) pair gets a score, the sum of its events' weights (FeedbackWeights):
-
-    click            +click
-    watch (f in 0-1) +watch * (f - watch_neutral)      a 10% watch is a mild negative
-    like / share     +like / +share
-    dislike / skip   -dislike / -skip
-    rating r (1-5)   +rating_base + rating_centred * (r - mean rating of that user)
-    impression        0 (exposure only)
-
-clipped to [-max_abs, max_abs]. Following Hu, Koren & Volinsky (2008):
+Every (user, video) pair gets a score, the sum of its events' weights (the event contract,
+vidrec/events.py), clipped to [-max_abs, max_abs]. Following Hu, Koren & Volinsky (2008):
 preference = 1 if score > 0 else 0, confidence = 1 + alpha * |score|. A negative score is
 a confident "not this", which weighted ALS uses as such. Ids are mapped to contiguous
 indices (`user_ids[i]` is row i) and back.
@@ -23,20 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-
-@dataclass(frozen=True)
-class FeedbackWeights:
-    click: float = 0.5
-    watch: float = 2.0
-    watch_neutral: float = 0.25
-    like: float = 2.0
-    share: float = 2.0
-    dislike: float = 3.0
-    skip: float = 1.0
-    rating_base: float = 1.0
-    rating_centred: float = 0.5
-    max_abs: float = 5.0
-    alpha: float = 2.0
+from vidrec.events import FeedbackWeights, event_weights
 
 
 @dataclass
@@ -52,27 +31,6 @@ class FeedbackMatrix:
     @property
     def shape(self) -> tuple[int, int]:
         return (len(self.user_ids), len(self.video_ids))
-
-
-def event_scores(interactions: pd.DataFrame, w: FeedbackWeights) -> np.ndarray:
-    """Weight of each interaction row (vectorised)."""
-    ev = interactions["event"].to_numpy()
-    val = interactions["value"].to_numpy(dtype=np.float64)
-    s = np.zeros(len(interactions), dtype=np.float64)
-    s[ev == "click"] = w.click
-    watch = ev == "watch"
-    s[watch] = w.watch * (np.nan_to_num(val[watch], nan=0.0) - w.watch_neutral)
-    s[ev == "like"] = w.like
-    s[ev == "share"] = w.share
-    s[ev == "dislike"] = -w.dislike
-    s[ev == "skip"] = -w.skip
-    rating = ev == "rating"
-    if rating.any():
-        users = interactions["user_id"].to_numpy()[rating]
-        r = val[rating]
-        means = pd.Series(r).groupby(users).transform("mean").to_numpy()
-        s[rating] = w.rating_base + w.rating_centred * (r - means)
-    return s
 
 
 def build_feedback_matrix(
@@ -100,7 +58,7 @@ def build_feedback_matrix(
     rows = df["user_id"].map(user_index)
     cols = df["video_id"].map(video_index)
     keep = rows.notna().to_numpy() & cols.notna().to_numpy()
-    s = event_scores(df, w)[keep]
+    s = event_weights(df, w)[keep]
     r = rows.to_numpy()[keep].astype(np.int64)
     c = cols.to_numpy()[keep].astype(np.int64)
     shape = (len(user_ids), len(video_ids))

@@ -17,15 +17,16 @@ from typing import Any
 import numpy as np
 
 from vidrec.data.dataset import Dataset
-from vidrec.evaluation.metrics import evaluate
-from vidrec.evaluation.splits import (
+from vidrec.data.splits import (
     cold_start_split,
     item_counts,
     relevant_sets,
     temporal_split,
 )
+from vidrec.metrics import evaluate
 from vidrec.models.bundle import BatchRecommender, ModelBundle
-from vidrec.models.pipeline import PipelineConfig, train_tuned
+from vidrec.training.pipeline import PipelineConfig
+from vidrec.training.tune import train_tuned
 
 log = logging.getLogger(__name__)
 

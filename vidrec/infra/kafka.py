@@ -162,6 +162,12 @@ class EventProducer:
             ) from first
         return len(futures)
 
+    def send_nowait(self, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> None:
+        """Hand records to the producer's buffer without waiting for acknowledgements: for
+        what may be lost (impressions), never for events a caller was told are logged."""
+        for key, value in records:
+            self.producer.send(topic, key=key, value=value)
+
     def close(self, timeout_s: float = 5.0) -> None:
         """Flush and close; records still unacknowledged after `timeout_s` are dropped."""
         try:

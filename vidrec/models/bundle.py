@@ -71,6 +71,12 @@ class UserRecord:
     profile: dict[str, Any]
     history: list[str]  # positives, most recent first
     seen: list[str]  # every video interacted with in training
+    negatives: list[str] = field(default_factory=list)  # "not this", most recent first
+    # The user's MF row as the trainer's feedback hash holds it (events.pair_score):
+    # video -> [summed non-rating weights, rating sum, rating count]; the user's ratings.
+    feedback: dict[str, list[float]] = field(default_factory=dict)
+    rating_sum: float = 0.0
+    rating_n: float = 0.0
 
 
 @dataclass
@@ -136,7 +142,10 @@ class ModelBundle:
         with (tmp / "users.jsonl").open("w") as f:
             for uid, rec in self.users.items():
                 f.write(json.dumps({"user_id": uid, "profile": rec.profile,
-                                    "history": rec.history, "seen": rec.seen}) + "\n")
+                                    "history": rec.history, "seen": rec.seen,
+                                    "negatives": rec.negatives, "feedback": rec.feedback,
+                                    "rating_sum": rec.rating_sum,
+                                    "rating_n": rec.rating_n}) + "\n")
         self.videos.to_csv(tmp / "videos.csv", index=False)
         manifest = dict(self.manifest)
         manifest["ranker"] = self.ranker.to_dict()
@@ -169,7 +178,9 @@ class ModelBundle:
         with (path / "users.jsonl").open() as f:
             for line in f:
                 d = json.loads(line)
-                users[d["user_id"]] = UserRecord(d["profile"], d["history"], d["seen"])
+                users[d["user_id"]] = UserRecord(
+                    d["profile"], d["history"], d["seen"], d.get("negatives", []),
+                    d.get("feedback", {}), d.get("rating_sum", 0.0), d.get("rating_n", 0.0))
         videos = pd.read_csv(path / "videos.csv", dtype=str, keep_default_na=False)
         return cls(manifest, encoder, content, tt, arr["video_vectors"],
                    arr["content_vectors"], arr["mf_video"], arr["mf_user"],

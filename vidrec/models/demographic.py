@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from vidrec.evaluation.metrics import ndcg_rows
+from vidrec.metrics import ndcg_rows
 
 log = logging.getLogger(__name__)
 

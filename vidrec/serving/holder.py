@@ -119,7 +119,7 @@ class ModelHolder(Generic[T]):
         return True
 
     def watch(self, interval_s: float) -> threading.Thread:
-        """Poll LATEST in the background (a vidrec.models announcement may also call refresh)."""
+        """Poll LATEST in the background: the hot swap to a newly published version."""
 
         def loop() -> None:
             while not self._stop.is_set():

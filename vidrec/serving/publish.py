@@ -3,7 +3,8 @@
 Order matters for zero downtime: 1) copy into the artifact store as v{N} (not LATEST yet);
 2) load video vectors into a new collection videos_v{N} and build its index; 3) load
 features into Redis; 4) switch the alias and LATEST atomically; 5) announce on
-vidrec.models. Serving picks the new version up only at step 4, fully built.
+vidrec.models (for operators). Serving picks the new version up from LATEST, polled,
+only after step 4, fully built.
 """
 
 from __future__ import annotations
@@ -15,16 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from vidrec import schema
+from vidrec.infra.streams import RecordSink
 from vidrec.models.bundle import ModelBundle
-from vidrec.store import trending
 from vidrec.store.artifacts import ArtifactStore
-from vidrec.store.features import FeatureStore
+from vidrec.store.features import FRESH_LEN, FeatureStore, UserSeed
 from vidrec.store.index import VectorIndex
 
 log = logging.getLogger(__name__)
-
-FRESH_LIST_LEN = 200
-
 
 def collection_name(version: str) -> str:
     return f"videos_{version}"
@@ -68,32 +67,32 @@ def load_index(index: VectorIndex, bundle: ModelBundle, name: str) -> None:
 
 
 def load_features(store: FeatureStore, bundle: ModelBundle, overwrite_history: bool) -> None:
+    """Videos, training users and the fresh list into Redis. A user's history, negatives
+    and feedback are seeded only where Redis has none (live events own them after the
+    first publish); `overwrite_history` replaces them with the training ones."""
     t0 = time.perf_counter()
     store.put_videos(bundle.video_rows())
-    existing: set[str] = set()
-    users = list(bundle.users.items())
-    if not overwrite_history:
-        p = store.r.pipeline(transaction=False)
-        for uid, _ in users:
-            p.exists(store.keys.user_history(uid))
-        existing = {uid for (uid, _), e in zip(users, p.execute(), strict=True) if e}
-    store.put_users((uid, rec.profile, [] if uid in existing else rec.history, rec.seen)
-                    for uid, rec in users)
+    users = bundle.users
+    store.seed_users((UserSeed(uid, rec.profile, rec.history, rec.seen, rec.negatives,
+                               {v: (f[0], f[1], f[2]) for v, f in rec.feedback.items()},
+                               rec.rating_sum, rec.rating_n)
+                      for uid, rec in users.items()), overwrite=overwrite_history)
     # What is popular now: seeded from the model's popularity on the first publish, kept
     # by the trainer from live events afterwards (a republish keeps the live counts).
-    trending.seed(store, bundle.video_ids, bundle.popularity.astype(np.float64))
-    trending.refresh(store)
+    store.seed_trending(bundle.video_ids, bundle.popularity.astype(np.float64))
+    store.refresh_trending()
     up = bundle.videos.get("upload_ts")
     if up is not None:
         ts = np.array([float(x) if x not in ("", None) else -np.inf for x in up])
-        fresh = np.argsort(-ts, kind="stable")[:FRESH_LIST_LEN]
-        store.put_list(store.keys.fresh(), [bundle.video_ids[i] for i in fresh])
+        fresh = np.argsort(-ts, kind="stable")[:FRESH_LEN]
+        store.put_fresh([bundle.video_ids[i] for i in fresh])
     log.info("features: %d videos, %d users into Redis in %.1fs", len(bundle.video_ids),
              len(users), time.perf_counter() - t0)
 
 
 def publish(model_dir: Path, artifacts: ArtifactStore, index: VectorIndex,
-            store: FeatureStore, producer: Any = None, overwrite_history: bool = False) -> str:
+            store: FeatureStore, producer: RecordSink | None = None,
+            overwrite_history: bool = False) -> str:
     """Publish and return the new version (e.g. "v3")."""
     version = artifacts.stage(Path(model_dir))
     bundle = ModelBundle.load(artifacts.path(version))
@@ -102,7 +101,7 @@ def publish(model_dir: Path, artifacts: ArtifactStore, index: VectorIndex,
     load_features(store, bundle, overwrite_history)
     index.set_alias(name)
     artifacts.set_latest(version)
-    store.r.set(store.keys.serving_version(), version)
+    store.set_serving_version(version)
     log.info("published %s (collection %s)", version, name)
     if producer is not None:
         announce(producer, bundle, version, artifacts, name)
@@ -114,9 +113,10 @@ def publish(model_dir: Path, artifacts: ArtifactStore, index: VectorIndex,
     return version
 
 
-def announce(producer: Any, bundle: ModelBundle, version: str, artifacts: ArtifactStore,
-             collection: str) -> None:
-    from vidrec import schema
+def announce(producer: RecordSink, bundle: ModelBundle, version: str,
+             artifacts: ArtifactStore, collection: str) -> None:
+    """Tell vidrec.models a version went live (for operators and tools that follow the
+    topic; serving processes pick a version up from LATEST, they do not consume it)."""
     from vidrec.v1 import events_pb2
 
     msg = events_pb2.ModelPublished(
@@ -124,5 +124,4 @@ def announce(producer: Any, bundle: ModelBundle, version: str, artifacts: Artifa
         created_at=time.time(),
         metrics={k: float(v) for k, v in bundle.manifest.get("metrics", {}).items()
                  if isinstance(v, int | float)})
-    producer.send(schema.TOPIC_MODELS, key=version.encode(), value=msg.SerializeToString())
-    producer.flush(10)
+    producer.send_records(schema.TOPIC_MODELS, [(version.encode(), msg.SerializeToString())])

@@ -1,8 +1,11 @@
-"""The Redis feature store: user profiles, histories, seen sets, negatives, video features,
-popular and fresh lists. Every key comes from schema.Keys.
+"""The Redis feature store: user profiles, histories, seen sets, negatives, feedback,
+video features, popular and fresh lists, trending counts, online counters, serving
+pointers and the trainer's heartbeat. Every key comes from schema.Keys and the raw client
+never leaves this package: callers ask for what they need.
 
 One user read is one pipelined round trip. Writes that the trainer repeats on redelivery
-are idempotent (set adds, list entries de-duplicated with LREM before LPUSH).
+are exactly-once by event id (store/apply.py); a publish seeds what a user lacks and never
+erases live state unless the operator asks for it (overwrite).
 """
 
 from __future__ import annotations
@@ -17,10 +20,15 @@ import numpy as np
 import redis
 
 from vidrec import schema
+from vidrec.events import FeedbackWeights, pair_score
+from vidrec.store import stats, trending
+from vidrec.store.apply import Applier, ApplyResult
+from vidrec.v1 import events_pb2
 
 VIDEO_FIELDS = ("title", "category", "tags", "creator_id", "language", "duration_s",
                 "upload_ts", "hidden", "age_restricted")
-NEG_LEN = 200
+NEG_LEN = schema.NEGATIVES_LEN
+FRESH_LEN = 200  # newest uploads kept in the fresh list
 
 
 @dataclass
@@ -45,8 +53,10 @@ def _s(x: Any) -> str:
 class FeatureStore:
     def __init__(self, client: redis.Redis, prefix: str = "vidrec",
                  video_cache_s: float = 30.0, video_cache_size: int = 200_000) -> None:
-        self.r = client
+        self._r = client
         self.keys = schema.Keys(prefix)
+        self._applier: Applier | None = None
+        self._seed_script = client.register_script(_SEED_USER)
         # Video metadata changes rarely and every request reads ~100 of them: a per-process
         # cache with a short TTL turns ~10 ms of Redis parsing per request into dict hits.
         self._video_cache: dict[str, tuple[float, dict[str, str]]] = {}
@@ -67,7 +77,7 @@ class FeatureStore:
 
     def user(self, user_id: str) -> UserState:
         k = self.keys
-        p = self.r.pipeline(transaction=False)
+        p = self._r.pipeline(transaction=False)
         p.hgetall(k.user_profile(user_id))
         p.lrange(k.user_history(user_id), 0, schema.HISTORY_LEN - 1)
         p.smembers(k.user_seen(user_id))
@@ -83,56 +93,124 @@ class FeatureStore:
                 st.mf_version = _s(d.get("version", b""))
         return st
 
-    def put_users(self, records: Iterable[tuple[str, Mapping[str, Any], Sequence[str],
-                                                Sequence[str]]]) -> int:
-        """Bulk load (user_id, profile, history most-recent-first, seen)."""
+    def seed_users(self, records: Iterable[UserSeed], overwrite: bool = False) -> int:
+        """Bulk load training users. Profile fields are set and seen videos added; the
+        history, negatives and feedback of a user are written only where that user has
+        none yet in Redis (live events own them after the first publish), unless
+        `overwrite`, which replaces exactly those three with the training ones."""
         n = 0
-        p = self.r.pipeline(transaction=False)
-        k = self.keys
-        for uid, prof, hist, seen in records:
-            clean: dict[Any, Any] = {a: str(b) for a, b in prof.items()
+        p = self._r.pipeline(transaction=False)
+        for rec in records:
+            clean = {a: str(b) for a, b in rec.profile.items()
                      if b is not None and str(b) != "" and a != "user_id"}
-            if clean:
-                p.hset(k.user_profile(uid), mapping=clean)
-            p.delete(k.user_history(uid))
-            if hist:
-                p.rpush(k.user_history(uid), *hist[: schema.HISTORY_LEN])
-            if seen:
-                p.sadd(k.user_seen(uid), *seen)
+            fb: list[str] = []
+            for vid, (base, rsum, rn) in rec.feedback.items():
+                fb += [f"s:{vid}", repr(base)]
+                if rn:
+                    fb += [f"r:{vid}", repr(rsum), f"n:{vid}", str(int(rn))]
+            if rec.rating_n:
+                fb += ["_rs", repr(rec.rating_sum), "_rn", str(int(rec.rating_n))]
+            uid = rec.user_id
+            self._seed_script(
+                keys=[self.keys.user_profile(uid), self.keys.user_history(uid),
+                      self.keys.user_negatives(uid), self.keys.user_feedback(uid),
+                      self.keys.user_seen(uid)],
+                args=["1" if overwrite else "0", 2 * len(clean), *[x for kv in clean.items()
+                                                               for x in kv],
+                      len(rec.history[: schema.HISTORY_LEN]),
+                      *rec.history[: schema.HISTORY_LEN],
+                      len(rec.negatives[:NEG_LEN]), *rec.negatives[:NEG_LEN],
+                      len(fb), *fb, *rec.seen],
+                client=p)
             n += 1
-            if n % 1000 == 0:
+            if n % 500 == 0:
                 p.execute()
         p.execute()
         return n
 
     def put_user_vector(self, user_id: str, vector: np.ndarray, version: str) -> None:
-        self.r.hset(self.keys.user_vector(user_id),
-                    mapping={"v": vector.astype(np.float32).tobytes(), "version": version})
+        self._r.hset(self.keys.user_vector(user_id),
+                     mapping={"v": vector.astype(np.float32).tobytes(), "version": version})
+
+    def user_feedback(self, user_id: str, weights: FeedbackWeights) -> dict[str, float]:
+        """The user's MF row: video -> clipped summed feedback score (events.pair_score)."""
+        h = {_s(a): float(b) for a, b in
+             self._r.hgetall(self.keys.user_feedback(user_id)).items()}  # type: ignore[union-attr]
+        rn = h.get("_rn", 0.0)
+        mean = h.get("_rs", 0.0) / rn if rn else 0.0
+        out = {}
+        for f in h:
+            kind, _, vid = f.partition(":")
+            if kind == "s" or (kind == "r" and f"s:{vid}" not in h):
+                out[vid] = pair_score(h.get(f"s:{vid}", 0.0), h.get(f"r:{vid}", 0.0),
+                                      h.get(f"n:{vid}", 0.0), mean, weights)
+        return out
 
     # --- events (seconds tier) -----------------------------------------------------------
 
-    def record_positive(self, p: Any, user_id: str, video_id: str) -> None:
-        """Add to history (moved to the front if already there) and to seen; pipelined."""
-        k = self.keys.user_history(user_id)
-        p.lrem(k, 0, video_id)
-        p.lpush(k, video_id)
-        p.ltrim(k, 0, schema.HISTORY_LEN - 1)
-        p.sadd(self.keys.user_seen(user_id), video_id)
+    def apply_events(self, events: Sequence[events_pb2.Event],
+                     weights: FeedbackWeights | None = None) -> ApplyResult:
+        """Apply a batch exactly once per event id (store/apply.py)."""
+        if self._applier is None or (weights is not None and weights != self._applier.weights):
+            self._applier = Applier(self._r, self.keys, weights)
+        return self._applier.apply(events, schema.HISTORY_LEN, NEG_LEN, trending.HALF_LIFE_S)
 
-    def record_seen(self, p: Any, user_id: str, video_id: str) -> None:
-        p.sadd(self.keys.user_seen(user_id), video_id)
+    def pop_dirty_users(self, n: int) -> list[str]:
+        """Up to n users with events not yet folded in (each returned once)."""
+        raw: list[bytes] = self._r.spop(self.keys.dirty_users(), n) or []  # type: ignore[assignment]
+        return [_s(u) for u in raw]
 
-    def record_negative(self, p: Any, user_id: str, video_id: str) -> None:
-        k = self.keys.user_negatives(user_id)
-        p.lrem(k, 0, video_id)
-        p.lpush(k, video_id)
-        p.ltrim(k, 0, NEG_LEN - 1)
-        p.sadd(self.keys.user_seen(user_id), video_id)
+    def mark_dirty(self, user_ids: Sequence[str]) -> None:
+        if user_ids:
+            self._r.sadd(self.keys.dirty_users(), *user_ids)
+
+    def beat(self, payload: Mapping[str, Any], ttl_s: int = 30) -> None:
+        """The trainer's heartbeat (it has no port to probe)."""
+        self._r.set(self.keys.trainer_heartbeat(), json.dumps({"t": time.time(), **payload}),
+                    ex=ttl_s)
+
+    def heartbeat(self) -> dict[str, Any] | None:
+        raw = self._r.get(self.keys.trainer_heartbeat())
+        return json.loads(raw) if raw else None  # type: ignore[arg-type]
+
+    def read_stats(self) -> list[dict[str, Any]]:
+        """Online counters per (model version, arm) (store/stats.py)."""
+        return stats.read_stats(self._r, self.keys)
+
+    def stats_counters(self, model_version: str, arm: str) -> dict[str, float]:
+        h = self._r.hgetall(self.keys.counters(model_version, arm))
+        return {_s(a): float(b) for a, b in h.items()}  # type: ignore[union-attr]
+
+    # --- trending (store/trending.py) ----------------------------------------------------
+
+    def seed_trending(self, video_ids: Sequence[str], weights: np.ndarray,
+                      now: float | None = None) -> bool:
+        return trending.seed(self._r, self.keys, video_ids, weights, now)
+
+    def refresh_trending(self, now: float | None = None,
+                         n: int = trending.POPULAR_LIST_LEN) -> list[str]:
+        return trending.refresh(self._r, self.keys, now, n)
+
+    def trending_scores(self, now: float | None = None) -> dict[str, float]:
+        return trending.scores(self._r, self.keys, now)
+
+    def trending_ref(self) -> float | None:
+        raw = self._r.get(self.keys.trending_ref())
+        return float(raw) if raw is not None else None  # type: ignore[arg-type]
+
+    # --- serving pointer -----------------------------------------------------------------
+
+    def set_serving_version(self, version: str) -> None:
+        self._r.set(self.keys.serving_version(), version)
+
+    def serving_version(self) -> str | None:
+        raw = self._r.get(self.keys.serving_version())
+        return _s(raw) if raw is not None else None  # type: ignore[arg-type]
 
     # --- videos ----------------------------------------------------------------------
 
     def put_videos(self, rows: Iterable[Mapping[str, Any]]) -> int:
-        p = self.r.pipeline(transaction=False)
+        p = self._r.pipeline(transaction=False)
         n = 0
         for r in rows:
             mapping: dict[Any, Any] = {f: _field(r.get(f)) for f in VIDEO_FIELDS}
@@ -156,7 +234,7 @@ class FeatureStore:
                 missing.append(v)
         if not missing:
             return out
-        p = self.r.pipeline(transaction=False)
+        p = self._r.pipeline(transaction=False)
         for v in missing:
             p.hgetall(self.keys.video_features(v))
         if len(self._video_cache) > self.video_cache_size:
@@ -171,10 +249,31 @@ class FeatureStore:
 
     # --- lists -----------------------------------------------------------------------
 
-    def put_list(self, key: str, ids: Sequence[str]) -> None:
+    def fresh_list(self, n: int) -> list[str]:
+        """Newest uploads first."""
+        return self._get_list(self.keys.fresh(), n)
+
+    def popular_list(self, n: int) -> list[str]:
+        """What trends now (store/trending.py), most popular first."""
+        return self._get_list(self.keys.popular(), n)
+
+    def put_fresh(self, ids: Sequence[str]) -> None:
+        """Replace the fresh list atomically (a publish)."""
+        self._put_list(self.keys.fresh(), ids)
+
+    def push_fresh(self, video_id: str, max_len: int = FRESH_LEN) -> None:
+        """A new upload goes to the front of the fresh list (once)."""
+        k = self.keys.fresh()
+        p = self._r.pipeline(transaction=True)
+        p.lrem(k, 0, video_id)
+        p.lpush(k, video_id)
+        p.ltrim(k, 0, max_len - 1)
+        p.execute()
+
+    def _put_list(self, key: str, ids: Sequence[str]) -> None:
         """Replace a list atomically (write a temp key, RENAME over the old one)."""
         tmp = key + ":tmp"
-        p = self.r.pipeline(transaction=True)
+        p = self._r.pipeline(transaction=True)
         p.delete(tmp)
         if ids:
             p.rpush(tmp, *ids)
@@ -183,11 +282,8 @@ class FeatureStore:
             p.delete(key)
         p.execute()
 
-    def get_list(self, key: str, n: int) -> list[str]:
-        return [_s(v) for v in self.r.lrange(key, 0, n - 1)]
-
-    def put_json(self, key: str, value: Any) -> None:
-        self.r.set(key, json.dumps(value))
+    def _get_list(self, key: str, n: int) -> list[str]:
+        return [_s(v) for v in self._r.lrange(key, 0, n - 1)]  # type: ignore[union-attr]
 
 
 def _field(v: Any) -> str:
@@ -198,3 +294,53 @@ def _field(v: Any) -> str:
     if isinstance(v, list):
         return schema.TAG_SEPARATOR.join(map(str, v))
     return str(v)
+
+
+@dataclass
+class UserSeed:
+    """One training user as a publish seeds it (from the model bundle's users.jsonl)."""
+
+    user_id: str
+    profile: Mapping[str, Any]
+    history: Sequence[str]  # positives, latest first
+    seen: Sequence[str]
+    negatives: Sequence[str] = ()
+    # video -> (summed non-rating weights, rating sum, rating count)
+    feedback: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
+    rating_sum: float = 0.0
+    rating_n: float = 0.0
+
+
+# KEYS: profile, history, negatives, feedback, seen. ARGV: overwrite, then counted groups:
+# profile field/value pairs, history ids, negative ids, feedback field/value pairs, and
+# the rest are seen ids. One call touches one user's keys (one Cluster slot).
+_SEED_USER = """
+local overwrite = ARGV[1] == '1'
+local i = 2
+local function group()
+  local n = tonumber(ARGV[i])
+  local out = {}
+  for j = i + 1, i + n do out[#out + 1] = ARGV[j] end
+  i = i + n + 1
+  return out
+end
+local prof, hist, neg, fb = group(), group(), group(), group()
+if #prof > 0 then redis.call('HSET', KEYS[1], unpack(prof)) end
+local function put(key, vals, kind)
+  if overwrite then redis.call('DEL', key) elseif redis.call('EXISTS', key) == 1 then return end
+  if #vals == 0 then return end
+  if kind == 'list' then redis.call('RPUSH', key, unpack(vals))
+  else redis.call('HSET', key, unpack(vals)) end
+end
+local fresh = overwrite or (redis.call('EXISTS', KEYS[2]) == 0
+  and redis.call('EXISTS', KEYS[3]) == 0 and redis.call('EXISTS', KEYS[4]) == 0)
+if fresh then
+  put(KEYS[2], hist, 'list')
+  put(KEYS[3], neg, 'list')
+  put(KEYS[4], fb, 'hash')
+end
+for j = i, #ARGV, 5000 do
+  redis.call('SADD', KEYS[5], unpack(ARGV, j, math.min(j + 4999, #ARGV)))
+end
+return fresh and 1 or 0
+"""

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from vidrec.store.features import FeatureStore
+import redis
 
-COMPLETE = 0.9
+from vidrec.events import COMPLETE
+from vidrec.schema import Keys
+
+__all__ = ["COMPLETE", "FIELDS", "read_stats"]
 FIELDS = ("impressions", "clicks", "watches", "completed", "likes", "dislikes")
 
 
-def read_stats(store: FeatureStore) -> list[dict[str, Any]]:
+def read_stats(r: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
     members = sorted(m.decode() if isinstance(m, bytes) else m
-                     for m in store.r.smembers(store.keys.stats_index()))
-    p = store.r.pipeline(transaction=False)
+                     for m in r.smembers(keys.stats_index()))  # type: ignore[union-attr]
+    p = r.pipeline(transaction=False)
     for m in members:
         version, _, arm = m.partition("|")
-        p.hgetall(store.keys.counters(version, arm))
+        p.hgetall(keys.counters(version, arm))
     rows = []
     for m, h in zip(members, p.execute(), strict=True):
         version, _, arm = m.partition("|")

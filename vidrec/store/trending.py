@@ -7,7 +7,7 @@ no pass over every video is ever needed to age the counts: only their ratios mat
 those do not change as time goes on. The trainer adds events as it applies them (inside
 the same atomic script, so a redelivered event is not counted twice, and a video already
 in the user's recent history is not counted again) and calls `refresh`
-every few seconds, which writes the popular list the candidate stage reads.
+every few seconds (through FeatureStore), which writes the popular list the candidate stage reads.
 
 A first publish seeds the set with the model's all-time popularity as of publish time, so
 a new deployment has a list at once; from then on live events take over within weeks.
@@ -19,8 +19,9 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+import redis
 
-from vidrec.store.features import FeatureStore
+from vidrec.schema import Keys
 
 HALF_LIFE_S = 7 * 86400.0  # "popular this week"
 POPULAR_LIST_LEN = 500
@@ -29,14 +30,6 @@ TRENDING_LEN = 20_000  # videos kept in the set; the rest weigh too little to ma
 # now (about once a year), far below where a double loses the ratios.
 REBASE_HALF_LIVES = 64.0
 REFRESH_S = 5.0  # how often the trainer rewrites the popular list
-
-
-def trending_key(store: FeatureStore) -> str:
-    return f"{store.keys.prefix}:trending"
-
-
-def ref_key(store: FeatureStore) -> str:
-    return f"{store.keys.prefix}:trending:ref"
 
 
 # KEYS: trending set, ref, popular list. ARGV: now, half-life, rebase after, keep, n.
@@ -60,35 +53,35 @@ return top
 """
 
 
-def seed(store: FeatureStore, video_ids: Sequence[str], weights: np.ndarray,
+def seed(r: redis.Redis, keys: Keys, video_ids: Sequence[str], weights: np.ndarray,
          now: float | None = None) -> bool:
     """Start the set from `weights` (e.g. the model's popularity) as of `now`, unless it
     exists: a republish must not wipe what live events have counted. True if seeded."""
     now = time.time() if now is None else now
     keep = np.argsort(-weights, kind="stable")[:TRENDING_LEN]
     pairs = {str(video_ids[i]): float(weights[i]) for i in keep if weights[i] > 0}
-    if not store.r.set(ref_key(store), repr(now), nx=True):
+    if not r.set(keys.trending_ref(), repr(now), nx=True):
         return False
     if pairs:
-        store.r.zadd(trending_key(store), pairs)
+        r.zadd(keys.trending(), pairs)
     return True
 
 
-def refresh(store: FeatureStore, now: float | None = None,
+def refresh(r: redis.Redis, keys: Keys, now: float | None = None,
             n: int = POPULAR_LIST_LEN) -> list[str]:
     """Rescale if due, trim, and write the top `n` as the popular list; returns them."""
     now = time.time() if now is None else now
-    script = store.r.register_script(_REFRESH)
-    top = script(keys=[trending_key(store), ref_key(store), store.keys.popular()],
+    script = r.register_script(_REFRESH)
+    top = script(keys=[keys.trending(), keys.trending_ref(), keys.popular()],
                  args=[repr(now), HALF_LIFE_S, REBASE_HALF_LIVES, TRENDING_LEN, n])
     return [x.decode() if isinstance(x, bytes) else str(x) for x in top]
 
 
-def scores(store: FeatureStore, now: float | None = None) -> dict[str, float]:
+def scores(r: redis.Redis, keys: Keys, now: float | None = None) -> dict[str, float]:
     """Every video's decayed count as of `now` (for tests and inspection)."""
     now = time.time() if now is None else now
-    ref = float(store.r.get(ref_key(store)) or now)
+    ref = float(r.get(keys.trending_ref()) or now)
     scale = 2.0 ** (-(now - ref) / HALF_LIFE_S)
-    pairs: list[tuple[bytes | str, float]] = store.r.zrange(  # type: ignore[assignment]
-        trending_key(store), 0, -1, withscores=True)
+    pairs: list[tuple[bytes | str, float]] = r.zrange(  # type: ignore[assignment]
+        keys.trending(), 0, -1, withscores=True)
     return {(k.decode() if isinstance(k, bytes) else k): v * scale for k, v in pairs}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from services.trainer.events import EVENT_NAMES
+from vidrec.events import NAME_OF, VALUED
 from vidrec.v1 import events_pb2
 
 COLUMNS = ("user_id", "video_id", "timestamp", "event", "value", "event_id")
@@ -34,8 +34,8 @@ class EventLog:
             if new:
                 w.writerow(COLUMNS)
             for e in events:
-                name = EVENT_NAMES[e.type]
-                value = e.value if name in ("rating", "watch") else ""
+                name = NAME_OF[e.type]
+                value = e.value if name in VALUED else ""
                 w.writerow((e.user_id, e.video_id, int(e.timestamp), name, value, e.event_id))
             f.flush()
             os.fsync(f.fileno())

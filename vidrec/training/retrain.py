@@ -12,22 +12,23 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from services.trainer.eventlog import EventLog
 from vidrec.config import TrainerSettings
 from vidrec.data.dataset import Dataset, load_dataset
-from vidrec.evaluation.metrics import evaluate
-from vidrec.evaluation.splits import relevant_sets
+from vidrec.data.splits import relevant_sets
+from vidrec.infra.streams import RecordSink
+from vidrec.metrics import evaluate
 from vidrec.models.bundle import BatchRecommender, ModelBundle
-from vidrec.models.pipeline import PipelineConfig, train_bundle
 from vidrec.store.artifacts import ArtifactStore
+from vidrec.store.eventlog import EventLog
 from vidrec.store.features import FeatureStore
+from vidrec.training.pipeline import PipelineConfig, train_bundle
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def carried_config(serving: ModelBundle | None, cfg: PipelineConfig) -> Pipeline
 
 
 def retrain(base: Path, events: pd.DataFrame, videos_log: pd.DataFrame | None,
-            artifacts: ArtifactStore, publish_fn: Any, window_frac: float = 0.2,
+            artifacts: ArtifactStore, publish_fn: Callable[[Path], str], window_frac: float = 0.2,
             cfg: PipelineConfig | None = None, force: bool = False) -> RetrainResult:
     t0 = time.perf_counter()
     latest = artifacts.latest()
@@ -125,7 +126,7 @@ def retrain(base: Path, events: pd.DataFrame, videos_log: pd.DataFrame | None,
 
 
 def run_retrain(s: TrainerSettings, events: EventLog, videos_log: Path,
-                artifacts: ArtifactStore, store: FeatureStore, producer: object,
+                artifacts: ArtifactStore, store: FeatureStore, producer: RecordSink | None,
                 force: bool = False) -> RetrainResult:
     """Retrain from the trainer's settings: base data dir + event log + upserted videos."""
     from vidrec import schema
@@ -140,7 +141,7 @@ def run_retrain(s: TrainerSettings, events: EventLog, videos_log: Path,
     def publish_fn(out: Path) -> str:
         index = open_index(s.qdrant_url, s.index_root)
         try:
-            return publish(out, artifacts, index, store, getattr(producer, "producer", None))
+            return publish(out, artifacts, index, store, producer)
         finally:
             index.close()
 

@@ -1,4 +1,6 @@
-"""`vidrec train`: a data directory in, a model directory out (everything serving needs)."""
+"""Choosing what `vidrec train` does not learn by gradient: the demographic prior's field
+weights (cross-validation), the second-stage blend weights and the MF recency boost
+(validation splits carved from the training data only), then training on everything."""
 
 from __future__ import annotations
 
@@ -6,141 +8,24 @@ import itertools
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 from vidrec import schema
 from vidrec.data.dataset import Dataset, user_profiles
-from vidrec.data.feedback import (
-    FeedbackWeights,
-    build_feedback_matrix,
-    event_scores,
-    recency_ranks,
-)
-from vidrec.models.bundle import BatchRecommender, ModelBundle, RankerWeights, UserRecord
-from vidrec.models.content import ContentModel
-from vidrec.models.demographic import (
-    DemographicConfig,
-    FieldFit,
-    demographic_counts,
-    fit_field_weights,
-)
+from vidrec.data.feedback import build_feedback_matrix, recency_ranks
+from vidrec.data.splits import cold_start_split, relevant_sets, temporal_split
+from vidrec.metrics import evaluate
+from vidrec.models.bundle import BatchRecommender, ModelBundle, RankerWeights
+from vidrec.models.demographic import FieldFit, fit_field_weights
 from vidrec.models.features import FeatureEncoder
-from vidrec.models.mf import MFConfig, recency_user_factors, train_mf
-from vidrec.models.two_tower import TwoTowerConfig
-from vidrec.models.two_tower_task import (
-    TrainConfig,
-    build_sequences,
-    embed_videos,
-    train_two_tower,
-)
+from vidrec.models.mf import recency_user_factors
+from vidrec.training.pipeline import PipelineConfig, positive_scores, positives, train_bundle
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PipelineConfig:
-    weights: FeedbackWeights = field(default_factory=FeedbackWeights)
-    mf: MFConfig = field(default_factory=MFConfig)
-    two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    ranker: RankerWeights = field(default_factory=RankerWeights)
-    demographic: DemographicConfig = field(default_factory=DemographicConfig)
-    # Popularity (and the demographic prior) count each positive (user, video) pair with
-    # weight score ** popularity_power, score its summed feedback (0: plain counts).
-    popularity_power: float = 1.0
-
-
-def positive_scores(interactions: pd.DataFrame, weights: FeedbackWeights) -> pd.DataFrame:
-    """user_id, video_id, score: each pair's summed, clipped feedback score where > 0."""
-    s = event_scores(interactions, weights)
-    df = pd.DataFrame({"user_id": interactions["user_id"].to_numpy(),
-                       "video_id": interactions["video_id"].to_numpy(), "score": s})
-    df = df.groupby(["user_id", "video_id"], sort=False, as_index=False)["score"].sum()
-    df["score"] = df["score"].clip(upper=weights.max_abs)
-    return df[df["score"] > 0].reset_index(drop=True)
-
-
-def positives(interactions: pd.DataFrame, weights: FeedbackWeights) -> pd.DataFrame:
-    """Positive (user, video) pairs with the time of their first positive event."""
-    s = event_scores(interactions, weights)
-    pos = interactions.loc[s > 0, ["user_id", "video_id", "timestamp"]]
-    return pos.drop_duplicates(["user_id", "video_id"], keep="first")
-
-
-def train_bundle(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool = True,
-                 version: str | None = None, init_from: ModelBundle | None = None
-                 ) -> ModelBundle:
-    """Train every model serving needs. `init_from` warm-starts the two-tower network from
-    a previous version (tables whose shape still matches are copied)."""
-    cfg = cfg or PipelineConfig()
-    t0 = time.perf_counter()
-    inter = ds.interactions
-    cutoff = float(inter["timestamp"].max()) if len(inter) else time.time()
-    videos = ds.videos.reset_index(drop=True)
-    encoder = FeatureEncoder.fit(videos, ds.users, ref_ts=cutoff)
-    video_rows = videos.to_dict("records")
-
-    fm = build_feedback_matrix(inter, cfg.weights,
-                               video_ids=np.array(encoder.video_ids, dtype=object))
-    mf = train_mf(fm, cfg.mf, progress=progress)
-    pos = positives(inter, cfg.weights)
-    # The user vectors are re-solved with recent positives weighted up (recency_boost),
-    # the way the trainer folds them in online.
-    mf.user_factors = recency_user_factors(mf.video_factors, fm, recency_ranks(fm, pos),
-                                           cfg.mf)
-
-    profiles = user_profiles(ds.users)
-    user_list = list(profiles)
-    user_row = {u: i for i, u in enumerate(user_list)}
-    user_cats = encoder.encode_users([profiles[u] for u in user_list])
-    pscore = positive_scores(inter, cfg.weights)
-    seqs = build_sequences(pos.merge(pscore, on=["user_id", "video_id"], how="inner"),
-                           encoder, user_row)
-    vt = encoder.encode_videos(video_rows)
-    init = init_from.two_tower.state_dict() if init_from is not None else None
-    tt, tt_seconds = train_two_tower(encoder, vt, user_cats, seqs, cfg.two_tower, cfg.train,
-                                     progress=progress, init_state=init)
-    video_vectors = embed_videos(tt, vt)
-    content = ContentModel.fit(video_rows)
-    content_vectors = content.vectors(video_rows)
-
-    pscore = pscore[pscore["video_id"].isin(encoder.video_index)]
-    pw = pscore["score"].to_numpy(np.float64) ** cfg.popularity_power
-    popularity = np.bincount(pscore["video_id"].map(encoder.video_index).to_numpy(np.int64),
-                             weights=pw, minlength=len(encoder.video_ids))
-    known = pscore["user_id"].isin(user_row).to_numpy()
-    demo_counts = demographic_counts(
-        user_cats, pscore["user_id"][known].map(user_row).to_numpy(np.int64),
-        pscore["video_id"][known].map(encoder.video_index).to_numpy(np.int64),
-        [encoder.sizes()["user." + n] for n in schema.USER_CAT_FEATURES],
-        len(encoder.video_ids), pw[known])
-
-    users = _user_records(inter, pos, profiles)
-    manifest: dict[str, Any] = {
-        "version": version or datetime.now(UTC).strftime("m%Y%m%d%H%M%S"),
-        "created_at": datetime.now(UTC).isoformat(),
-        "schema_hash": schema.schema_hash(),
-        "data_cutoff": cutoff,
-        "dims": {"two_tower": int(video_vectors.shape[1]), "mf": mf.config.factors,
-                 "content": int(content_vectors.shape[1])},
-        "counts": {"users": len(user_list), "videos": len(encoder.video_ids),
-                   "interactions": len(inter), "positives": len(pos)},
-        "config": {"weights": asdict(cfg.weights), "mf": asdict(cfg.mf),
-                   "two_tower": cfg.two_tower.to_dict(), "train": cfg.train.to_dict(),
-                   "demographic": asdict(cfg.demographic)},
-        "train_seconds": {"mf": round(mf.train_seconds, 3), "two_tower": round(tt_seconds, 3),
-                          "total": round(time.perf_counter() - t0, 3)},
-        "metrics": {},
-    }
-    return ModelBundle(manifest, encoder, content, tt, video_vectors, content_vectors,
-                       mf.video_factors, mf.user_factors, mf.user_ids, popularity, users,
-                       videos, cfg.ranker, demo_counts)
 
 
 @dataclass
@@ -166,7 +51,6 @@ RECENCY_GRID = (0.0, 3.0, 10.0, 30.0, 100.0)  # MFConfig.recency_boost
 def tune_demographic(ds: Dataset, cfg: PipelineConfig, seed: int = 0) -> FieldFit:
     """The demographic prior's field weights, by 5-fold cross-validation over every
     training user of `ds` (see `fit_field_weights`)."""
-    from vidrec.evaluation.splits import relevant_sets
 
     encoder = FeatureEncoder.fit(ds.videos.reset_index(drop=True), ds.users, ref_ts=0.0)
     pscore = positive_scores(ds.interactions, cfg.weights)
@@ -201,7 +85,6 @@ def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool 
     NDCG@10 on both. The caller's test data never enters: `ds` is already the training
     side of any evaluation split.
     """
-    from vidrec.evaluation.splits import cold_start_split, relevant_sets, temporal_split
 
     t0 = time.perf_counter()
     rest, cold_val, cold_users = cold_start_split(ds.interactions, 0.1, seed)
@@ -273,7 +156,6 @@ def grid_ndcg(rec: BatchRecommender, users: list[str], profiles: Sequence[Mappin
     The score terms are computed once per chunk of users (`BatchRecommender.chunk_size`,
     so a large catalog stays within memory); each setting only blends them.
     """
-    from vidrec.evaluation.metrics import evaluate
 
     sums, n = np.zeros(len(grid)), 0.0
     step = rec.chunk_size()
@@ -315,14 +197,3 @@ def train_tuned(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool =
     return bundle
 
 
-def _user_records(inter: pd.DataFrame, pos: pd.DataFrame,
-                  profiles: dict[str, dict[str, Any]]) -> dict[str, UserRecord]:
-    hist = (pos.sort_values("timestamp", kind="stable", ascending=False)
-            .groupby("user_id", sort=False)["video_id"].apply(
-                lambda s: list(s[: schema.HISTORY_LEN])).to_dict())
-    seen = inter.groupby("user_id", sort=False)["video_id"].apply(
-        lambda s: list(dict.fromkeys(s))).to_dict()
-    out = {}
-    for u in set(seen) | set(profiles):
-        out[str(u)] = UserRecord(profiles.get(u, {}), hist.get(u, []), seen.get(u, []))
-    return out
