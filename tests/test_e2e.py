@@ -381,3 +381,38 @@ def test_a_stopped_stage_degrades_instead_of_failing(stack: Stack, gw, service: 
     r = rec(gw, user_id="u00001", k=5, filters=common_pb2.Filters(languages=["en"]))
     meta = FeatureStore.from_url(stack.redis_url).videos([v.video_id for v in r.videos])
     assert r.videos and all(meta[v.video_id]["language"] == "en" for v in r.videos)
+
+
+def test_a_cli_retrain_publishes_and_announces_its_model(stack: Stack, gw,  # type: ignore[no-untyped-def]
+                                                         small_dataset: Path,
+                                                         tmp_path: Path) -> None:
+    """`vidrec retrain --force` publishes a new version and announces it on vidrec.models
+    (the CLI once handed publish a bare KafkaProducer, and nothing was announced)."""
+    import subprocess
+    import sys
+
+    from kafka import TopicPartition
+
+    from vidrec import schema
+    from vidrec.infra.kafka import make_consumer, poll_records
+
+    consumer = make_consumer(stack.kafka_bootstrap, None, [])
+    tp = TopicPartition(schema.TOPIC_MODELS, 0)
+    consumer.assign([tp])
+    consumer.seek_to_end(tp)
+    consumer.position(tp)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "vidrec.cli", "retrain", "--force"],
+            env=stack.env(VIDREC_DATA_DIR=str(small_dataset),
+                          VIDREC_EVENTS_DIR=str(tmp_path / "events")),
+            capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        latest = ArtifactStore(stack.artifact_root).latest()
+        assert f"published {latest}" in out.stdout
+        records = poll_records(consumer, 1, timeout_s=20)
+    finally:
+        consumer.close()
+    msgs = [events_pb2.ModelPublished.FromString(r.value) for r in records]
+    assert [m.version for m in msgs] == [latest]
+    assert msgs[0].collection == f"videos_{latest}"

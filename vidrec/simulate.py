@@ -27,14 +27,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from vidrec.events import COMPLETE, TYPE_OF
 from vidrec.v1 import common_pb2, events_pb2, gateway_pb2, gateway_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-TYPES = {"click": events_pb2.EVENT_TYPE_CLICK, "watch": events_pb2.EVENT_TYPE_WATCH,
-         "like": events_pb2.EVENT_TYPE_LIKE, "dislike": events_pb2.EVENT_TYPE_DISLIKE,
-         "share": events_pb2.EVENT_TYPE_SHARE, "skip": events_pb2.EVENT_TYPE_SKIP}
-COMPLETE = 0.9
 
 
 @dataclass
@@ -122,7 +119,7 @@ def simulate(gateway: str, data: Path, steps: int, k: int, seed: int, new_user_s
                 pos = shown.index(vid)
                 wt = float(value or 0) * float(durations.get(vid, 0) or 0) if ev == "watch" else 0
                 events.append(events_pb2.Event(
-                    event_id=uuid.uuid4().hex, user_id=uid, video_id=vid, type=TYPES[ev],
+                    event_id=uuid.uuid4().hex, user_id=uid, video_id=vid, type=TYPE_OF[ev],
                     value=float(value or 0), timestamp=time.time(), request_id=resp.request_id,
                     position=pos, experiment_arm=arm, model_version=resp.model_version,
                     watch_time_s=wt))

@@ -133,13 +133,3 @@ class Server:
         signal.signal(signal.SIGINT, _handler)
         done.wait()
         self.stop()
-
-
-def remaining_s(context: grpc.ServicerContext, default_s: float) -> float:
-    """Seconds left before the caller's deadline (default when the caller set none)."""
-    r = context.time_remaining()
-    return default_s if r is None else max(0.0, float(r))
-
-
-def abort_invalid(context: grpc.ServicerContext, reason: str) -> None:
-    context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
