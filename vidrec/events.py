@@ -42,7 +42,7 @@ from vidrec.v1 import events_pb2
 
 E = events_pb2
 
-TYPE_OF: dict[str, int] = {
+TYPE_OF: dict[str, events_pb2.EventType] = {
     "impression": E.EVENT_TYPE_IMPRESSION, "click": E.EVENT_TYPE_CLICK,
     "watch": E.EVENT_TYPE_WATCH, "like": E.EVENT_TYPE_LIKE, "dislike": E.EVENT_TYPE_DISLIKE,
     "share": E.EVENT_TYPE_SHARE, "skip": E.EVENT_TYPE_SKIP, "rating": E.EVENT_TYPE_RATING,
