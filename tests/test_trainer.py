@@ -246,3 +246,53 @@ def test_fold_in_weights_recent_positives_by_the_models_recency_boost(
     latest = bundle.mf_video[bundle.encoder.video_index[history[0]]]
     assert abs(1 - boosted @ latest) < abs(1 - plain @ latest)
     assert not np.allclose(plain, boosted)
+
+
+@pytest.mark.timeout(180)
+def test_a_paused_redis_does_not_kill_the_trainer_and_loses_nothing(
+        private_kafka_broker, key_prefix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Redis frozen (SIGSTOP) for 6 s while events keep coming: the trainer keeps running
+    (its heartbeat and batches fail and are retried) and, once Redis is back, every event
+    is applied exactly once. The trainer once died on the heartbeat's Redis timeout."""
+    from vidrec.infra.embedded import RedisServer
+    from vidrec.infra.kafka import EventProducer
+
+    events = make_events(3000, users=50, seed=7)
+    with RedisServer() as rs:
+        store = FeatureStore.from_url(rs.url, key_prefix)
+        store.put_videos([{"video_id": v} for v in VIDEOS])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VIDREC_")}
+        env.update({"VIDREC_KAFKA_BOOTSTRAP": private_kafka_broker.bootstrap,
+                    "VIDREC_REDIS_URL": rs.url, "VIDREC_KEY_PREFIX": key_prefix,
+                    "VIDREC_EVENTS_DIR": str(tmp_path / "events"),
+                    "VIDREC_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
+                    "VIDREC_GROUP_ID": f"g-{uuid.uuid4().hex[:6]}", "VIDREC_BATCH_SIZE": "200"})
+        log = tmp_path / "trainer.log"
+        proc = start_trainer(env, log)
+        try:
+            with EventProducer(private_kafka_broker.bootstrap) as p:
+                p.send_events(events[:1000])
+                first = expected_state(events[:1000])[2]
+                deadline = time.monotonic() + 60
+                while counters(store) != first:
+                    assert time.monotonic() < deadline, log.read_text()[-3000:]
+                    time.sleep(0.1)
+                assert rs.pid is not None
+                os.killpg(rs.pid, signal.SIGSTOP)
+                try:
+                    p.send_events(events[1000:2000])
+                    time.sleep(6)  # batches and heartbeats time out meanwhile
+                    assert proc.poll() is None, log.read_text()[-3000:]
+                finally:
+                    os.killpg(rs.pid, signal.SIGCONT)
+                p.send_events(events[2000:])
+            expected = expected_state(events)[2]
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and counters(store) != expected:
+                time.sleep(0.2)
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert counters(store) == expected
+            assert store.heartbeat() is not None
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)

@@ -120,6 +120,9 @@ class TrainerSettings(CommonSettings):
     events_dir: str = "var/events"
     # Retrain gate: the newest fraction of logged events both models are scored on.
     retrain_window: float = 0.2
+    # Seconds an applied event id is remembered to catch a client resending it (Kafka
+    # redeliveries are caught by offsets at any age); memory grows with traffic x horizon.
+    dedupe_horizon_s: float = 3600.0
 
 
 ALL_SETTINGS: tuple[type, ...] = (

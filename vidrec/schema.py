@@ -131,6 +131,10 @@ class Keys:
         """Hash of the user's summed feedback per video (the MF row; store/apply.py)."""
         return f"{self.user_root(user_id)}:fb"
 
+    def user_done(self, user_id: str) -> str:
+        """Sorted set of the user's recently applied event ids, by arrival (dedupe)."""
+        return f"{self.user_root(user_id)}:done"
+
     def user_vector(self, user_id: str) -> str:
         """Hash version -> float32 bytes of the freshest folded-in user vector."""
         return f"{self.user_root(user_id)}:vec"
@@ -155,9 +159,9 @@ class Keys:
     def trending_ref(self) -> str:
         return f"{self.prefix}:trending:ref"
 
-    def processed_events(self) -> str:
-        """Stem of the hourly sets of applied event ids (idempotency)."""
-        return f"{self.prefix}:events:done"
+    def applied_offsets(self) -> str:
+        """Hash "topic:partition" -> highest Kafka offset applied (exactly-once)."""
+        return f"{self.prefix}:trainer:offsets"
 
     def dirty_users(self) -> str:
         """Set of users with events not yet folded into their MF vector."""

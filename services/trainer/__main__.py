@@ -54,7 +54,7 @@ def main() -> int:
 
     artifacts = ArtifactStore(s.artifact_root)
     loop = TrainerLoop(consumer, store, producer, events, s.batch_size, on_video=on_video,
-                       weights=serving_weights(artifacts))
+                       weights=serving_weights(artifacts), dedupe_horizon_s=s.dedupe_horizon_s)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -93,14 +93,20 @@ def main() -> int:
     log.info("trainer consuming %s, %s as group %s", schema.TOPIC_EVENTS, schema.TOPIC_VIDEOS,
              s.group_id)
     last_beat = last_trend = 0.0
+    must_rewind = False
     while not stop.is_set():
         try:
+            if must_rewind:
+                # Until the consumer is back at the committed offsets, polling on would
+                # skip the failed batch (and a later commit would lose it for good).
+                rewind(consumer)
+                must_rewind = False
             loop.run_once(timeout_ms=500)
         except Exception:
             # Nothing was committed for this batch: it is redelivered after a pause.
             log.exception("batch failed; not committed, retrying")
-            time.sleep(1.0)
-            rewind(consumer)
+            must_rewind = True
+            stop.wait(1.0)
         if time.monotonic() - last_beat > 2.0:
             last_beat = time.monotonic()
             try:

@@ -21,6 +21,7 @@ from vidrec import schema
 from vidrec.events import MAX_RECORD_BYTES, FeedbackWeights, event_problem
 from vidrec.infra.streams import Record, RecordSink, RecordSource
 from vidrec.serving.convert import video_row
+from vidrec.store.apply import DEDUPE_HORIZON_S, Position
 from vidrec.store.eventlog import EventLog
 from vidrec.store.features import FeatureStore
 from vidrec.v1 import events_pb2
@@ -66,11 +67,13 @@ class TrainerLoop:
     def __init__(self, consumer: RecordSource, store: FeatureStore, producer: RecordSink,
                  event_log: EventLog, batch_size: int = 2000,
                  on_video: Callable[[dict[str, Any]], None] | None = None,
-                 linger_s: float = 0.1, weights: FeedbackWeights | None = None) -> None:
+                 linger_s: float = 0.1, weights: FeedbackWeights | None = None,
+                 dedupe_horizon_s: float = DEDUPE_HORIZON_S) -> None:
         self.consumer = consumer
         self.store = store
         self.producer = producer
         self.weights = weights
+        self.dedupe_horizon_s = dedupe_horizon_s
         self.log = event_log
         self.batch_size = batch_size
         self.stats = LoopStats()
@@ -95,7 +98,9 @@ class TrainerLoop:
                 good.append((r, d))
         events = [e for _, e in good]
         self.log.append(events)
-        res = self.store.apply_events(events, self.weights)
+        res = self.store.apply_events(
+            events, self.weights, [Position(f"{r.topic}:{r.partition}", r.offset) for r, _ in good],
+            self.dedupe_horizon_s)
         unknown = {id(e) for e in res.unknown_video}
         dead += [(f"unknown video {e.video_id!r}", r) for r, e in good if id(e) in unknown]
         if dead:

@@ -1,16 +1,26 @@
-"""The seconds tier's write: apply a batch of events to Redis, exactly once per event id.
+"""The seconds tier's write: apply a batch of events to Redis, exactly once.
 
-One atomic server-side script per batch holds every effect *and* the event ids it
-applied, so a trainer killed at any point either applied a batch completely (its ids are
-then found and skipped on redelivery) or not at all. The caller commits Kafka offsets only
-after the script returns. What each event means comes from the event contract
-(vidrec/events.py); the script only adds what needs Redis state: a rating's kind is
-judged against the user's ratings so far, which live in the user's feedback hash.
+One atomic server-side script per batch holds every effect *and* the marks of what it
+applied, so a trainer killed at any point either applied a batch completely or not at all.
+The caller commits Kafka offsets only after the script returns. Two marks make a
+redelivered event a duplicate:
 
-Keys the script touches (docs/redis.md): per user (history, negatives, seen, feedback
-hash), and global ones (processed-id buckets, dirty users, trending set and its reference
-time, per-arm counters and their index). The global ones make one call span several hash
-slots, so this script cannot run on Redis Cluster as it is.
+- the Kafka position: per partition, the highest offset applied (one hash field per
+  partition, written in the same script): a redelivery after a crash or a rebalance is
+  skipped whatever its age;
+- the event id, per user, for DEDUPE_HORIZON_S of server time (a sorted set trimmed as it
+  goes, at most DEDUPE_PER_USER ids): a client resending an event, with the same id and
+  any timestamp, through LogEvents (a new Kafka record) is skipped too.
+
+Memory is constant in total traffic: the offsets are one field per partition, the ids are
+what arrived within the horizon (docs/redis.md gives the bytes per id).
+
+What each event means comes from the event contract (vidrec/events.py); the script only
+adds what needs Redis state: a rating's kind is judged against the user's ratings so far,
+which live in the user's feedback hash. Keys the script touches (docs/redis.md): per user
+(history, negatives, seen, feedback, remembered ids) and global ones (applied offsets,
+dirty users, trending set and its reference time, per-arm counters and their index). The
+global ones make one call span several hash slots: it cannot run on Redis Cluster as is.
 """
 
 from __future__ import annotations
@@ -26,7 +36,11 @@ from vidrec import schema
 from vidrec.v1 import events_pb2
 
 E = events_pb2
-PROCESSED_TTL_S = 7 * 86400
+# An event id is remembered this long (server time) to catch a client resending it; Kafka
+# redeliveries are caught at any age by the applied offsets. docs/redis.md: bytes per id.
+DEDUPE_HORIZON_S = 3600.0
+# At most this many remembered ids per user (a flood from one user cannot grow Redis).
+DEDUPE_PER_USER = 5000
 # A trending weight from a clock ahead of ours must not outweigh everything.
 TRENDING_CLOCK_AHEAD_S = 60.0
 
@@ -52,29 +66,37 @@ class ApplyResult:
 # (s:<video>) and the ratings (r:<video> sum, n:<video> count), and the user's rating sum
 # and count (_rs, _rn): the fold-in rebuilds the user's MF row from it.
 _APPLY = """
-local n_fields = 14
-local hist_len, neg_len, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local n_fields = 15
+local hist_len, neg_len, horizon = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local dirty, stats_index = ARGV[4], ARGV[5]
 local tkey, rkey, hl = ARGV[6], ARGV[7], tonumber(ARGV[8])
+local now = tonumber(ARGV[9])
 local r_base, r_centred = tonumber(ARGV[10]), tonumber(ARGV[11])
+local okey, done_cap = ARGV[12], tonumber(ARGV[13])
 local ref = tonumber(redis.call('GET', rkey) or '')
 if ref == nil then
-  ref = tonumber(ARGV[9])
+  ref = now
   redis.call('SET', rkey, ARGV[9])
 end
 local applied, dup, unknown = {}, 0, {}
-local batch = {}
-for i = 12, #ARGV, n_fields do
-  local eid, pk, vkey, kind = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]
-  local ukey, uid, ck, member = ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+7]
-  local cf, comp, wt, vid = ARGV[i+8], ARGV[i+9], ARGV[i+10], ARGV[i+11]
-  local ts, w = ARGV[i+12], ARGV[i+13]
-  if batch[pk .. eid] or redis.call('SISMEMBER', pk, eid) == 1 then
-    dup = dup + 1
-  elseif redis.call('EXISTS', vkey) == 0 then
+local batch, offsets, moved = {}, {}, {}
+for i = 14, #ARGV, n_fields do
+  local eid, part, off, vkey, kind = ARGV[i], ARGV[i+1], tonumber(ARGV[i+2]), ARGV[i+3], ARGV[i+4]
+  local ukey, uid, ck, member = ARGV[i+5], ARGV[i+6], ARGV[i+7], ARGV[i+8]
+  local cf, comp, wt, vid = ARGV[i+9], ARGV[i+10], ARGV[i+11], ARGV[i+12]
+  local ts, w = ARGV[i+13], ARGV[i+14]
+  local done = ukey .. ':done'
+  if part ~= '' and offsets[part] == nil then
+    offsets[part] = tonumber(redis.call('HGET', okey, part) or '-1')
+  end
+  if redis.call('EXISTS', vkey) == 0 then
+    -- Reported on every delivery (never skipped as a duplicate): the caller dead-letters it.
     table.insert(unknown, eid)
+  elseif batch[eid] or (part ~= '' and off <= offsets[part])
+      or tonumber(redis.call('ZSCORE', done, eid) or '-1') > now - horizon then
+    dup = dup + 1
   else
-    batch[pk .. eid] = true
+    batch[eid] = true
     if kind ~= 'e' then
       local fb = ukey .. ':fb'
       if kind == 'r' then
@@ -105,10 +127,22 @@ for i = 12, #ARGV, n_fields do
     if comp == '1' then redis.call('HINCRBY', ck, 'completed', 1) end
     if wt ~= '0' then redis.call('HINCRBYFLOAT', ck, 'watch_time_s', wt) end
     redis.call('SADD', stats_index, member)
-    redis.call('SADD', pk, eid)
-    redis.call('EXPIRE', pk, ttl)
+    -- The event id, remembered for `horizon` seconds of server time (a client resending
+    -- it with another timestamp is still a duplicate) and at most done_cap per user.
+    redis.call('ZADD', done, now, eid)
+    if not moved[done] then
+      moved[done] = true
+      redis.call('ZREMRANGEBYSCORE', done, '-inf', now - horizon)
+    end
     table.insert(applied, eid)
   end
+  if part ~= '' and off > offsets[part] then offsets[part] = off end
+end
+for done, _ in pairs(moved) do
+  redis.call('ZREMRANGEBYRANK', done, 0, -done_cap - 1)
+end
+for part, off in pairs(offsets) do
+  if off >= 0 then redis.call('HSET', okey, part, off) end
 end
 return {applied, dup, unknown}
 """
@@ -120,35 +154,44 @@ KIND_CODE = {ev.Kind.POSITIVE: "p", ev.Kind.NEGATIVE: "n", ev.Kind.SEEN: "s",
              ev.Kind.EXPOSURE: "e"}
 
 
-def processed_key(keys: schema.Keys, e: events_pb2.Event) -> str:
-    """Ids are bucketed by event hour so old buckets expire; a replay has the same hour."""
-    hour = int((e.timestamp or 0) // 3600)
-    return f"{keys.processed_events()}:{hour}"
+@dataclass(frozen=True)
+class Position:
+    """Where a record sits in Kafka: offsets at or below the applied one are redeliveries."""
+
+    partition: str  # "topic:partition"
+    offset: int
 
 
 class Applier:
     """Holds the registered script, so a batch costs one EVALSHA."""
 
     def __init__(self, client: redis.Redis, keys: schema.Keys,
-                 weights: ev.FeedbackWeights | None = None) -> None:
+                 weights: ev.FeedbackWeights | None = None,
+                 horizon_s: float = DEDUPE_HORIZON_S, per_user_cap: int = DEDUPE_PER_USER) -> None:
         self.keys = keys
         self.weights = weights or ev.FeedbackWeights()
+        self.horizon_s = horizon_s
+        self.per_user_cap = per_user_cap
         self._script = client.register_script(_APPLY)
 
     def apply(self, events: Sequence[events_pb2.Event], hist_len: int, neg_len: int,
-              half_life_s: float) -> ApplyResult:
-        """Apply every event not applied before (by event id); report duplicates and
-        events naming a video the store does not know (those go to the dead-letter topic)."""
+              half_life_s: float, positions: Sequence[Position | None] | None = None,
+              now: float | None = None) -> ApplyResult:
+        """Apply every event not applied before; report duplicates and events naming a
+        video the store does not know (those go to the dead-letter topic, on every
+        delivery). `positions` (aligned with `events`) makes Kafka redeliveries exact
+        duplicates at any age; without them only the event id horizon applies."""
         res = ApplyResult()
         if not events:
             return res
         k, w = self.keys, self.weights
-        now = time.time()
+        now = time.time() if now is None else now
         args: list[str | int | float] = [
-            hist_len, neg_len, PROCESSED_TTL_S, k.dirty_users(), k.stats_index(),
+            hist_len, neg_len, self.horizon_s, k.dirty_users(), k.stats_index(),
             k.trending(), k.trending_ref(), half_life_s, repr(now), w.rating_base,
-            w.rating_centred]
-        for e in events:
+            w.rating_centred, k.applied_offsets(), self.per_user_cap]
+        pos = positions if positions is not None else [None] * len(events)
+        for e, p in zip(events, pos, strict=True):
             name = ev.NAME_OF[e.type]
             if name == "rating":
                 code, weight = "r", e.value
@@ -157,7 +200,8 @@ class Applier:
                 code = KIND_CODE[ev.kind_of(name, weight)]
             version, arm = e.model_version or "-", e.experiment_arm or "-"
             watch = e.type == E.EVENT_TYPE_WATCH
-            args += [e.event_id, processed_key(k, e), k.video_features(e.video_id), code,
+            args += [e.event_id, p.partition if p else "", p.offset if p else -1,
+                     k.video_features(e.video_id), code,
                      k.user_root(e.user_id), e.user_id, k.counters(version, arm),
                      f"{version}|{arm}", COUNTER_FIELD.get(e.type, ""),
                      "1" if watch and e.value >= ev.COMPLETE else "0",

@@ -7,14 +7,19 @@ event_id.
 from __future__ import annotations
 
 import csv
+import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from vidrec.events import NAME_OF, VALUED
+from vidrec.events import MAX_CLOCK_AHEAD_S, NAME_OF, TYPE_OF, VALUED
 from vidrec.v1 import events_pb2
+
+log = logging.getLogger(__name__)
 
 COLUMNS = ("user_id", "video_id", "timestamp", "event", "value", "event_id")
 
@@ -33,6 +38,8 @@ class EventLog:
             w = csv.writer(f)
             if new:
                 w.writerow(COLUMNS)
+            elif self._torn():
+                f.write("\r\n")  # a crash mid-write left a partial row: end it there
             for e in events:
                 name = NAME_OF[e.type]
                 value = e.value if name in VALUED else ""
@@ -40,15 +47,38 @@ class EventLog:
             f.flush()
             os.fsync(f.fileno())
 
+    def _torn(self) -> bool:
+        with self.path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+
     def read(self) -> pd.DataFrame:
-        """All logged events, de-duplicated by event_id, in the interactions schema."""
+        """All logged events, de-duplicated by event_id, in the interactions schema.
+
+        A row the event contract would not accept (a torn last line after a crash, a
+        timestamp no clock can have, an unknown event name) is skipped with one warning
+        naming its line, so no single row can stop every later retrain."""
         if not self.path.exists():
             return pd.DataFrame(columns=list(COLUMNS[:-1]))
-        df = pd.read_csv(self.path, dtype={"user_id": str, "video_id": str, "event": str,
-                                           "event_id": str})
+        df = pd.read_csv(self.path, dtype=str, keep_default_na=False, on_bad_lines="skip",
+                         engine="python")
+        for c in COLUMNS:
+            if c not in df:
+                df[c] = ""
+        ts = pd.to_numeric(df["timestamp"], errors="coerce")
+        value = pd.to_numeric(df["value"], errors="coerce")
+        limit = time.time() + MAX_CLOCK_AHEAD_S
+        ok = (ts.between(0, limit) & df["event"].isin(list(TYPE_OF))
+              & (df["user_id"] != "") & (df["video_id"] != "") & (df["event_id"] != ""))
+        if not ok.all():
+            lines = (np.flatnonzero(~ok.to_numpy()) + 2).tolist()  # header is line 1
+            log.warning("%s: skipped %d unreadable event row(s), lines %s", self.path,
+                        len(lines), ", ".join(map(str, lines[:10])))
+        df = df[ok].assign(timestamp=ts[ok].astype("int64"), value=value[ok])
         df = df.drop_duplicates("event_id", keep="first")
-        df["timestamp"] = df["timestamp"].astype("int64")
-        df["value"] = pd.to_numeric(df["value"], errors="coerce")
         return df[list(COLUMNS[:-1])].reset_index(drop=True)
 
     def count(self) -> int:

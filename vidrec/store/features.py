@@ -22,7 +22,7 @@ import redis
 from vidrec import schema
 from vidrec.events import FeedbackWeights, pair_score
 from vidrec.store import stats, trending
-from vidrec.store.apply import Applier, ApplyResult
+from vidrec.store.apply import DEDUPE_HORIZON_S, Applier, ApplyResult, Position
 from vidrec.v1 import events_pb2
 
 VIDEO_FIELDS = ("title", "category", "tags", "creator_id", "language", "duration_s",
@@ -149,11 +149,18 @@ class FeatureStore:
     # --- events (seconds tier) -----------------------------------------------------------
 
     def apply_events(self, events: Sequence[events_pb2.Event],
-                     weights: FeedbackWeights | None = None) -> ApplyResult:
-        """Apply a batch exactly once per event id (store/apply.py)."""
-        if self._applier is None or (weights is not None and weights != self._applier.weights):
-            self._applier = Applier(self._r, self.keys, weights)
-        return self._applier.apply(events, schema.HISTORY_LEN, NEG_LEN, trending.HALF_LIFE_S)
+                     weights: FeedbackWeights | None = None,
+                     positions: Sequence[Position | None] | None = None,
+                     horizon_s: float = DEDUPE_HORIZON_S, now: float | None = None
+                     ) -> ApplyResult:
+        """Apply a batch exactly once (store/apply.py): by Kafka position when given, and
+        by event id within `horizon_s`."""
+        a = self._applier
+        if a is None or (weights is not None and weights != a.weights) or \
+                a.horizon_s != horizon_s:
+            a = self._applier = Applier(self._r, self.keys, weights, horizon_s)
+        return a.apply(events, schema.HISTORY_LEN, NEG_LEN, trending.HALF_LIFE_S, positions,
+                       now)
 
     def pop_dirty_users(self, n: int) -> list[str]:
         """Up to n users with events not yet folded in (each returned once)."""
