@@ -56,22 +56,31 @@ def cmd_publish(a: argparse.Namespace) -> int:
 
 
 def cmd_rollback(a: argparse.Namespace) -> int:
+    """Back to the version that was LATEST before this one (from HISTORY, never a version
+    a killed publish only staged); refused when its files fail their checksums, since
+    every server would refuse to load it."""
     from vidrec.serving.publish import collection_name
-    from vidrec.store.artifacts import ArtifactStore
+    from vidrec.store.artifacts import ROLLBACK, ArtifactStore, CorruptArtifact
     from vidrec.store.index import open_index
 
     s = _ops_settings()
     store = ArtifactStore(s.artifact_root)
     cur, prev = store.latest(), store.previous()
     if prev is None:
-        print(f"nothing to roll back to (serving {cur}, no older version kept)", file=sys.stderr)
+        print(f"nothing to roll back to (serving {cur}, no earlier served version kept)",
+              file=sys.stderr)
+        return 1
+    try:
+        store.verify(prev)
+    except CorruptArtifact as exc:
+        print(f"not rolling back to {prev}: {exc}", file=sys.stderr)
         return 1
     index = open_index(s.qdrant_url, s.index_root)
     try:
         index.set_alias(collection_name(prev))
     finally:
         index.close()
-    store.set_latest(prev)
+    store.set_latest(prev, action=ROLLBACK)
     print(f"rolled back from {cur} to {prev}")
     return 0
 

@@ -4,6 +4,8 @@ A version is loaded fully (model + index) in a background thread and only then b
 current, so a request never meets a half-loaded model. The previous version stays loaded
 (`keep`), so a request that started on version N is finished on version N by every stage:
 the gateway passes the candidate's version to the ranker, which asks `get(version)`.
+A version whose files fail their staged checksums is never loaded: the holder keeps the
+version it serves (or stays NOT_SERVING) and does not try the bad one again.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ class VersionUnavailable(LookupError):
     """The requested model version is neither loaded nor loadable."""
 
 
+class CorruptVersion(VersionUnavailable):
+    """The version's files do not match their checksums (the store has said which)."""
+
+
 class ModelHolder(Generic[T]):
     def __init__(self, store: ArtifactStore, load: Callable[[str, Path], T],
                  keep: int = 2, on_swap: Callable[[str], None] | None = None) -> None:
@@ -84,6 +90,8 @@ class ModelHolder(Generic[T]):
                 m = self._models.get(version)
             loaded = m is None
             if m is None:
+                if not self.store.loadable(version):
+                    raise CorruptVersion(f"model version {version!r} failed verification")
                 log.info("loading model %s", version)
                 m = self._load(version, self.store.path(version))
                 log.info("model %s loaded", version)
@@ -114,7 +122,10 @@ class ModelHolder(Generic[T]):
         latest = self.store.latest()
         if latest is None or latest == self._current:
             return False
-        self._ensure(latest, make_current=True)
+        try:
+            self._ensure(latest, make_current=True)
+        except CorruptVersion:
+            return False  # logged once by the store; keep serving what we have
         log.info("now serving model %s", latest)
         return True
 

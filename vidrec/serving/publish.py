@@ -99,6 +99,7 @@ def publish(model_dir: Path, artifacts: ArtifactStore, index: VectorIndex,
     name = collection_name(version)
     load_index(index, bundle, name)
     load_features(store, bundle, overwrite_history)
+    artifacts.verify(version)  # every server would refuse it: fail before switching
     index.set_alias(name)
     artifacts.set_latest(version)
     store.set_serving_version(version)
