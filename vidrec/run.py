@@ -61,7 +61,7 @@ def publish_or_reload(stack: object, model: Path) -> str:
     artifacts = ArtifactStore(stack.artifact_root)
     store = FeatureStore.from_url(stack.redis_url)
     latest = artifacts.latest()
-    if latest and (stack.index_root / f"videos_{latest}").exists():
+    if latest and artifacts.loadable(latest) and (stack.index_root / f"videos_{latest}").exists():
         # Redis is memory-only: reload the serving version's features, keep its index
         # (users with live state in Redis keep it; an empty Redis gets the training state).
         load_features(store, ModelBundle.load(artifacts.path(latest)), overwrite_history=False)

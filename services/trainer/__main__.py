@@ -65,7 +65,7 @@ def main() -> int:
         while not stop.wait(s.foldin_interval_s):
             try:
                 v = artifacts.latest()
-                if v is None:
+                if v is None or not artifacts.loadable(v):
                     continue
                 if v not in model:
                     model.clear()

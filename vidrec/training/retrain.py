@@ -88,7 +88,9 @@ def retrain(base: Path, events: pd.DataFrame, videos_log: pd.DataFrame | None,
             cfg: PipelineConfig | None = None, force: bool = False) -> RetrainResult:
     t0 = time.perf_counter()
     latest = artifacts.latest()
-    serving = ModelBundle.load(artifacts.path(latest)) if latest else None
+    # A damaged serving version is no baseline to gate against (nor to warm-start from).
+    serving = (ModelBundle.load(artifacts.path(latest))
+               if latest and artifacts.loadable(latest) else None)
     cfg = carried_config(serving, cfg or PipelineConfig())
     ds = combined_dataset(base, events, videos_log)
     if len(events) == 0 and not force:
