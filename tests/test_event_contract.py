@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 
 from vidrec import events as ev
-from vidrec.data.feedback import build_feedback_matrix, recency_ranks
+from vidrec.data.feedback import build_feedback_matrix, first_liked, recency_ranks
 from vidrec.models.mf import MFConfig, fold_in, recency_user_factors
 from vidrec.store.features import FeatureStore, UserSeed
 from vidrec.training.foldin import user_row
-from vidrec.training.pipeline import positives, user_records
+from vidrec.training.pipeline import user_records
 from vidrec.v1 import events_pb2
 
 W = ev.FeedbackWeights()
@@ -74,7 +74,7 @@ def offline_scores(df: pd.DataFrame) -> dict[str, dict[str, float]]:
 
 
 def online_state(store: FeatureStore, users: list[str]
-                 ) -> dict[str, tuple[list[str], list[str], dict[str, float]]]:
+                 ) -> dict[str, tuple[list[str], list[str], dict[str, tuple[float, float]]]]:
     out = {}
     for u in users:
         st = store.user(u)
@@ -93,9 +93,12 @@ def assert_same(offline: pd.DataFrame, store: FeatureStore) -> None:
         # Impression-only pairs are matrix entries of score 0 (no effect on ALS) and
         # have no feedback entry online.
         want = {v: s for v, s in scores.get(u, {}).items() if s != 0.0}
-        got = {v: s for v, s in fb.items() if s != 0.0}
+        got = {v: s for v, (s, _) in fb.items() if s != 0.0}
         assert got.keys() == want.keys(), u
         assert all(abs(got[v] - want[v]) < 1e-5 for v in want), u
+        # The time of each pair's first event (the MF recency rank) too.
+        assert {v: t for v, (_, t) in fb.items()} == {
+            v: f[3] for v, f in rec.feedback.items()}, u
 
 
 @pytest.fixture
@@ -138,7 +141,7 @@ def test_a_published_user_then_live_events_equals_training_on_everything(
     cut = len(df) // 2
     seen_by_training = df.iloc[:cut]
     seeds = [UserSeed(u, r.profile, r.history, r.seen, r.negatives,
-                      {v: (f[0], f[1], f[2]) for v, f in r.feedback.items()},
+                      {v: (f[0], f[1], f[2], f[3]) for v, f in r.feedback.items()},
                       r.rating_sum, r.rating_n)
              for u, r in user_records(seen_by_training, W, {}).items()]
     store.seed_users(seeds)
@@ -155,10 +158,9 @@ def test_online_fold_in_reproduces_the_offline_user_vector(store: FeatureStore) 
     fm = build_feedback_matrix(df, W, video_ids=np.array(VIDEOS, dtype=object))
     cfg = MFConfig(factors=8, recency_boost=10.0, regularization=0.1)
     y = np.random.default_rng(0).normal(0, 0.3, (len(VIDEOS), 8)).astype(np.float32)
-    offline = recency_user_factors(y, fm, recency_ranks(fm, positives(df, W)), cfg)
+    offline = recency_user_factors(y, fm, recency_ranks(fm, first_liked(df, fm)), cfg)
     index = {v: i for i, v in enumerate(VIDEOS)}
     for i, u in enumerate(fm.user_ids):
-        idx, conf, pref = user_row(store.user_feedback(str(u), W), store.user(str(u)).history,
-                                   index, cfg, W)
+        idx, conf, pref = user_row(store.user_feedback(str(u), W), index, cfg, W)
         online = fold_in(y, idx, conf, pref, cfg.regularization)
         np.testing.assert_allclose(online, offline[i], rtol=1e-3, atol=1e-4)

@@ -140,6 +140,18 @@ def test_unknown_video_is_reported_not_applied(redis_client, key_prefix: str) ->
 # --- the process under SIGKILL ------------------------------------------------------------
 
 
+def trainer_env(bootstrap: str, redis_url: str, key_prefix: str, tmp: Path,
+                batch_size: int) -> dict[str, str]:
+    """A trainer's environment of its own: group, event log and artifacts under `tmp`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIDREC_")}
+    env.update({"VIDREC_KAFKA_BOOTSTRAP": bootstrap, "VIDREC_REDIS_URL": redis_url,
+                "VIDREC_KEY_PREFIX": key_prefix, "VIDREC_EVENTS_DIR": str(tmp / "events"),
+                "VIDREC_ARTIFACT_ROOT": str(tmp / "artifacts"),
+                "VIDREC_GROUP_ID": f"g-{uuid.uuid4().hex[:6]}",
+                "VIDREC_BATCH_SIZE": str(batch_size)})
+    return env
+
+
 def start_trainer(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "services.trainer"], env=env,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT,
@@ -155,12 +167,8 @@ def test_trainer_killed_mid_stream_loses_nothing_and_doubles_nothing(
     store.put_videos([{"video_id": v} for v in VIDEOS])
     events = make_events(40_000, users=300, seed=2)
     redelivered = events[5000:5500]  # a producer retrying a batch: same event ids again
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIDREC_")}
-    env.update({"VIDREC_KAFKA_BOOTSTRAP": private_kafka_broker.bootstrap,
-                "VIDREC_REDIS_URL": redis_server.url, "VIDREC_KEY_PREFIX": key_prefix,
-                "VIDREC_EVENTS_DIR": str(tmp_path / "events"),
-                "VIDREC_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
-                "VIDREC_GROUP_ID": f"g-{uuid.uuid4().hex[:6]}", "VIDREC_BATCH_SIZE": "300"})
+    env = trainer_env(private_kafka_broker.bootstrap, redis_server.url, key_prefix, tmp_path,
+                      batch_size=300)
     log = tmp_path / "trainer.log"
     def applied() -> int:
         return int(sum(sum(c.values()) for c in counters(store).values()))
@@ -229,8 +237,10 @@ def test_fold_in_weights_recent_positives_by_the_models_recency_boost(
     bundle = ModelBundle.load(small_model)
     vids = bundle.video_ids
     history = vids[:12]  # most recent first: vids[0] is the latest positive
+    # Liked, the latest first: the recency rank follows each video's first event time.
     store.seed_users([UserSeed("fresh", {}, history, history,
-                               feedback={v: (1.0, 0.0, 0.0) for v in history})])
+                               feedback={v: (1.0, 0.0, 0.0, 1_700_000_000.0 - i)
+                                         for i, v in enumerate(history)})])
 
     def folded(boost: float) -> np.ndarray:
         bundle.manifest["config"]["mf"].update(recency_boost=boost, recency_half_life=0.05)
@@ -261,12 +271,8 @@ def test_a_paused_redis_does_not_kill_the_trainer_and_loses_nothing(
     with RedisServer() as rs:
         store = FeatureStore.from_url(rs.url, key_prefix)
         store.put_videos([{"video_id": v} for v in VIDEOS])
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VIDREC_")}
-        env.update({"VIDREC_KAFKA_BOOTSTRAP": private_kafka_broker.bootstrap,
-                    "VIDREC_REDIS_URL": rs.url, "VIDREC_KEY_PREFIX": key_prefix,
-                    "VIDREC_EVENTS_DIR": str(tmp_path / "events"),
-                    "VIDREC_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
-                    "VIDREC_GROUP_ID": f"g-{uuid.uuid4().hex[:6]}", "VIDREC_BATCH_SIZE": "200"})
+        env = trainer_env(private_kafka_broker.bootstrap, rs.url, key_prefix, tmp_path,
+                          batch_size=200)
         log = tmp_path / "trainer.log"
         proc = start_trainer(env, log)
         try:

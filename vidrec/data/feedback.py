@@ -99,3 +99,18 @@ def recency_ranks(fm: FeedbackMatrix, positives: pd.DataFrame) -> np.ndarray:
     rows = np.repeat(np.arange(conf.shape[0]), np.diff(conf.indptr))
     got = np.asarray(lookup[rows, conf.indices]).ravel() if conf.nnz else np.zeros(0)
     return np.where(got > 0, got - 1.0, np.inf)
+
+
+def first_liked(interactions: pd.DataFrame, fm: FeedbackMatrix) -> pd.DataFrame:
+    """user_id, video_id, timestamp of every liked pair of `fm` (preference 1) with the
+    time of the pair's first event (impressions aside), earliest row first among equal
+    times: what the MF recency ranks count. The trainer's feedback hash keeps the same
+    first time per pair, so the fold-in ranks a user's pairs as training does."""
+    df = interactions[interactions["event"] != "impression"]
+    df = df.sort_values("timestamp", kind="stable")
+    first = df.drop_duplicates(["user_id", "video_id"], keep="first")
+    pref = fm.preference.tocoo()
+    liked = pd.DataFrame({"user_id": fm.user_ids[pref.row[pref.data > 0]],
+                          "video_id": fm.video_ids[pref.col[pref.data > 0]]})
+    out = first.merge(liked, on=["user_id", "video_id"], how="inner")
+    return out[["user_id", "video_id", "timestamp"]]

@@ -73,7 +73,8 @@ class UserRecord:
     seen: list[str]  # every video interacted with in training
     negatives: list[str] = field(default_factory=list)  # "not this", most recent first
     # The user's MF row as the trainer's feedback hash holds it (events.pair_score):
-    # video -> [summed non-rating weights, rating sum, rating count]; the user's ratings.
+    # video -> [summed non-rating weights, rating sum, rating count, first event time];
+    # the user's rating sum and count.
     feedback: dict[str, list[float]] = field(default_factory=dict)
     rating_sum: float = 0.0
     rating_n: float = 0.0

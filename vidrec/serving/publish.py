@@ -74,7 +74,8 @@ def load_features(store: FeatureStore, bundle: ModelBundle, overwrite_history: b
     store.put_videos(bundle.video_rows())
     users = bundle.users
     store.seed_users((UserSeed(uid, rec.profile, rec.history, rec.seen, rec.negatives,
-                               {v: (f[0], f[1], f[2]) for v, f in rec.feedback.items()},
+                               {v: (f[0], f[1], f[2], f[3] if len(f) > 3 else 0.0)
+                                for v, f in rec.feedback.items()},
                                rec.rating_sum, rec.rating_n)
                       for uid, rec in users.items()), overwrite=overwrite_history)
     # What is popular now: seeded from the model's popularity on the first publish, kept

@@ -64,7 +64,8 @@ class ApplyResult:
 # click, a watch and a like by one user count once, and one client repeating likes cannot
 # lift a video alone. The feedback hash holds, per video, the summed non-rating weights
 # (s:<video>) and the ratings (r:<video> sum, n:<video> count), and the user's rating sum
-# and count (_rs, _rn): the fold-in rebuilds the user's MF row from it.
+# and count (_rs, _rn), and the time of each video's first event (t:<video>, the MF
+# recency rank): the fold-in rebuilds the user's MF row from it.
 _APPLY = """
 local n_fields = 15
 local hist_len, neg_len, horizon = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -110,6 +111,8 @@ for i = 14, #ARGV, n_fields do
       else
         redis.call('HINCRBYFLOAT', fb, 's:' .. vid, w)
       end
+      local t0 = tonumber(redis.call('HGET', fb, 't:' .. vid) or '')
+      if t0 == nil or tonumber(ts) < t0 then redis.call('HSET', fb, 't:' .. vid, ts) end
       redis.call('SADD', dirty, uid)
       redis.call('SADD', ukey .. ':seen', vid)
     end

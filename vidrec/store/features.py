@@ -104,8 +104,8 @@ class FeatureStore:
             clean = {a: str(b) for a, b in rec.profile.items()
                      if b is not None and str(b) != "" and a != "user_id"}
             fb: list[str] = []
-            for vid, (base, rsum, rn) in rec.feedback.items():
-                fb += [f"s:{vid}", repr(base)]
+            for vid, (base, rsum, rn, first_t) in rec.feedback.items():
+                fb += [f"s:{vid}", repr(base), f"t:{vid}", repr(first_t)]
                 if rn:
                     fb += [f"r:{vid}", repr(rsum), f"n:{vid}", str(int(rn))]
             if rec.rating_n:
@@ -132,8 +132,10 @@ class FeatureStore:
         self._r.hset(self.keys.user_vector(user_id),
                      mapping={"v": vector.astype(np.float32).tobytes(), "version": version})
 
-    def user_feedback(self, user_id: str, weights: FeedbackWeights) -> dict[str, float]:
-        """The user's MF row: video -> clipped summed feedback score (events.pair_score)."""
+    def user_feedback(self, user_id: str, weights: FeedbackWeights
+                      ) -> dict[str, tuple[float, float]]:
+        """The user's MF row: video -> (clipped summed feedback score (events.pair_score),
+        time of the pair's first event)."""
         h = {_s(a): float(b) for a, b in
              self._r.hgetall(self.keys.user_feedback(user_id)).items()}  # type: ignore[union-attr]
         rn = h.get("_rn", 0.0)
@@ -141,9 +143,10 @@ class FeatureStore:
         out = {}
         for f in h:
             kind, _, vid = f.partition(":")
-            if kind == "s" or (kind == "r" and f"s:{vid}" not in h):
-                out[vid] = pair_score(h.get(f"s:{vid}", 0.0), h.get(f"r:{vid}", 0.0),
-                                      h.get(f"n:{vid}", 0.0), mean, weights)
+            if kind == "t":
+                score = pair_score(h.get(f"s:{vid}", 0.0), h.get(f"r:{vid}", 0.0),
+                                   h.get(f"n:{vid}", 0.0), mean, weights)
+                out[vid] = (score, h[f])
         return out
 
     # --- events (seconds tier) -----------------------------------------------------------
@@ -312,8 +315,8 @@ class UserSeed:
     history: Sequence[str]  # positives, latest first
     seen: Sequence[str]
     negatives: Sequence[str] = ()
-    # video -> (summed non-rating weights, rating sum, rating count)
-    feedback: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
+    # video -> (summed non-rating weights, rating sum, rating count, first event time)
+    feedback: Mapping[str, tuple[float, float, float, float]] = field(default_factory=dict)
     rating_sum: float = 0.0
     rating_n: float = 0.0
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from vidrec import schema
 from vidrec.data.dataset import Dataset, user_profiles
-from vidrec.data.feedback import build_feedback_matrix, recency_ranks
+from vidrec.data.feedback import build_feedback_matrix, first_liked, recency_ranks
 from vidrec.events import FeedbackWeights, Kind, event_kinds, event_weights
 from vidrec.models.bundle import ModelBundle, RankerWeights, UserRecord
 from vidrec.models.content import ContentModel
@@ -95,7 +95,8 @@ def train_bundle(ds: Dataset, cfg: PipelineConfig | None = None, progress: bool 
     pos = positives(inter, cfg.weights)
     # The user vectors are re-solved with recent positives weighted up (recency_boost),
     # the way the trainer folds them in online.
-    mf.user_factors = recency_user_factors(mf.video_factors, fm, recency_ranks(fm, pos),
+    mf.user_factors = recency_user_factors(mf.video_factors, fm,
+                                           recency_ranks(fm, first_liked(inter, fm)),
                                            cfg.mf)
 
     profiles = user_profiles(ds.users)
@@ -173,19 +174,22 @@ def user_records(inter: pd.DataFrame, w: FeedbackWeights,
 
 def _feedback(inter: pd.DataFrame, w: FeedbackWeights
               ) -> tuple[dict[str, dict[str, list[float]]], dict[str, tuple[float, float]]]:
-    """Per user: video -> [summed non-rating weights, rating sum, rating count] over
-    every event but impressions; and the user's (rating sum, rating count)."""
+    """Per user: video -> [summed non-rating weights, rating sum, rating count, time of
+    the first event] over every event but impressions; and the user's (rating sum,
+    rating count)."""
     df = inter[inter["event"] != "impression"]
     rating = (df["event"] == "rating").to_numpy()
     val = df["value"].to_numpy(np.float64)
     base = np.where(rating, 0.0, event_weights(df, w))
     parts = pd.DataFrame({"user_id": df["user_id"].to_numpy(),
                           "video_id": df["video_id"].to_numpy(), "s": base,
-                          "r": np.where(rating, val, 0.0), "n": rating.astype(np.float64)})
-    g = parts.groupby(["user_id", "video_id"], sort=False)[["s", "r", "n"]].sum()
+                          "r": np.where(rating, val, 0.0), "n": rating.astype(np.float64),
+                          "t": df["timestamp"].to_numpy(np.float64)})
+    g = parts.groupby(["user_id", "video_id"], sort=False).agg(
+        s=("s", "sum"), r=("r", "sum"), n=("n", "sum"), t=("t", "min"))
     fb: dict[str, dict[str, list[float]]] = {}
-    for (u, v), s_, r_, n_ in zip(g.index, g["s"], g["r"], g["n"], strict=True):
-        fb.setdefault(str(u), {})[str(v)] = [float(s_), float(r_), float(n_)]
+    for (u, v), s_, r_, n_, t_ in zip(g.index, g["s"], g["r"], g["n"], g["t"], strict=True):
+        fb.setdefault(str(u), {})[str(v)] = [float(s_), float(r_), float(n_), float(t_)]
     ru = parts[rating].groupby("user_id", sort=False)[["r", "n"]].sum()
     rsum = {str(u): (float(r_), float(n_)) for u, r_, n_ in zip(ru.index, ru["r"], ru["n"],
                                                                 strict=True)}

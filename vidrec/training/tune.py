@@ -16,14 +16,14 @@ import scipy.sparse as sp
 
 from vidrec import schema
 from vidrec.data.dataset import Dataset, user_profiles
-from vidrec.data.feedback import build_feedback_matrix, recency_ranks
+from vidrec.data.feedback import build_feedback_matrix, first_liked, recency_ranks
 from vidrec.data.splits import cold_start_split, relevant_sets, temporal_split
 from vidrec.metrics import evaluate
 from vidrec.models.bundle import BatchRecommender, ModelBundle, RankerWeights
 from vidrec.models.demographic import FieldFit, fit_field_weights
 from vidrec.models.features import FeatureEncoder
 from vidrec.models.mf import recency_user_factors
-from vidrec.training.pipeline import PipelineConfig, positive_scores, positives, train_bundle
+from vidrec.training.pipeline import PipelineConfig, positive_scores, train_bundle
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def tune_ranker(ds: Dataset, cfg: PipelineConfig, seed: int = 1, progress: bool 
     if users:
         fm = build_feedback_matrix(fit, cfg.weights,
                                    video_ids=np.array(bundle.video_ids, dtype=object))
-        ranks = recency_ranks(fm, positives(fit, cfg.weights))
+        ranks = recency_ranks(fm, first_liked(fit, fm))
         scores: dict[tuple[float, float, float, float], float] = {}
 
         def score_grid(rb: float, grid: Iterable[tuple[float, float, float]]) -> None:
