@@ -131,10 +131,6 @@ class Keys:
         """Hash of the user's summed feedback per video (the MF row; store/apply.py)."""
         return f"{self.user_root(user_id)}:fb"
 
-    def user_done(self, user_id: str) -> str:
-        """Sorted set of the user's recently applied event ids, by arrival (dedupe)."""
-        return f"{self.user_root(user_id)}:done"
-
     def user_vector(self, user_id: str) -> str:
         """Hash version -> float32 bytes of the freshest folded-in user vector."""
         return f"{self.user_root(user_id)}:vec"
@@ -158,6 +154,11 @@ class Keys:
 
     def trending_ref(self) -> str:
         return f"{self.prefix}:trending:ref"
+
+    def processed_events(self, bucket: int | None = None) -> str:
+        """Set of event ids applied in one arrival bucket (`None`: the stem; apply.py)."""
+        stem = f"{self.prefix}:events:done"
+        return stem if bucket is None else f"{stem}:{bucket}"
 
     def applied_offsets(self) -> str:
         """Hash "topic:partition" -> highest Kafka offset applied (exactly-once)."""

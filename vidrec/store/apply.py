@@ -8,9 +8,9 @@ redelivered event a duplicate:
 - the Kafka position: per partition, the highest offset applied (one hash field per
   partition, written in the same script): a redelivery after a crash or a rebalance is
   skipped whatever its age;
-- the event id, per user, for DEDUPE_HORIZON_S of server time (a sorted set trimmed as it
-  goes, at most DEDUPE_PER_USER ids): a client resending an event, with the same id and
-  any timestamp, through LogEvents (a new Kafka record) is skipped too.
+- the event id, for at least DEDUPE_HORIZON_S of server time (sets by arrival bucket that
+  expire whole): a client resending an event, with the same id and any timestamp, through
+  LogEvents (a new Kafka record) is skipped too.
 
 Memory is constant in total traffic: the offsets are one field per partition, the ids are
 what arrived within the horizon (docs/redis.md gives the bytes per id).
@@ -18,7 +18,7 @@ what arrived within the horizon (docs/redis.md gives the bytes per id).
 What each event means comes from the event contract (vidrec/events.py); the script only
 adds what needs Redis state: a rating's kind is judged against the user's ratings so far,
 which live in the user's feedback hash. Keys the script touches (docs/redis.md): per user
-(history, negatives, seen, feedback, remembered ids) and global ones (applied offsets,
+(history, negatives, seen, feedback) and global ones (applied offsets, remembered ids,
 dirty users, trending set and its reference time, per-arm counters and their index). The
 global ones make one call span several hash slots: it cannot run on Redis Cluster as is.
 """
@@ -39,8 +39,6 @@ E = events_pb2
 # An event id is remembered this long (server time) to catch a client resending it; Kafka
 # redeliveries are caught at any age by the applied offsets. docs/redis.md: bytes per id.
 DEDUPE_HORIZON_S = 3600.0
-# At most this many remembered ids per user (a flood from one user cannot grow Redis).
-DEDUPE_PER_USER = 5000
 # A trending weight from a clock ahead of ours must not outweigh everything.
 TRENDING_CLOCK_AHEAD_S = 60.0
 
@@ -65,7 +63,8 @@ class ApplyResult:
 # lift a video alone. The feedback hash holds, per video, the summed non-rating weights
 # (s:<video>) and the ratings (r:<video> sum, n:<video> count), and the user's rating sum
 # and count (_rs, _rn), and the time of each video's first event (t:<video>, the MF
-# recency rank): the fold-in rebuilds the user's MF row from it.
+# recency rank; a user's events arrive in order, their partition keeps it): the fold-in
+# rebuilds the user's MF row from it.
 _APPLY = """
 local n_fields = 15
 local hist_len, neg_len, horizon = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -73,20 +72,29 @@ local dirty, stats_index = ARGV[4], ARGV[5]
 local tkey, rkey, hl = ARGV[6], ARGV[7], tonumber(ARGV[8])
 local now = tonumber(ARGV[9])
 local r_base, r_centred = tonumber(ARGV[10]), tonumber(ARGV[11])
-local okey, done_cap = ARGV[12], tonumber(ARGV[13])
+local okey, done_stem = ARGV[12], ARGV[13]
+-- Applied ids live in sets by arrival bucket (server time / horizon): the current and the
+-- previous bucket are checked, so an id is remembered at least `horizon` seconds and at
+-- most twice that, and whole buckets expire. (Per-user sets cost 45% more per event:
+-- every user's set is a key to create and expire.)
+local bucket = math.floor(now / horizon)
+local done, done_prev = done_stem .. ':' .. bucket, done_stem .. ':' .. (bucket - 1)
+redis.call('SADD', done, '')
+redis.call('EXPIRE', done, 2 * math.ceil(horizon) + 60)
 local ref = tonumber(redis.call('GET', rkey) or '')
 if ref == nil then
   ref = now
   redis.call('SET', rkey, ARGV[9])
 end
 local applied, dup, unknown = {}, 0, {}
-local batch, offsets, moved = {}, {}, {}
+-- batch: ids seen in this call; once: per-call marks, so a user's dirty flag, an arm's
+-- index entry and a set's expiry cost one call per batch, not one per event.
+local batch, offsets, once = {}, {}, {}
 for i = 14, #ARGV, n_fields do
   local eid, part, off, vkey, kind = ARGV[i], ARGV[i+1], tonumber(ARGV[i+2]), ARGV[i+3], ARGV[i+4]
   local ukey, uid, ck, member = ARGV[i+5], ARGV[i+6], ARGV[i+7], ARGV[i+8]
   local cf, comp, wt, vid = ARGV[i+9], ARGV[i+10], ARGV[i+11], ARGV[i+12]
   local ts, w = ARGV[i+13], ARGV[i+14]
-  local done = ukey .. ':done'
   if part ~= '' and offsets[part] == nil then
     offsets[part] = tonumber(redis.call('HGET', okey, part) or '-1')
   end
@@ -94,7 +102,8 @@ for i = 14, #ARGV, n_fields do
     -- Reported on every delivery (never skipped as a duplicate): the caller dead-letters it.
     table.insert(unknown, eid)
   elseif batch[eid] or (part ~= '' and off <= offsets[part])
-      or tonumber(redis.call('ZSCORE', done, eid) or '-1') > now - horizon then
+      or redis.call('SISMEMBER', done, eid) == 1
+      or redis.call('SISMEMBER', done_prev, eid) == 1 then
     dup = dup + 1
   else
     batch[eid] = true
@@ -111,9 +120,11 @@ for i = 14, #ARGV, n_fields do
       else
         redis.call('HINCRBYFLOAT', fb, 's:' .. vid, w)
       end
-      local t0 = tonumber(redis.call('HGET', fb, 't:' .. vid) or '')
-      if t0 == nil or tonumber(ts) < t0 then redis.call('HSET', fb, 't:' .. vid, ts) end
-      redis.call('SADD', dirty, uid)
+      redis.call('HSETNX', fb, 't:' .. vid, ts)
+      if not once['d' .. uid] then
+        once['d' .. uid] = true
+        redis.call('SADD', dirty, uid)
+      end
       redis.call('SADD', ukey .. ':seen', vid)
     end
     if kind == 'p' or kind == 'n' then
@@ -129,20 +140,16 @@ for i = 14, #ARGV, n_fields do
     if cf ~= '' then redis.call('HINCRBY', ck, cf, 1) end
     if comp == '1' then redis.call('HINCRBY', ck, 'completed', 1) end
     if wt ~= '0' then redis.call('HINCRBYFLOAT', ck, 'watch_time_s', wt) end
-    redis.call('SADD', stats_index, member)
+    if not once['m' .. member] then
+      once['m' .. member] = true
+      redis.call('SADD', stats_index, member)
+    end
     -- The event id, remembered for `horizon` seconds of server time (a client resending
     -- it with another timestamp is still a duplicate) and at most done_cap per user.
-    redis.call('ZADD', done, now, eid)
-    if not moved[done] then
-      moved[done] = true
-      redis.call('ZREMRANGEBYSCORE', done, '-inf', now - horizon)
-    end
+    redis.call('SADD', done, eid)
     table.insert(applied, eid)
   end
   if part ~= '' and off > offsets[part] then offsets[part] = off end
-end
-for done, _ in pairs(moved) do
-  redis.call('ZREMRANGEBYRANK', done, 0, -done_cap - 1)
 end
 for part, off in pairs(offsets) do
   if off >= 0 then redis.call('HSET', okey, part, off) end
@@ -170,11 +177,10 @@ class Applier:
 
     def __init__(self, client: redis.Redis, keys: schema.Keys,
                  weights: ev.FeedbackWeights | None = None,
-                 horizon_s: float = DEDUPE_HORIZON_S, per_user_cap: int = DEDUPE_PER_USER) -> None:
+                 horizon_s: float = DEDUPE_HORIZON_S) -> None:
         self.keys = keys
         self.weights = weights or ev.FeedbackWeights()
         self.horizon_s = horizon_s
-        self.per_user_cap = per_user_cap
         self._script = client.register_script(_APPLY)
 
     def apply(self, events: Sequence[events_pb2.Event], hist_len: int, neg_len: int,
@@ -192,7 +198,7 @@ class Applier:
         args: list[str | int | float] = [
             hist_len, neg_len, self.horizon_s, k.dirty_users(), k.stats_index(),
             k.trending(), k.trending_ref(), half_life_s, repr(now), w.rating_base,
-            w.rating_centred, k.applied_offsets(), self.per_user_cap]
+            w.rating_centred, k.applied_offsets(), k.processed_events()]
         pos = positions if positions is not None else [None] * len(events)
         for e, p in zip(events, pos, strict=True):
             name = ev.NAME_OF[e.type]

@@ -165,6 +165,15 @@ class FeatureStore:
         return a.apply(events, schema.HISTORY_LEN, NEG_LEN, trending.HALF_LIFE_S, positions,
                        now)
 
+    def remembered_ids(self, horizon_s: float = DEDUPE_HORIZON_S,
+                       now: float | None = None) -> int:
+        """How many applied event ids are kept for dedupe now (inspection)."""
+        bucket = int((time.time() if now is None else now) // horizon_s)
+        p = self._r.pipeline(transaction=False)
+        for b in (bucket - 1, bucket):
+            p.scard(self.keys.processed_events(b))
+        return int(sum(p.execute()))
+
     def pop_dirty_users(self, n: int) -> list[str]:
         """Up to n users with events not yet folded in (each returned once)."""
         raw: list[bytes] = self._r.spop(self.keys.dirty_users(), n) or []  # type: ignore[assignment]
