@@ -11,7 +11,8 @@ cold     cold start over 5 user hold-outs (over one hold-out's ~94 users NDCG@10
 scale    100k-video catalog: wall time and peak memory of `vidrec train` and of
          `vidrec recommend` for every user
 serving  100k-video catalog: ANN recall@100 vs exact, gateway latency under open-loop load
-trainer  seconds-tier events/s and event -> visible latency under 20k events/s
+trainer  seconds-tier events/s and event -> visible latency under 20k events/s; the apply
+         script's own time per event (benchmarks.apply)
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def scale(var: Path) -> None:
 
 def trainer(var: Path) -> None:
     sh(PY, "-m", "benchmarks.trainer", "--out", str(var / "trainer"))
+    sh(PY, "-m", "benchmarks.apply")
 
 
 def main() -> int:
