@@ -193,6 +193,39 @@ def test_poison_messages_go_to_dlq_and_good_events_flow(stack: Stack) -> None:
     assert "v00005" in seen_of(stack, "u00003")
 
 
+def test_dead_letters_are_listed_and_replayed_once_their_video_exists(stack: Stack) -> None:
+    """`vidrec dlq list` shows the unknown-video letter of the poison test above; once the
+    video is upserted, `vidrec dlq replay` gets the event applied (nothing ever replayed
+    the DLQ before)."""
+    import subprocess
+    import sys
+
+    from vidrec import schema
+    from vidrec.infra.kafka import EventProducer
+
+    def cli(*args: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "vidrec.cli", "dlq", *args],
+                             env=stack.env(), capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout
+
+    listed = cli("list")
+    assert "unknown video 'no-such-video'" in listed and "not a vidrec.v1.Event" in listed
+    msg = events_pb2.VideoUpserted(video_id="no-such-video", title="Late upload",
+                                   category="travel", creator_id="c-late", upload_ts=time.time())
+    with EventProducer(stack.kafka_bootstrap) as p:
+        p.send_records(schema.TOPIC_VIDEOS, [(b"no-such-video", msg.SerializeToString())])
+    store = FeatureStore.from_url(stack.redis_url)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not store.videos(["no-such-video"]):
+        time.sleep(0.1)
+    assert "replayed 1 event(s)" in cli("replay", "--reason", "unknown video 'no-such-video'")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "no-such-video" not in seen_of(stack, "u1"):
+        time.sleep(0.1)
+    assert "no-such-video" in seen_of(stack, "u1")
+
+
 def test_ranker_reuses_or_rejects_the_candidate_user_vector(stack: Stack) -> None:
     """The ranker scores alike with the candidate stage's user vector and without it, and a
     vector of the wrong size or with NaN is INVALID_ARGUMENT, not a traceback."""
@@ -368,6 +401,24 @@ def test_rollback_returns_to_previous_version(stack: Stack, gw) -> None:  # type
     while time.monotonic() < deadline and rec(gw, user_id="u00001", k=5).model_version != prev:
         time.sleep(0.2)
     assert rec(gw, user_id="u00001", k=5).model_version == prev
+
+
+def test_a_killed_service_is_restarted_by_the_supervisor(stack: Stack, gw) -> None:  # type: ignore[no-untyped-def]
+    """`make run` supervises its processes: a SIGKILLed ranker comes back on its address
+    and answers are personalised again (the stack once stopped everything instead)."""
+    import signal
+
+    sp = stack.services["ranker"]
+    sp.signal(signal.SIGKILL)
+    assert sp.proc is not None
+    sp.proc.wait(10)
+    assert stack.supervise() == ["ranker"]
+    sp.wait_serving(120)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and rec(gw, user_id="u00001", k=5).degraded:
+        time.sleep(0.2)
+    assert not rec(gw, user_id="u00001", k=5).degraded
+    assert stack.supervise() == []  # nothing else to do
 
 
 @pytest.mark.parametrize("service", ["reranker", "ranker", "candidate"])

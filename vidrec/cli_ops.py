@@ -199,6 +199,83 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _dlq_records(bootstrap: str) -> list[Any]:
+    """Every record on the dead-letter topic, read without a consumer group (reading
+    commits nothing and moves no one's offsets)."""
+    from kafka import TopicPartition
+
+    from vidrec import schema
+    from vidrec.infra.kafka import make_consumer
+
+    consumer = make_consumer(bootstrap, None, [], consumer_timeout_ms=2000)
+    try:
+        parts = consumer.partitions_for_topic(schema.TOPIC_EVENTS_DLQ) or set()
+        tps = [TopicPartition(schema.TOPIC_EVENTS_DLQ, p) for p in sorted(parts)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        out: list[Any] = []
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            for recs in consumer.poll(timeout_ms=1000).values():
+                out.extend(recs)
+        return out
+    finally:
+        consumer.close()
+
+
+def cmd_dlq(a: argparse.Namespace) -> int:
+    import base64
+    import json
+
+    from vidrec import schema
+    from vidrec.events import event_problem
+    from vidrec.infra.kafka import EventProducer
+    from vidrec.v1 import events_pb2
+
+    s = _ops_settings()
+    if not s.kafka_bootstrap:
+        print("VIDREC_KAFKA_BOOTSTRAP is not set", file=sys.stderr)
+        return 2
+    letters = []
+    for r in _dlq_records(s.kafka_bootstrap):
+        try:
+            d = json.loads(r.value)
+        except ValueError:
+            continue
+        if a.reason and a.reason not in d.get("reason", ""):
+            continue
+        letters.append((r, d))
+    if a.action == "list":
+        print(f"{'offset':>7s}  {'from':24s} {'key':14s} reason")
+        for r, d in letters:
+            src = f"{d.get('topic')}:{d.get('partition')}@{d.get('offset')}"
+            print(f"{r.offset:7d}  {src:24s} {str(d.get('key'))[:14]:14s} {d.get('reason')}")
+        print(f"{len(letters)} dead letter(s)")
+        return 0
+    # replay: events that decode and pass the contract go back to vidrec.events; the
+    # trainer applies each once (a replayed id it already applied is a duplicate).
+    good, skipped = [], 0
+    for _, d in letters:
+        e = events_pb2.Event()
+        try:
+            e.ParseFromString(base64.b64decode(d.get("value_b64", "")))
+        except Exception:
+            skipped += 1
+            continue
+        if d.get("topic") != schema.TOPIC_EVENTS or event_problem(e):
+            skipped += 1
+            continue
+        good.append(e)
+    if good:
+        with EventProducer(s.kafka_bootstrap) as p:
+            p.send_events(good)
+    print(f"replayed {len(good)} event(s) to {schema.TOPIC_EVENTS}; {skipped} left "
+          "(not a valid event)")
+    return 0
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("publish", help="make a trained model directory live",
                        description="Copy a model directory into the artifact store as the "
@@ -218,6 +295,15 @@ def register(sub: Any) -> None:
     s = sub.add_parser("serve", help="run one service in the foreground")
     s.add_argument("name", choices=SERVICES)
     s.set_defaults(fn=cmd_serve)
+    dq = sub.add_parser(
+        "dlq", help="list or replay the dead-letter topic",
+        description="Records the trainer could not apply go to vidrec.events.dlq with the "
+        "reason. `list` prints them; `replay` sends those that are valid events back to "
+        "vidrec.events (e.g. after the unknown video was upserted); the trainer applies each "
+        "event id once. Reads VIDREC_KAFKA_BOOTSTRAP.")
+    dq.add_argument("action", choices=("list", "replay"))
+    dq.add_argument("--reason", default="", help="only letters whose reason contains this")
+    dq.set_defaults(fn=cmd_dlq)
     st = sub.add_parser("status", help="health, address and model version of every service")
     st.add_argument("--var", default="var", help="the directory `make run` uses")
     st.add_argument("--addr", action="append", help="name=host:port (repeatable)")

@@ -141,9 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  simulate users: .venv/bin/vidrec simulate --gateway {gw} --data {data}")
         print("  Ctrl-C stops everything.", flush=True)
         while not stop.is_set() and not a.no_wait:
-            dead = [n for n, s in stack.services.items() if not s.alive()]
-            if dead:
-                print(f"service(s) exited: {dead}; see {stack.log_dir}", file=sys.stderr)
+            for name in stack.supervise():
+                print(f"{name} exited and was restarted; see {stack.log_dir}/{name}.log",
+                      file=sys.stderr, flush=True)
+            if not stack.stores_alive():
+                print("embedded Redis or Kafka exited; stopping", file=sys.stderr)
                 return 1
             stop.wait(1.0)
     finally:

@@ -22,6 +22,9 @@ from vidrec.serving.healthcheck import check
 log = logging.getLogger(__name__)
 
 GRPC_SERVICES = ("candidate", "ranker", "reranker", "gateway")
+# A service that crashes this often within the window is left down (a crash loop).
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
 
 
 @dataclass
@@ -90,6 +93,7 @@ class Stack:
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     redis: RedisServer | None = None
     kafka: KafkaBroker | None = None
+    _restarts: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def artifact_root(self) -> Path:
@@ -158,7 +162,32 @@ class Stack:
             self.services[name].wait_serving(timeout_s)
         if trainer:
             self.start_service("trainer")
+            self.wait_trainer(timeout_s)
         self.write_state()
+
+    def wait_trainer(self, timeout_s: float) -> None:
+        """Until the trainer's heartbeat says it owns partitions (events are applied from
+        then on): a stack that says "up" keeps its freshness promise from the first event,
+        however long the trainer took to start and join its consumer group."""
+        from vidrec.store.features import FeatureStore
+
+        sp = self.services["trainer"]
+        store = FeatureStore.from_url(self.redis_url,
+                                      self.extra_env.get("VIDREC_KEY_PREFIX", "vidrec"))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not sp.alive():
+                raise RuntimeError(f"trainer exited; see {sp.log_path}:\n"
+                                   + sp.log_path.read_text()[-2000:])
+            try:
+                beat = store.heartbeat()
+            except Exception:  # Redis busy: try again
+                beat = None
+            if beat and beat.get("partitions"):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"trainer owns no partition after {timeout_s:.0f}s; see "
+                           f"{sp.log_path}")
 
     def write_state(self) -> None:
         state = {"services": {n: s.addr for n, s in self.services.items()},
@@ -166,6 +195,38 @@ class Stack:
                  "key_prefix": self.extra_env.get("VIDREC_KEY_PREFIX", "vidrec")}
         (self.var / "run").mkdir(parents=True, exist_ok=True)
         (self.var / "run" / "stack.json").write_text(json.dumps(state, indent=2))
+
+    def stores_alive(self) -> bool:
+        """The embedded Redis and Kafka this stack started are still running."""
+        return all(x is None or x.running for x in (self.redis, self.kafka))
+
+    def supervise(self, now: float | None = None) -> list[str]:
+        """Restart every service that exited (same address and environment) and return
+        their names. A process that crashed MAX_RESTARTS times within RESTART_WINDOW_S is
+        left down (a crash loop needs a person): it is named in the log each pass.
+
+        Why: one process dying (a Redis timeout in the trainer, an OOM kill) must not take
+        the whole stack down, and with it the embedded stores' in-memory state.
+        """
+        now = time.monotonic() if now is None else now
+        restarted = []
+        for name, sp in self.services.items():
+            if sp.alive():
+                continue
+            recent = [t for t in self._restarts.get(name, []) if now - t < RESTART_WINDOW_S]
+            self._restarts[name] = recent
+            code = sp.proc.returncode if sp.proc is not None else None
+            if len(recent) >= MAX_RESTARTS:
+                log.error("%s keeps crashing (%d restarts in %.0fs, last exit %s); left "
+                          "down, see %s", name, len(recent), RESTART_WINDOW_S, code,
+                          sp.log_path)
+                continue
+            log.warning("%s exited (code %s); restarting it, see %s", name, code, sp.log_path)
+            sp.stop()
+            sp.start()
+            recent.append(now)
+            restarted.append(name)
+        return restarted
 
     def stop(self) -> None:
         for name in ("gateway", "trainer", "reranker", "ranker", "candidate"):

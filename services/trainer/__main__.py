@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.trainer.loop import TrainerLoop
 from vidrec import schema
@@ -17,14 +18,13 @@ from vidrec.config import SettingsError, TrainerSettings, load_settings
 from vidrec.events import FeedbackWeights
 from vidrec.infra.streams import RecordSource
 from vidrec.logs import setup_logging
-from vidrec.models.bundle import ModelBundle
-from vidrec.models.online import OnlineModel
 from vidrec.store import trending
 from vidrec.store.artifacts import ArtifactStore
 from vidrec.store.eventlog import EventLog
 from vidrec.store.features import FeatureStore
-from vidrec.training.foldin import fold_in_dirty
-from vidrec.training.retrain import run_retrain
+
+if TYPE_CHECKING:
+    from vidrec.models.online import OnlineModel
 
 log = logging.getLogger("services.trainer")
 
@@ -62,6 +62,12 @@ def main() -> int:
     model: dict[str, OnlineModel] = {}
 
     def foldin_loop() -> None:
+        # Imported here, off the consuming thread's start: torch takes seconds to import on
+        # a busy machine, and events must be applied from the first second.
+        from vidrec.models.bundle import ModelBundle
+        from vidrec.models.online import OnlineModel  # noqa: F811
+        from vidrec.training.foldin import fold_in_dirty
+
         while not stop.wait(s.foldin_interval_s):
             try:
                 v = artifacts.latest()
@@ -75,6 +81,8 @@ def main() -> int:
                 log.exception("fold-in pass failed; will retry")
 
     def retrain_loop() -> None:
+        from vidrec.training.retrain import run_retrain
+
         last_t, last_n = time.monotonic(), events.count()
         while not stop.wait(2.0):
             n = events.count()
@@ -93,6 +101,7 @@ def main() -> int:
     log.info("trainer consuming %s, %s as group %s", schema.TOPIC_EVENTS, schema.TOPIC_VIDEOS,
              s.group_id)
     last_beat = last_trend = 0.0
+    beat_assigned = False
     must_rewind = False
     while not stop.is_set():
         try:
@@ -107,10 +116,14 @@ def main() -> int:
             log.exception("batch failed; not committed, retrying")
             must_rewind = True
             stop.wait(1.0)
-        if time.monotonic() - last_beat > 2.0:
+        assigned = len(consumer.assignment())
+        if time.monotonic() - last_beat > 2.0 or (assigned and not beat_assigned):
+            # The first beat with partitions tells `vidrec status` and the stack that
+            # events are being applied; then one every 2 s.
             last_beat = time.monotonic()
             try:
-                store.beat(loop.stats.__dict__)
+                store.beat({**loop.stats.__dict__, "partitions": assigned})
+                beat_assigned = beat_assigned or bool(assigned)
             except Exception:  # Redis trouble: the batch loop already says so
                 log.warning("heartbeat not written")
         if time.monotonic() - last_trend > trending.REFRESH_S:
