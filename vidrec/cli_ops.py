@@ -108,6 +108,28 @@ def cmd_retrain(a: argparse.Namespace) -> int:
     return 0 if res.published or not a.force else 1
 
 
+def cmd_rebuild(a: argparse.Namespace) -> int:
+    from vidrec.models.bundle import ModelBundle
+    from vidrec.store.artifacts import ArtifactStore
+    from vidrec.store.eventlog import EventLog
+    from vidrec.store.features import FeatureStore
+    from vidrec.training.rebuild import rebuild
+
+    s = _ops_settings()
+    artifacts = ArtifactStore(s.artifact_root)
+    latest = artifacts.latest()
+    bundle = (ModelBundle.load(artifacts.path(latest))
+              if latest and artifacts.loadable(latest) else None)
+    if bundle is None:
+        print("no loadable published model: videos and trending are not reloaded",
+              file=sys.stderr)
+    res = rebuild(FeatureStore.from_url(s.redis_url, s.key_prefix), Path(s.data_dir),
+                  EventLog(Path(s.events_dir)), Path(s.events_dir) / "videos.jsonl", bundle)
+    print(f"rebuilt {res.users} users from {s.data_dir} and {res.events} logged events "
+          f"({res.videos} upserted videos); per-arm counters are not rebuilt")
+    return 0
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     sys.argv = [f"services.{a.name}"]
     runpy.run_module(f"services.{a.name}", run_name="__main__")
@@ -292,6 +314,13 @@ def register(sub: Any) -> None:
     rt.add_argument("--force", action="store_true", help="publish even without enough "
                     "new evidence (the gate still refuses a worse model unless forced)")
     rt.set_defaults(fn=cmd_retrain)
+    rb = sub.add_parser(
+        "rebuild", help="rebuild users' Redis state from the base data and the event log",
+        description="After Redis was lost: every user's history, negatives, feedback and "
+        "seen set from the base data directory (VIDREC_DATA_DIR) and the trainer's event log "
+        "(VIDREC_EVENTS_DIR), written over what Redis holds; videos, the fresh list and the "
+        "trending seed from the serving model. Stop the trainer first, start it after.")
+    rb.set_defaults(fn=cmd_rebuild)
     s = sub.add_parser("serve", help="run one service in the foreground")
     s.add_argument("name", choices=SERVICES)
     s.set_defaults(fn=cmd_serve)

@@ -66,6 +66,15 @@ def load_index(index: VectorIndex, bundle: ModelBundle, name: str) -> None:
     log.info("index %s: %d vectors in %.1fs", name, len(rows), time.perf_counter() - t0)
 
 
+def newest_videos(bundle: ModelBundle, n: int = FRESH_LEN) -> list[str]:
+    """The catalog's newest uploads, newest first (the fresh list); [] without upload times."""
+    up = bundle.videos.get("upload_ts")
+    if up is None:
+        return []
+    ts = np.array([float(x) if x not in ("", None) else -np.inf for x in up])
+    return [bundle.video_ids[i] for i in np.argsort(-ts, kind="stable")[:n]]
+
+
 def load_features(store: FeatureStore, bundle: ModelBundle, overwrite_history: bool) -> None:
     """Videos, training users and the fresh list into Redis. A user's history, negatives
     and feedback are seeded only where Redis has none (live events own them after the
@@ -82,11 +91,9 @@ def load_features(store: FeatureStore, bundle: ModelBundle, overwrite_history: b
     # by the trainer from live events afterwards (a republish keeps the live counts).
     store.seed_trending(bundle.video_ids, bundle.popularity.astype(np.float64))
     store.refresh_trending()
-    up = bundle.videos.get("upload_ts")
-    if up is not None:
-        ts = np.array([float(x) if x not in ("", None) else -np.inf for x in up])
-        fresh = np.argsort(-ts, kind="stable")[:FRESH_LEN]
-        store.put_fresh([bundle.video_ids[i] for i in fresh])
+    fresh = newest_videos(bundle)
+    if fresh:
+        store.put_fresh(fresh)
     log.info("features: %d videos, %d users into Redis in %.1fs", len(bundle.video_ids),
              len(users), time.perf_counter() - t0)
 

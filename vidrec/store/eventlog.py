@@ -81,6 +81,14 @@ class EventLog:
         df = df.drop_duplicates("event_id", keep="first")
         return df[list(COLUMNS[:-1])].reset_index(drop=True)
 
+    def event_ids(self) -> list[str]:
+        """Every logged event id, in log order (a redelivered batch's ids appear twice)."""
+        if not self.path.exists():
+            return []
+        df = pd.read_csv(self.path, dtype=str, keep_default_na=False, on_bad_lines="skip",
+                         engine="python", usecols=["event_id"])
+        return [x for x in df["event_id"].tolist() if x]
+
     def count(self) -> int:
         if not self.path.exists():
             return 0

@@ -174,6 +174,19 @@ class FeatureStore:
             p.scard(self.keys.processed_events(b))
         return int(sum(p.execute()))
 
+    def mark_applied(self, event_ids: Sequence[str], horizon_s: float = DEDUPE_HORIZON_S,
+                     now: float | None = None) -> None:
+        """Remember these ids as applied (a rebuild marks what its replay covered)."""
+        if not event_ids:
+            return
+        key = self.keys.processed_events(int((time.time() if now is None else now)
+                                             // horizon_s))
+        p = self._r.pipeline(transaction=False)
+        for i in range(0, len(event_ids), 5000):
+            p.sadd(key, *event_ids[i: i + 5000])
+        p.expire(key, 2 * int(horizon_s) + 60)
+        p.execute()
+
     def pop_dirty_users(self, n: int) -> list[str]:
         """Up to n users with events not yet folded in (each returned once)."""
         raw: list[bytes] = self._r.spop(self.keys.dirty_users(), n) or []  # type: ignore[assignment]

@@ -59,6 +59,19 @@ def combined_dataset(base: Path, events: pd.DataFrame, videos_log: pd.DataFrame 
     return Dataset(videos, users, inter, ds.root)
 
 
+def read_videos_log(path: Path) -> pd.DataFrame | None:
+    """The videos the trainer saw upserted (vidrec.videos), as catalog rows; None if none."""
+    from vidrec import schema
+
+    if not path.exists():
+        return None
+    vids = pd.read_json(path, lines=True, dtype=False)
+    if "tags" in vids:
+        vids["tags"] = vids["tags"].apply(
+            lambda t: schema.TAG_SEPARATOR.join(t) if isinstance(t, list) else t)
+    return vids
+
+
 def _ndcg(bundle: ModelBundle, window: pd.DataFrame, seen_before: pd.DataFrame) -> float:
     rel = relevant_sets(window)
     users = sorted(rel)
@@ -131,14 +144,10 @@ def run_retrain(s: TrainerSettings, events: EventLog, videos_log: Path,
                 artifacts: ArtifactStore, store: FeatureStore, producer: RecordSink | None,
                 force: bool = False) -> RetrainResult:
     """Retrain from the trainer's settings: base data dir + event log + upserted videos."""
-    from vidrec import schema
     from vidrec.serving.publish import publish
     from vidrec.store.index import open_index
 
-    vids = pd.read_json(videos_log, lines=True, dtype=False) if videos_log.exists() else None
-    if vids is not None and "tags" in vids:
-        vids["tags"] = vids["tags"].apply(
-            lambda t: schema.TAG_SEPARATOR.join(t) if isinstance(t, list) else t)
+    vids = read_videos_log(videos_log)
 
     def publish_fn(out: Path) -> str:
         index = open_index(s.qdrant_url, s.index_root)
