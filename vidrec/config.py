@@ -31,6 +31,9 @@ class CommonSettings:
     key_prefix: str = "vidrec"
     # Kafka bootstrap servers, comma-separated; empty disables Kafka (offline use).
     kafka_bootstrap: str = ""
+    # gRPC calls served at once before more are refused with RESOURCE_EXHAUSTED (0 = the
+    # worker threads minus two kept for health checks; serving/server.py).
+    max_in_flight: int = 0
 
 
 @dataclass(frozen=True)

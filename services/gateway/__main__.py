@@ -64,7 +64,7 @@ def main() -> int:
     server = Server("gateway", s.listen_addr,
                     [gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name],
                     lambda g: gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, g),
-                    workers=32, grace_s=s.grace_s)
+                    workers=32, grace_s=s.grace_s, max_in_flight=s.max_in_flight)
     server.start()
     server.set_serving(True)
     server.run_until_signal()

@@ -110,7 +110,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 c.timestamp = now
             events.append(c)
         try:
-            producer.send_events(events)
+            # Bounded by the caller's deadline: past it nobody waits for the answer.
+            left = context.time_remaining()
+            producer.send_events(events, timeout_s=None if left is None else max(0.05, left))
         except Exception as exc:
             log.warning("LogEvents: Kafka did not acknowledge: %s", exc)
             context.abort(grpc.StatusCode.UNAVAILABLE,

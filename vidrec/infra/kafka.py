@@ -135,16 +135,22 @@ class EventProducer:
         self.ack_timeout_s = ack_timeout_s
         self.producer = make_producer(bootstrap, **producer_kw)
 
-    def send_events(self, events: Sequence[events_pb2.Event]) -> None:
-        """Publish `events` to the events topic; raise PublishError unless all are acked."""
+    def send_events(self, events: Sequence[events_pb2.Event],
+                    timeout_s: float | None = None) -> None:
+        """Publish `events` to the events topic; raise PublishError unless all are acked
+        within `timeout_s` (default ack_timeout_s)."""
         for event in events:
             if not event.user_id:
                 raise ValueError(f"event {event.event_id!r} has no user_id (the partition key)")
-        self.send_records(self.topic, ((e.user_id.encode(), e.SerializeToString()) for e in events))
+        self.send_records(self.topic, ((e.user_id.encode(), e.SerializeToString()) for e in events),
+                          timeout_s)
 
-    def send_records(self, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> int:
-        """Publish (key, value) pairs to `topic` and wait for every acknowledgement."""
-        deadline = time.monotonic() + self.ack_timeout_s
+    def send_records(self, topic: str, records: Iterable[tuple[bytes | None, bytes]],
+                     timeout_s: float | None = None) -> int:
+        """Publish (key, value) pairs to `topic` and wait for every acknowledgement, at
+        most `timeout_s` (default ack_timeout_s)."""
+        wait = self.ack_timeout_s if timeout_s is None else min(timeout_s, self.ack_timeout_s)
+        deadline = time.monotonic() + wait
         futures = []
         try:
             for key, value in records:

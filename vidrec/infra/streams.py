@@ -12,10 +12,13 @@ from vidrec.v1 import events_pb2
 
 
 class RecordSink(Protocol):
-    def send_events(self, events: Sequence[events_pb2.Event]) -> None:
-        """Publish to the events topic keyed by user; return once Kafka has them all."""
+    def send_events(self, events: Sequence[events_pb2.Event],
+                    timeout_s: float | None = None) -> None:
+        """Publish to the events topic keyed by user; return once Kafka has them all, or
+        raise within `timeout_s`."""
 
-    def send_records(self, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> int:
+    def send_records(self, topic: str, records: Iterable[tuple[bytes | None, bytes]],
+                     timeout_s: float | None = None) -> int:
         """Publish (key, value) pairs to `topic` and wait for every acknowledgement."""
 
     def send_nowait(self, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> None:

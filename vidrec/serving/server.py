@@ -23,6 +23,63 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 OVERALL = ""
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+# Workers kept free of requests, for health checks (see _Admission).
+HEALTH_WORKERS = 2
+
+
+class _Admission(grpc.ServerInterceptor):
+    """Refuse what the process cannot serve in time, at once, instead of queueing it.
+
+    Past `limit` calls in flight a call is answered RESOURCE_EXHAUSTED without work (the
+    caller degrades or retries elsewhere): a queue would only make every answer late and
+    goodput collapse. A call whose deadline has already passed is answered
+    DEADLINE_EXCEEDED without work. Health checks are never refused: the limit stays below
+    the worker count, so a health check always finds a free worker and an overloaded pod
+    is not mistaken for a dead one.
+    """
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        self.refused = 0
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails
+                          ) -> grpc.RpcMethodHandler:
+        handler = continuation(details)
+        if (handler is None or handler.unary_unary is None
+                or details.method.startswith(HEALTH_PREFIX)):
+            return handler
+        inner = handler.unary_unary
+
+        def admitted(request: object, context: grpc.ServicerContext) -> object:
+            left = context.time_remaining()
+            if left is not None and left <= 0:
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                              f"{self.name}: the deadline passed before the call started")
+            with self._lock:
+                full = self._in_flight >= self.limit
+                if full:
+                    self.refused += 1
+                else:
+                    self._in_flight += 1
+            if full:
+                if self.refused % 1000 == 1:
+                    log.warning("%s at its limit of %d calls in flight: %d refused so far",
+                                self.name, self.limit, self.refused)
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"{self.name} is at capacity; retry later")
+            try:
+                return inner(request, context)
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
+
+        return grpc.unary_unary_rpc_method_handler(
+            admitted, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
 
 
 class _Guard(grpc.ServerInterceptor):
@@ -76,14 +133,19 @@ def _is_unavailable(exc: BaseException) -> bool:
 class Server:
     def __init__(self, name: str, listen_addr: str, service_names: Sequence[str],
                  register: Callable[[grpc.Server], None], workers: int = 16,
-                 grace_s: float = 5.0) -> None:
+                 grace_s: float = 5.0, max_in_flight: int | None = None) -> None:
+        """`max_in_flight` calls at once (default: workers - HEALTH_WORKERS); beyond it a
+        call is refused at once with RESOURCE_EXHAUSTED (_Admission)."""
         self.name = name
         self.grace_s = grace_s
         opts = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0)]
+        limit = max_in_flight if max_in_flight else max(1, workers - HEALTH_WORKERS)
+        workers = max(workers, limit + HEALTH_WORKERS)
+        self.admission = _Admission(name, limit)
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=opts,
-                                interceptors=[_Guard(name)])
+                                interceptors=[self.admission, _Guard(name)])
         register(self.grpc)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
