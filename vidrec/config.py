@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from vidrec.rerank import RerankConfig as _RC
+
 PREFIX = "VIDREC_"
 
 
@@ -70,14 +72,14 @@ class RerankSettings(CommonSettings):
     the gateway both read them: when the reranker is down the gateway applies the same rules,
     so VIDREC_MAX_PER_CREATOR and the others must reach both processes."""
 
-    # A cap of 0 or less means no cap.
-    max_per_creator: int = 2
-    max_per_category: int = 4
-    # 1.0 = pure relevance order, 0.0 = pure diversity.
-    mmr_lambda: float = 0.8
-    freshness_days: float = 14.0
-    freshness_boost: float = 0.05
-    exploration_slots: int = 1
+    # Defaults are RerankConfig's own (one place to change them). A cap of 0 or less
+    # means no cap; mmr_lambda 1.0 = pure relevance order, 0.0 = pure diversity.
+    max_per_creator: int = _RC.max_per_creator
+    max_per_category: int = _RC.max_per_category
+    mmr_lambda: float = _RC.mmr_lambda
+    freshness_days: float = _RC.freshness_days
+    freshness_boost: float = _RC.freshness_boost
+    exploration_slots: int = _RC.exploration_slots
     # Enabled rules in order, comma-separated; empty = all (vidrec.rerank.RULES).
     rules: str = ""
 

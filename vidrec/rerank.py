@@ -21,11 +21,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from vidrec.config import RerankSettings
+if TYPE_CHECKING:  # config takes its rerank defaults from RerankConfig
+    from vidrec.config import RerankSettings
 
 DAY_S = 86_400.0
 
