@@ -38,7 +38,7 @@ lint: setup ## ruff + mypy
 	$(BIN)/ruff check vidrec services tests
 	$(BIN)/mypy vidrec services
 
-bench: setup ## benchmarks with figures (models vs peers, cold start, large catalog, serving latency, trainer throughput)
+bench: setup ## benchmarks with figures (models vs peers, cold start, large catalog, serving latency, trainer throughput, faults)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean: ## remove generated code and var/ (keeps .venv)

@@ -1,6 +1,7 @@
 """`make bench`: every benchmark in sequence; figures land in var/bench/.
 
-    python -m benchmarks [--only models,cold,scale,serving,trainer] [--ml ../shared/data/ml-100k]
+    python -m benchmarks [--only models,cold,scale,serving,trainer,faults]
+                         [--ml ../shared/data/ml-100k]
 
 models   vidrec evaluate on MovieLens-100K (warm + cold-start splits), the tuned peers
          (implicit ALS, LightFM WARP; benchmark-only deps, see benchmarks/requirements.txt)
@@ -13,6 +14,8 @@ scale    100k-video catalog: wall time and peak memory of `vidrec train` and of
 serving  100k-video catalog: ANN recall@100 vs exact, gateway latency under open-loop load
 trainer  seconds-tier events/s and event -> visible latency under 20k events/s; the apply
          script's own time per event (benchmarks.apply)
+faults   stages killed and stopped, Redis stopped, the trainer killed, 3x overload, under
+         load: errors, degraded share, p99, recovery, events acked vs applied
 """
 
 from __future__ import annotations
@@ -86,10 +89,14 @@ def trainer(var: Path) -> None:
     sh(PY, "-m", "benchmarks.apply")
 
 
+def faults(var: Path) -> None:
+    sh(PY, "-m", "benchmarks.faults", "--out", str(var / "faults"))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="models,cold,scale,serving,trainer")
+    ap.add_argument("--only", default="models,cold,scale,serving,trainer,faults")
     ap.add_argument("--ml", default="../shared/data/ml-100k")
     ap.add_argument("--var", default="var/bench")
     a = ap.parse_args()
@@ -98,7 +105,7 @@ def main() -> int:
     for name in a.only.split(","):
         {"models": lambda: models(var, Path(a.ml)), "cold": lambda: cold(var, Path(a.ml)),
          "scale": lambda: scale(var), "serving": lambda: serving(var),
-         "trainer": lambda: trainer(var)}[name]()
+         "trainer": lambda: trainer(var), "faults": lambda: faults(var)}[name]()
     print(f"figures in {var}/", flush=True)
     return 0
 

@@ -22,6 +22,7 @@ def run(addr: str, rate: float, duration_s: float, users: list[str], k: int, see
         new_user_share: float = 0.1) -> dict:
     rng = random.Random(seed)
     lat: list[float] = []
+    degraded = [0]
     errors: dict[str, int] = {}
     lock = threading.Lock()
     pending = threading.Semaphore(0)
@@ -48,6 +49,7 @@ def run(addr: str, rate: float, duration_s: float, users: list[str], k: int, see
                     exc = f.exception()
                     if exc is None:
                         lat.append(t * 1000)
+                        degraded[0] += bool(f.result().degraded)
                     else:
                         code = exc.code().name if hasattr(exc, "code") else repr(exc)
                         errors[code] = errors.get(code, 0) + 1
@@ -63,6 +65,7 @@ def run(addr: str, rate: float, duration_s: float, users: list[str], k: int, see
         return lat[min(len(lat) - 1, int(p / 100 * len(lat)))] if lat else float("nan")
 
     return {"rate": rate, "sent": n, "ok": len(lat), "errors": errors,
+            "degraded": degraded[0],
             "achieved_rps": len(lat) / wall if wall > 0 else 0.0,
             "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99),
             "max_ms": lat[-1] if lat else float("nan")}

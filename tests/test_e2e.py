@@ -28,7 +28,12 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture(scope="module")
 def stack(small_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     var = tmp_path_factory.mktemp("var")
-    st = Stack(var, extra_env={"VIDREC_FOLDIN_INTERVAL_S": "1"})
+    # Stage ceilings as long as the calls' own timeouts: these tests are about behaviour
+    # (hot swap, freshness), and a slow machine must not turn them into degraded answers.
+    st = Stack(var, extra_env={"VIDREC_FOLDIN_INTERVAL_S": "1",
+                               "VIDREC_CANDIDATE_TIMEOUT_MS": "4000",
+                               "VIDREC_RANKER_TIMEOUT_MS": "4000",
+                               "VIDREC_RERANKER_TIMEOUT_MS": "4000"})
     try:
         st.start_stores()
         index = EdgeIndex(st.index_root)

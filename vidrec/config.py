@@ -31,6 +31,9 @@ class CommonSettings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Prefix of every Redis key (schema.Keys); lets two deployments share one Redis.
     key_prefix: str = "vidrec"
+    # Redis socket timeout in ms: how long a stalled Redis may hold a call. Serving
+    # processes degrade past it (the user as new, lists empty); the trainer retries.
+    redis_timeout_ms: float = 100.0
     # Kafka bootstrap servers, comma-separated; empty disables Kafka (offline use).
     kafka_bootstrap: str = ""
     # gRPC calls served at once before more are refused with RESOURCE_EXHAUSTED (0 = the
@@ -102,6 +105,10 @@ class GatewaySettings(RerankSettings):
     # Share of the remaining deadline each stage may use.
     candidate_share: float = 0.4
     ranker_share: float = 0.6
+    # Each stage's ceiling in ms, whatever the client's deadline (then the degraded path).
+    candidate_timeout_ms: float = 400.0
+    ranker_timeout_ms: float = 400.0
+    reranker_timeout_ms: float = 250.0
     # Experiment arms "name:weight,name:weight"; a user is hashed to one arm.
     arms: str = "hybrid:1"
     max_k: int = 500

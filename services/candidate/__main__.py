@@ -61,7 +61,7 @@ def main() -> int:
         return 2
     setup_logging("candidate", s.log_level)
     index = open_index(s.qdrant_url, s.index_root)
-    store = FeatureStore.from_url(s.redis_url, s.key_prefix)
+    store = FeatureStore.from_url(s.redis_url, s.key_prefix, s.redis_timeout_ms / 1000)
     holder: ModelHolder[CandidateModel] = ModelHolder(
         ArtifactStore(s.artifact_root), lambda v, p: CandidateModel(v, Path(p), index),
         keep=s.keep_versions)

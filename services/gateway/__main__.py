@@ -48,7 +48,7 @@ def main() -> int:
     stubs = Stubs(candidate_pb2_grpc.CandidateStub(channels[0]),
                   ranker_pb2_grpc.RankerStub(channels[1]),
                   reranker_pb2_grpc.RerankerStub(channels[2]))
-    store = FeatureStore.from_url(s.redis_url, s.key_prefix)
+    store = FeatureStore.from_url(s.redis_url, s.key_prefix, s.redis_timeout_ms / 1000)
     producer = None
     if s.kafka_bootstrap:
         from vidrec.infra.kafka import EventProducer
@@ -59,7 +59,9 @@ def main() -> int:
         producer = EventProducer(s.kafka_bootstrap, ack_timeout_s=5.0,
                                  linger_ms=IMPRESSION_LINGER_MS)
     servicer = GatewayServicer(stubs, store, producer, arms,
-                               Budget(s.candidate_share, s.ranker_share), rules,
+                               Budget(s.candidate_share, s.ranker_share,
+                                      s.candidate_timeout_ms / 1000, s.ranker_timeout_ms / 1000,
+                                      s.reranker_timeout_ms / 1000), rules,
                                s.max_k, s.default_deadline_ms / 1000, s.log_impressions)
     server = Server("gateway", s.listen_addr,
                     [gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name],

@@ -57,6 +57,14 @@ class FunnelResult:
 class Budget:
     candidate_share: float = 0.4
     ranker_share: float = 0.6
+    # Each stage's own ceiling, whatever the client's deadline: a stalled stage costs a
+    # request at most this long (then the degraded path answers), so a stall cannot hold
+    # the gateway's workers for the client's whole deadline and pile requests up. Healthy
+    # stages answer in a few ms (benchmarks.serving); these leave room for a stage that is
+    # loading a new model version (a hot swap) to still answer.
+    candidate_timeout_s: float = 0.4
+    ranker_timeout_s: float = 0.4
+    reranker_timeout_s: float = 0.25
     # Was 300 candidates and 100 scored videos; every stage's work grows with them. Offline,
     # against synthetic ground truth, fewer candidates per source did not lower precision@10
     # (4k videos: 0.4372 at 200 and 300; 20k videos: 0.4021 at 200, 0.4003 at 300), and
@@ -80,7 +88,7 @@ def run_funnel(stubs: Stubs, store: FeatureStore, request_id: str, user: common_
         cresp = stubs.candidate.Generate(
             candidate_pb2.GenerateRequest(request_id=request_id, user=user,
                                           n=budget.num_candidates, filters=filters),
-            timeout=_left(deadline) * budget.candidate_share)
+            timeout=min(budget.candidate_timeout_s, _left(deadline) * budget.candidate_share))
         cands = list(cresp.candidates)
         version = cresp.model_version
         user_vector = list(cresp.user_vector)
@@ -98,7 +106,7 @@ def run_funnel(stubs: Stubs, store: FeatureStore, request_id: str, user: common_
                 ranker_pb2.ScoreRequest(request_id=request_id, user=user, candidates=cands,
                                         top_m=max(budget.top_m, k), model_version=version,
                                         user_vector=user_vector),
-                timeout=_left(deadline) * budget.ranker_share)
+                timeout=min(budget.ranker_timeout_s, _left(deadline) * budget.ranker_share))
             scored = list(sresp.videos)
             version = sresp.model_version or version
         except grpc.RpcError as exc:
@@ -112,7 +120,7 @@ def run_funnel(stubs: Stubs, store: FeatureStore, request_id: str, user: common_
     try:
         rresp = stubs.reranker.Rerank(
             reranker_pb2.RerankRequest(request_id=request_id, user=user, videos=scored, k=k),
-            timeout=_left(deadline))
+            timeout=min(budget.reranker_timeout_s, _left(deadline)))
         final = list(rresp.videos)
     except grpc.RpcError as exc:
         if exc.code() not in DEGRADABLE:

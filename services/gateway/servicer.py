@@ -51,11 +51,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         remaining = context.time_remaining()
         budget_s = self.default_deadline_s if remaining is None else min(remaining, 60.0)
         deadline = time.monotonic() + budget_s * 0.95
+        no_state = False
         try:
             state = self.store.user(request.user_id) if request.user_id else None
         except Exception:
             log.warning("Redis unavailable: treating the user as new")
-            state = None
+            state, no_state = None, True
         state = state or UserState(request.user_id)
         profile = dict(state.profile)
         profile.update(profile_dict(request.profile))
@@ -76,7 +77,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, "recommendation stages unavailable")
         resp = gateway_pb2.RecommendResponse(
             request_id=request_id, model_version=res.model_version, experiment_arm=arm,
-            degraded=bool(res.degraded), degraded_stages=res.degraded,
+            degraded=bool(res.degraded) or no_state,
+            # "features": the user's history and seen set could not be read (Redis).
+            degraded_stages=[*res.degraded, *(["features"] if no_state else [])],
             videos=[gateway_pb2.RecommendedVideo(video_id=v.video_id, score=v.score,
                                                  reason=v.reason, source=v.source)
                     for v in res.videos])

@@ -34,7 +34,7 @@ def main() -> int:
         print(f"ranker: {exc}", file=sys.stderr)
         return 2
     setup_logging("ranker", s.log_level)
-    store = FeatureStore.from_url(s.redis_url, s.key_prefix)
+    store = FeatureStore.from_url(s.redis_url, s.key_prefix, s.redis_timeout_ms / 1000)
     holder: ModelHolder[OnlineModel] = ModelHolder(ArtifactStore(s.artifact_root), load_model,
                                                    keep=s.keep_versions)
     servicer = RankerServicer(holder, store, s.top_m)

@@ -21,7 +21,7 @@ def main() -> int:
         print(f"reranker: {exc}", file=sys.stderr)
         return 2
     setup_logging("reranker", s.log_level)
-    store = FeatureStore.from_url(s.redis_url, s.key_prefix)
+    store = FeatureStore.from_url(s.redis_url, s.key_prefix, s.redis_timeout_ms / 1000)
     servicer = RerankerServicer(store, cfg)
     server = Server("reranker", s.listen_addr,
                     [reranker_pb2.DESCRIPTOR.services_by_name["Reranker"].full_name],

@@ -64,13 +64,16 @@ class FeatureStore:
         self.video_cache_size = video_cache_size
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "vidrec") -> FeatureStore:
+    def from_url(cls, url: str, prefix: str = "vidrec", timeout_s: float = 1.0
+                 ) -> FeatureStore:
+        """`timeout_s` bounds every Redis call (VIDREC_REDIS_TIMEOUT_MS in the services)."""
         # No retry with backoff: redis-py's default spends ~5 s on a dead server, longer than
         # any request deadline; callers degrade instead.
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        return cls(redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=0.5,
+        return cls(redis.Redis.from_url(url, socket_timeout=timeout_s,
+                                        socket_connect_timeout=min(0.5, timeout_s),
                                         retry=Retry(NoBackoff(), 0)), prefix)
 
     # --- users -----------------------------------------------------------------------

@@ -1,0 +1,222 @@
+"""Fault injection against the real processes under open-loop load.
+
+    python -m benchmarks.faults [--rate 50] [--seconds 16] [--out var/bench/faults]
+
+A supervised one-machine stack (embedded Redis and Kafka, every service, the trainer) on a
+small synthetic catalog. Each row runs the load generator (Recommend at --rate, open loop)
+and an event producer (likes through Gateway.LogEvents, each with its own id and a
+row-specific model version, retried on any error like a real client) while one fault
+happens from second 4 to second 14. After the row it waits for the trainer to drain and
+reports:
+
+  requests, errors, degraded share, p99 of the answers, seconds until an answer is
+  personalised again after the fault, and events acknowledged / applied / applied twice
+  (applied = the row's like counter in Redis, which the apply script increments once per
+  applied event: more than acknowledged means a double, fewer a loss).
+
+Faults: SIGKILL of candidate, ranker, reranker (the supervisor restarts them); SIGSTOP
+(10 s) of the ranker; SIGSTOP (10 s) of Redis; the trainer SIGKILLed 5 times mid-stream;
+--overload-rate for the whole row (past capacity).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+
+from vidrec.stack import Stack
+from vidrec.store.artifacts import ArtifactStore
+from vidrec.store.features import FeatureStore
+from vidrec.store.index import EdgeIndex
+from vidrec.v1 import events_pb2, gateway_pb2, gateway_pb2_grpc
+
+FAULT_AT, FAULT_FOR = 4.0, 10.0
+
+
+def events_client(addr: str, row: str, users: list[str], videos: list[str], stop: threading.Event,
+                  acked: list[str]) -> None:
+    """Likes at ~40/s, one per call; a call that fails is retried with the same id until
+    acknowledged (at-least-once from the client's side)."""
+    with grpc.insecure_channel(addr) as ch:
+        stub = gateway_pb2_grpc.GatewayStub(ch)
+        i = 0
+        while not stop.is_set():
+            e = events_pb2.Event(event_id=f"{row}-{i}", user_id=users[i % len(users)],
+                                 video_id=videos[(i * 7) % len(videos)],
+                                 type=events_pb2.EVENT_TYPE_LIKE, timestamp=time.time(),
+                                 model_version=row, experiment_arm="faults")
+            while True:
+                try:
+                    stub.LogEvents(gateway_pb2.LogEventsRequest(events=[e]), timeout=2.0)
+                    acked.append(e.event_id)
+                    break
+                except grpc.RpcError:
+                    if stop.is_set():
+                        return
+                    time.sleep(0.2)
+            i += 1
+            time.sleep(0.025)
+
+
+def personalised_again(addr: str, user: str, since: float, limit_s: float = 60.0) -> float:
+    """Seconds from `since` until a Recommend is answered without a degraded stage."""
+    with grpc.insecure_channel(addr) as ch:
+        stub = gateway_pb2_grpc.GatewayStub(ch)
+        while time.monotonic() - since < limit_s:
+            try:
+                r = stub.Recommend(gateway_pb2.RecommendRequest(user_id=user, k=10), timeout=2)
+                if not r.degraded:
+                    return round(max(0.0, time.monotonic() - since), 2)
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    return float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rate", type=float, default=50.0)
+    ap.add_argument("--seconds", type=float, default=18.0)
+    ap.add_argument("--overload-rate", type=float, default=600.0,
+                    help="req/s of the overload row (past this small stack's capacity)")
+    ap.add_argument("--only", default="", help="comma-separated row names")
+    ap.add_argument("--out", default="var/bench/faults")
+    a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    var = Path(tempfile.mkdtemp(prefix="vidrec-faults-"))
+    data, model = var / "data", var / "model"
+    py = sys.executable
+    subprocess.run([py, "-m", "vidrec.cli", "data", "synth", "--out", str(data), "--users",
+                    "1000", "--videos", "2000", "--seed", "3"], check=True,
+                   capture_output=True)
+    subprocess.run([py, "-m", "vidrec.cli", "train", "--data", str(data), "--out", str(model),
+                    "--quiet", "--no-tune", "--epochs", "3"], check=True, capture_output=True)
+    stack = Stack(var, extra_env={"VIDREC_EVENTS_DIR": str(var / "events"),
+                                  "VIDREC_DATA_DIR": str(data)})
+    rows = []
+    watching = threading.Event()
+    try:
+        from vidrec.models.bundle import ModelBundle
+        from vidrec.serving.publish import publish
+
+        stack.start_stores()
+        index = EdgeIndex(stack.index_root)
+        version = publish(model, ArtifactStore(stack.artifact_root), index,
+                          FeatureStore.from_url(stack.redis_url))
+        index.close()
+        bundle = ModelBundle.load(stack.artifact_root / version)
+        users, videos = list(bundle.users)[:500], bundle.video_ids[:1500]
+        stack.start_services(trainer=True, timeout_s=300)
+        gw = stack.services["gateway"].addr
+        store = FeatureStore.from_url(stack.redis_url)
+
+        def supervise() -> None:
+            while not watching.is_set():
+                stack.supervise()
+                time.sleep(0.25)
+
+        threading.Thread(target=supervise, daemon=True).start()
+
+        def pause(pid: int | None) -> None:
+            assert pid is not None
+            os.killpg(pid, signal.SIGSTOP)
+            time.sleep(FAULT_FOR)
+            os.killpg(pid, signal.SIGCONT)
+
+        def kill(name: str) -> None:
+            stack.services[name].signal(signal.SIGKILL)
+
+        def kill_trainer_often() -> None:
+            for _ in range(5):
+                kill("trainer")
+                time.sleep(FAULT_FOR / 5)
+
+        faults = {
+            "kill candidate": lambda: kill("candidate"),
+            "kill ranker": lambda: kill("ranker"),
+            "kill reranker": lambda: kill("reranker"),
+            "stop ranker 10s": lambda: pause(stack.services["ranker"].proc.pid  # type: ignore[union-attr]
+                                             if stack.services["ranker"].proc else None),
+            "stop redis 10s": lambda: pause(stack.redis.pid if stack.redis else None),
+            "kill trainer x5": kill_trainer_often,
+            "overload": lambda: None,
+        }
+        only = {x.strip() for x in a.only.split(",") if x.strip()}
+        for name, fault in faults.items():
+            if only and name not in only:
+                continue
+            row = f"f{uuid.uuid4().hex[:6]}"
+            rate = a.overload_rate if name.startswith("overload") else a.rate
+            stop = threading.Event()
+            acked: list[str] = []
+            producer = threading.Thread(target=events_client,
+                                        args=(gw, row, users, videos, stop, acked))
+            arg = json.dumps({"addr": gw, "rate": rate, "duration_s": a.seconds,
+                              "users": users, "k": 10, "seed": 1})
+            load = subprocess.Popen([py, "-m", "benchmarks.loadgen", arg],
+                                    stdout=subprocess.PIPE, text=True)
+            producer.start()
+            time.sleep(FAULT_AT)
+            fault()
+            fault_end = time.monotonic()
+            recovery = personalised_again(gw, users[0], fault_end)
+            stdout, _ = load.communicate(timeout=a.seconds * 4 + 120)
+            stop.set()
+            producer.join(30)
+            r = json.loads(stdout.strip().splitlines()[-1])
+            applied = -1
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    applied = int(store.stats_counters(row, "faults").get("likes", 0))
+                except Exception:
+                    applied = -1
+                if applied >= len(acked):
+                    time.sleep(3)  # a late double would show now
+                    applied = int(store.stats_counters(row, "faults").get("likes", 0))
+                    break
+                time.sleep(0.5)
+            res = {"fault": name, "rate": rate, "requests": r["sent"], "answered": r["ok"],
+                   "errors": sum(r["errors"].values()), "error_codes": r["errors"],
+                   "degraded_share": round(r["degraded"] / max(r["ok"], 1), 3),
+                   "p99_ms": round(r["p99_ms"], 1), "recovery_s": recovery,
+                   "events_acked": len(acked), "events_applied": applied,
+                   "lost": max(0, len(acked) - applied), "doubled": max(0, applied - len(acked))}
+            rows.append(res)
+            print(json.dumps(res), flush=True)
+            for sp in stack.services.values():  # the next row starts from a healthy stack
+                if sp.addr:
+                    sp.wait_serving(120)
+    finally:
+        watching.set()
+        stack.stop()
+        shutil.rmtree(var, ignore_errors=True)
+    (out / "faults.json").write_text(json.dumps(rows, indent=2))
+    lines = ["| fault | req/s | requests | errors | degraded | p99 ms | personalised again s "
+             "| events acked | applied | lost | doubled |", "|" + "---|" * 11]
+    for x in rows:
+        lines.append(f"| {x['fault']} | {x['rate']:.0f} | {x['requests']} | {x['errors']} | "
+                     f"{x['degraded_share']:.1%} | {x['p99_ms']} | {x['recovery_s']} | "
+                     f"{x['events_acked']} | {x['events_applied']} | {x['lost']} | "
+                     f"{x['doubled']} |")
+    (out / "faults.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
