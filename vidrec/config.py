@@ -106,9 +106,9 @@ class GatewaySettings(RerankSettings):
     candidate_share: float = 0.4
     ranker_share: float = 0.6
     # Each stage's ceiling in ms, whatever the client's deadline (then the degraded path).
-    candidate_timeout_ms: float = 400.0
-    ranker_timeout_ms: float = 400.0
-    reranker_timeout_ms: float = 250.0
+    candidate_timeout_ms: float = 300.0
+    ranker_timeout_ms: float = 300.0
+    reranker_timeout_ms: float = 200.0
     # Experiment arms "name:weight,name:weight"; a user is hashed to one arm.
     arms: str = "hybrid:1"
     max_k: int = 500

@@ -36,13 +36,25 @@ def follow_videos(s: CandidateSettings, holder: ModelHolder[CandidateModel]) -> 
 
     group = f"vidrec-candidate-{socket.gethostname()}-{s.listen_addr.rsplit(':', 1)[-1]}"
     consumer = make_consumer(s.kafka_bootstrap, group, [schema.TOPIC_VIDEOS])
+    indexed_for: str | None = None
     while True:
         try:
+            version = holder.version
+            if version is None:
+                # No index to add to yet: consuming now would commit past these videos and
+                # lose them (a restarted candidate used to).
+                threading.Event().wait(0.5)
+                continue
+            if version != indexed_for and consumer.assignment():
+                # A newly loaded version's index lacks what was upserted since its model was
+                # built: replay the topic into it (upserts of the same id are idempotent).
+                consumer.seek_to_beginning(*consumer.assignment())
+                indexed_for = version
             for records in consumer.poll(timeout_ms=1000).values():
                 for r in records:
                     msg = events_pb2.VideoUpserted()
                     msg.ParseFromString(r.value or b"")
-                    if not msg.video_id or holder.version is None:
+                    if not msg.video_id:
                         continue
                     _, cm = holder.current()
                     cm.add_video(video_row(msg))

@@ -62,9 +62,9 @@ class Budget:
     # the gateway's workers for the client's whole deadline and pile requests up. Healthy
     # stages answer in a few ms (benchmarks.serving); these leave room for a stage that is
     # loading a new model version (a hot swap) to still answer.
-    candidate_timeout_s: float = 0.4
-    ranker_timeout_s: float = 0.4
-    reranker_timeout_s: float = 0.25
+    candidate_timeout_s: float = 0.3
+    ranker_timeout_s: float = 0.3
+    reranker_timeout_s: float = 0.2
     # Was 300 candidates and 100 scored videos; every stage's work grows with them. Offline,
     # against synthetic ground truth, fewer candidates per source did not lower precision@10
     # (4k videos: 0.4372 at 200 and 300; 20k videos: 0.4021 at 200, 0.4003 at 300), and
