@@ -125,6 +125,9 @@ class Stack:
             "VIDREC_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
             "VIDREC_ARTIFACT_ROOT": str(self.artifact_root),
             "VIDREC_INDEX_ROOT": str(self.index_root),
+            # The trainer's event log lives with the rest of this stack's state (its default,
+            # a relative var/events, would land in whatever directory the stack runs from).
+            "VIDREC_EVENTS_DIR": str(self.var / "events"),
             "PYTHONUNBUFFERED": "1",
         })
         env.update(self.extra_env)
