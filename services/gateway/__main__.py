@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -26,8 +27,22 @@ from vidrec.v1 import (
 log = logging.getLogger("services.gateway")
 
 # Round-robin over every address DNS returns: replicas behind a headless Service share load.
+# The internal calls are idempotent reads: one retry on UNAVAILABLE (a replica restarting,
+# a connection reset) within the stage's ceiling, instead of a degraded answer. Reconnect
+# backoff capped at 1 s so a restarted backend is used again within about a second
+# (gRPC's default grows to 120 s); keepalive notices a dead peer without traffic.
+_RETRY = json.dumps({"methodConfig": [{
+    "name": [{"service": "vidrec.v1.Candidate"}, {"service": "vidrec.v1.Ranker"},
+             {"service": "vidrec.v1.Reranker"}],
+    "retryPolicy": {"maxAttempts": 2, "initialBackoff": "0.01s", "maxBackoff": "0.05s",
+                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]})
 CHANNEL_OPTIONS = [("grpc.lb_policy_name", "round_robin"),
-                   ("grpc.max_receive_message_length", 4 * 1024 * 1024)]
+                   ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+                   ("grpc.enable_retries", 1), ("grpc.service_config", _RETRY),
+                   ("grpc.initial_reconnect_backoff_ms", 100),
+                   ("grpc.min_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 1000),
+                   ("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 5_000)]
 
 
 IMPRESSION_LINGER_MS = 100
