@@ -238,10 +238,6 @@ class FeatureStore:
     def set_serving_version(self, version: str) -> None:
         self._r.set(self.keys.serving_version(), version)
 
-    def serving_version(self) -> str | None:
-        raw = self._r.get(self.keys.serving_version())
-        return _s(raw) if raw is not None else None  # type: ignore[arg-type]
-
     # --- videos ----------------------------------------------------------------------
 
     def put_videos(self, rows: Iterable[Mapping[str, Any]]) -> int:
