@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from vidrec import schema
 from vidrec.infra.embedded import KafkaBroker, RedisServer, free_port
 from vidrec.serving.healthcheck import check
 
@@ -93,6 +94,9 @@ class Stack:
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     redis: RedisServer | None = None
     kafka: KafkaBroker | None = None
+    # make run's: Redis keeps an append-only file under var/redis (fsynced per write), so
+    # a crashed or restarted stack comes back with every user's state; tests keep memory.
+    durable: bool = False
     _restarts: dict[str, list[float]] = field(default_factory=dict)
 
     @property
@@ -109,7 +113,7 @@ class Stack:
 
     def start_stores(self, kafka: bool = True) -> None:
         if not self.redis_url:
-            self.redis = RedisServer(data_dir=self.var / "redis").start()
+            self.redis = RedisServer(data_dir=self.var / "redis", durable=self.durable).start()
             self.redis_url = self.redis.url
         if kafka and not self.kafka_bootstrap:
             from vidrec.infra.kafka import ALL_TOPICS, ensure_topics
@@ -192,16 +196,31 @@ class Stack:
         raise TimeoutError(f"trainer owns no partition after {timeout_s:.0f}s; see "
                            f"{sp.log_path}")
 
+    def drain(self, timeout_s: float) -> int:
+        """Wait until the trainer's group has committed every event in Kafka; return how
+        many are left (0: drained)."""
+        from vidrec.infra.kafka import consumer_lag
+
+        group = self.extra_env.get("VIDREC_GROUP_ID", "vidrec-trainer")
+        deadline = time.monotonic() + timeout_s
+        left = -1
+        while time.monotonic() < deadline:
+            try:
+                left = consumer_lag(self.kafka_bootstrap, group, schema.TOPIC_EVENTS)
+            except Exception as exc:  # broker busy or gone: nothing more to wait for
+                log.warning("cannot read the trainer's lag: %s", exc)
+                return max(left, 0)
+            if left == 0:
+                return 0
+            time.sleep(0.2)
+        return left
+
     def write_state(self) -> None:
         state = {"services": {n: s.addr for n, s in self.services.items()},
                  "redis": self.redis_url, "kafka": self.kafka_bootstrap, "pid": os.getpid(),
                  "key_prefix": self.extra_env.get("VIDREC_KEY_PREFIX", "vidrec")}
         (self.var / "run").mkdir(parents=True, exist_ok=True)
         (self.var / "run" / "stack.json").write_text(json.dumps(state, indent=2))
-
-    def stores_alive(self) -> bool:
-        """The embedded Redis and Kafka this stack started are still running."""
-        return all(x is None or x.running for x in (self.redis, self.kafka))
 
     def supervise(self, now: float | None = None) -> list[str]:
         """Restart every service that exited (same address and environment) and return
@@ -213,26 +232,64 @@ class Stack:
         """
         now = time.monotonic() if now is None else now
         restarted = []
+        stores = {"redis": self.redis, "kafka": self.kafka}
+        for name, store in stores.items():
+            # The embedded stores come back on their own ports: Redis from its append-only
+            # file when durable; the broker (memory storage) empty, its topics recreated,
+            # and the trainer reads the new log from its start (services/trainer/loop.py).
+            if store is None or store.running or not self._may_restart(name, now,
+                                                                      store.log_path):
+                continue
+            log.warning("embedded %s exited; restarting it on port %d, see %s", name,
+                        store.port, store.log_path)
+            try:
+                store.restart()
+                if name == "kafka":
+                    from vidrec.infra.kafka import ALL_TOPICS, ensure_topics
+
+                    ensure_topics(self.kafka_bootstrap, ALL_TOPICS)
+            except Exception:
+                log.exception("embedded %s did not come back; retrying", name)
+                continue
+            restarted.append(name)
         for name, sp in self.services.items():
             if sp.alive():
                 continue
-            recent = [t for t in self._restarts.get(name, []) if now - t < RESTART_WINDOW_S]
-            self._restarts[name] = recent
             code = sp.proc.returncode if sp.proc is not None else None
-            if len(recent) >= MAX_RESTARTS:
-                log.error("%s keeps crashing (%d restarts in %.0fs, last exit %s); left "
-                          "down, see %s", name, len(recent), RESTART_WINDOW_S, code,
-                          sp.log_path)
+            if not self._may_restart(name, now, sp.log_path, code):
                 continue
             log.warning("%s exited (code %s); restarting it, see %s", name, code, sp.log_path)
             sp.stop()
             sp.start()
-            recent.append(now)
             restarted.append(name)
         return restarted
 
-    def stop(self) -> None:
-        for name in ("gateway", "trainer", "reranker", "ranker", "candidate"):
+    def _may_restart(self, name: str, now: float, log_path: Path,
+                     code: int | None = None) -> bool:
+        """Count a restart of `name`; False (and say so) once it crashed MAX_RESTARTS times
+        within RESTART_WINDOW_S."""
+        recent = [t for t in self._restarts.get(name, []) if now - t < RESTART_WINDOW_S]
+        self._restarts[name] = recent
+        if len(recent) >= MAX_RESTARTS:
+            log.error("%s keeps crashing (%d restarts in %.0fs, last exit %s); left down, "
+                      "see %s", name, len(recent), RESTART_WINDOW_S, code, log_path)
+            return False
+        recent.append(now)
+        return True
+
+    def stop(self, drain_s: float = 15.0) -> None:
+        """Stop everything, the gateway first: no new event is acknowledged, then the
+        trainer gets up to `drain_s` to apply what Kafka holds (the embedded broker keeps
+        it in memory only), then the rest."""
+        sp = self.services.pop("gateway", None)
+        if sp is not None:
+            sp.stop()
+        trainer = self.services.get("trainer")
+        if trainer is not None and trainer.alive() and self.kafka is not None:
+            left = self.drain(drain_s)
+            if left:
+                log.warning("stopping with %d events not yet applied by the trainer", left)
+        for name in ("trainer", "reranker", "ranker", "candidate"):
             sp = self.services.pop(name, None)
             if sp is not None:
                 sp.stop()

@@ -38,7 +38,13 @@ def main() -> int:
         print(f"trainer: {exc}", file=sys.stderr)
         return 2
     setup_logging("trainer", s.log_level)
-    from vidrec.infra.kafka import ALL_TOPICS, EventProducer, ensure_topics, make_consumer
+    from vidrec.infra.kafka import (
+        ALL_TOPICS,
+        EventProducer,
+        ensure_topics,
+        log_id,
+        make_consumer,
+    )
 
     ensure_topics(s.kafka_bootstrap, ALL_TOPICS)
     store = FeatureStore.from_url(s.redis_url, s.key_prefix)
@@ -54,7 +60,8 @@ def main() -> int:
 
     artifacts = ArtifactStore(s.artifact_root)
     loop = TrainerLoop(consumer, store, producer, events, s.batch_size, on_video=on_video,
-                       weights=serving_weights(artifacts), dedupe_horizon_s=s.dedupe_horizon_s)
+                       weights=serving_weights(artifacts), dedupe_horizon_s=s.dedupe_horizon_s,
+                       log_id=lambda: log_id(consumer))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -7,6 +7,7 @@ The same settings work against the embedded Tansu broker and a deployed Apache K
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType, TracebackType
@@ -133,7 +134,31 @@ class EventProducer:
     ) -> None:
         self.topic = topic
         self.ack_timeout_s = ack_timeout_s
-        self.producer = make_producer(bootstrap, **producer_kw)
+        self._make = lambda: make_producer(bootstrap, **producer_kw)
+        self.producer = self._make()
+        self._lock = threading.Lock()
+
+    def _heal(self) -> None:
+        """Replace a producer that can never send again. An idempotent producer whose
+        broker restarted empty (the embedded broker after a crash) gets a fatal
+        InitProducerId error and fails every later send; a new producer (a new producer
+        id) works at once."""
+        p = self.producer
+        tm = getattr(p, "_transaction_manager", None)
+        sender = getattr(p, "_sender", None)
+        fatal = (tm is not None and tm.has_fatal_error()) or (
+            sender is not None and not sender.is_alive())
+        if not fatal:
+            return
+        with self._lock:
+            if self.producer is not p:
+                return  # another thread replaced it already
+            log.warning("Kafka producer in a fatal state; replacing it")
+            self.producer = self._make()
+        try:
+            p.close(timeout=0)
+        except Exception:  # it is broken already; nothing more to release
+            log.debug("closing the broken producer failed", exc_info=True)
 
     def send_events(self, events: Sequence[events_pb2.Event],
                     timeout_s: float | None = None) -> None:
@@ -157,11 +182,13 @@ class EventProducer:
                 futures.append(self.producer.send(topic, key=key, value=value))
             self.producer.flush(timeout=max(0.0, deadline - time.monotonic()))
         except KafkaError as exc:
+            self._heal()
             raise PublishError(
                 f"{topic}: {len(futures)} record(s) not confirmed by Kafka: {exc}"
             ) from exc
         failed = [f for f in futures if not f.succeeded()]
         if failed:
+            self._heal()
             first = failed[0].exception
             raise PublishError(
                 f"{topic}: {len(failed)} of {len(futures)} record(s) not acknowledged: {first!r}"
@@ -171,8 +198,12 @@ class EventProducer:
     def send_nowait(self, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> None:
         """Hand records to the producer's buffer without waiting for acknowledgements: for
         what may be lost (impressions), never for events a caller was told are logged."""
-        for key, value in records:
-            self.producer.send(topic, key=key, value=value)
+        try:
+            for key, value in records:
+                self.producer.send(topic, key=key, value=value)
+        except KafkaError:
+            self._heal()
+            raise
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Flush and close; records still unacknowledged after `timeout_s` are dropped."""
@@ -248,3 +279,40 @@ def wait_for_assignment(consumer: KafkaConsumer, timeout_s: float = 30.0) -> set
         if consumer.assignment():
             return set(consumer.assignment())
     raise TimeoutError(f"no partitions assigned within {timeout_s:.0f}s")
+
+
+def log_id(consumer: Any) -> str:
+    """The id of the log a consumer reads: the broker cluster's id from its last metadata.
+
+    Offsets only mean something within one log. A broker with memory storage (the embedded
+    Tansu) restarts empty under a new cluster id and numbers records from 0 again, so the
+    trainer keys its applied offsets by this id: old marks must not turn new records into
+    "duplicates". "" when the client has no metadata yet.
+    """
+    cluster = getattr(getattr(consumer, "_manager", None), "cluster", None)
+    return str(getattr(cluster, "cluster_id", None) or "")
+
+
+def consumer_lag(bootstrap: str, group: str, topic: str) -> int:
+    """Records in `topic` that `group` has not committed yet (summed over partitions; a
+    partition the group never committed counts from its start). Reads the group's offsets
+    without joining it."""
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    probe = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                          client_id="vidrec-lag", enable_auto_commit=False,
+                          request_timeout_ms=5000)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(probe.partitions_for_topic(topic)
+                                                          or ())]
+        if not parts:
+            return 0
+        ends, starts = probe.end_offsets(parts), probe.beginning_offsets(parts)
+        left = 0
+        for tp in parts:
+            done = probe.committed(tp)
+            left += max(0, ends[tp] - (done if done is not None else starts[tp]))
+        return left
+    finally:
+        probe.close(autocommit=False)

@@ -168,6 +168,16 @@ class FeatureStore:
         return a.apply(events, schema.HISTORY_LEN, NEG_LEN, trending.HALF_LIFE_S, positions,
                        now)
 
+    def forget_positions(self, keep_prefix: str) -> int:
+        """Drop the applied-offset marks of every Kafka log but the one named; returns how
+        many were dropped (a broker that restarted empty numbers its records from 0)."""
+        key = self.keys.applied_offsets()
+        stale = [f for f in self._r.hkeys(key)
+                 if not (f.decode() if isinstance(f, bytes) else f).startswith(keep_prefix)]
+        if stale:
+            self._r.hdel(key, *stale)
+        return len(stale)
+
     def remembered_ids(self, horizon_s: float = DEDUPE_HORIZON_S,
                        now: float | None = None) -> int:
         """How many applied event ids are kept for dedupe now (inspection)."""
@@ -237,6 +247,11 @@ class FeatureStore:
 
     def set_serving_version(self, version: str) -> None:
         self._r.set(self.keys.serving_version(), version)
+
+    def serving_version(self) -> str | None:
+        """The version the last completed publish (or rollback) switched to."""
+        v = self._r.get(self.keys.serving_version())
+        return v.decode() if isinstance(v, bytes) else v
 
     # --- videos ----------------------------------------------------------------------
 
