@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(FAULT_AT)
             fault()
             fault_end = time.monotonic()
+            acked_at_fault_end = len(acked)
             recovery = personalised_again(gw, users[0], fault_end)
             stdout, _ = load.communicate(timeout=a.seconds * 4 + 120)
             stop.set()
@@ -239,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
                    "errors": sum(r["errors"].values()), "error_codes": r["errors"],
                    "degraded_share": round(r["degraded"] / max(r["ok"], 1), 3),
                    "p99_ms": round(r["p99_ms"], 1), "recovery_s": recovery,
-                   "events_acked": len(acked), "events_applied": applied,
+                   "events_acked": len(acked),
+                   "acked_after_fault": len(acked) - acked_at_fault_end,
+                   "events_applied": applied,
                    "lost": max(0, len(acked) - applied), "doubled": max(0, applied - len(acked))}
             if name == "kill publish" and publishes:
                 res["publish"] = publishes[-1]

@@ -71,8 +71,11 @@ def main() -> int:
         # Impressions are fire-and-forget, so they may wait for a full batch: at 90 req/s
         # (10 records each) the producer cost 1.85 ms of CPU per request at linger 5 ms and
         # 0.56 ms at 100 ms. LogEvents flushes, so its records never wait for the linger.
+        # Acknowledged events are kept 60 s and sent again if the broker comes back as a
+        # new, empty log (the embedded one keeps records in memory): the trainer drops
+        # those it applied already by event id.
         producer = EventProducer(s.kafka_bootstrap, ack_timeout_s=5.0,
-                                 linger_ms=IMPRESSION_LINGER_MS)
+                                 linger_ms=IMPRESSION_LINGER_MS, replay_window_s=60.0)
     servicer = GatewayServicer(stubs, store, producer, arms,
                                Budget(s.candidate_share, s.ranker_share,
                                       s.candidate_timeout_ms / 1000, s.ranker_timeout_ms / 1000,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, Self
@@ -38,6 +39,10 @@ ALL_TOPICS: Mapping[str, int] = MappingProxyType(
 GROUP_TIMING: Mapping[str, int] = MappingProxyType(
     {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 30000}
 )
+
+
+# The most records a producer keeps for a replay (bounds its memory whatever the rate).
+REPLAY_MAX_RECORDS = 200_000
 
 
 class PublishError(RuntimeError):
@@ -130,10 +135,19 @@ class EventProducer:
         *,
         topic: str = TOPIC_EVENTS,
         ack_timeout_s: float = 30.0,
+        replay_window_s: float = 0.0,
         **producer_kw: Any,
     ) -> None:
         self.topic = topic
         self.ack_timeout_s = ack_timeout_s
+        # What was acknowledged in the last replay_window_s, to send again if the broker
+        # turns out to be a new, empty log (vidrec.infra.kafka.log_id): the embedded broker
+        # keeps records in memory only, so a crash loses what no consumer had read yet.
+        # Consumers dedupe by event id (the trainer within its horizon, >= this window).
+        self.replay_window_s = replay_window_s
+        self._sent: deque[tuple[float, str, bytes | None, bytes]] = deque()
+        self._log = ""
+        self._replay_due = False
         self._make = lambda: make_producer(bootstrap, **producer_kw)
         self.producer = self._make()
         self._lock = threading.Lock()
@@ -177,9 +191,11 @@ class EventProducer:
         wait = self.ack_timeout_s if timeout_s is None else min(timeout_s, self.ack_timeout_s)
         deadline = time.monotonic() + wait
         futures = []
+        batch = list(records)
         try:
-            for key, value in records:
-                futures.append(self.producer.send(topic, key=key, value=value))
+            replay = self._replay_if_new_log()
+            for t, k, v in replay + [(topic, k, v) for k, v in batch]:
+                futures.append(self.producer.send(t, key=k, value=v))
             self.producer.flush(timeout=max(0.0, deadline - time.monotonic()))
         except KafkaError as exc:
             self._heal()
@@ -190,10 +206,39 @@ class EventProducer:
         if failed:
             self._heal()
             first = failed[0].exception
+            if replay and any(not f.succeeded() for f in futures[:len(replay)]):
+                self._replay_due = True  # not done: again with the next send
             raise PublishError(
                 f"{topic}: {len(failed)} of {len(futures)} record(s) not acknowledged: {first!r}"
             ) from first
-        return len(futures)
+        if self.replay_window_s > 0:
+            now = time.monotonic()
+            self._sent.extend((now, topic, k, v) for k, v in batch)
+            while self._sent and (now - self._sent[0][0] > self.replay_window_s
+                                  or len(self._sent) > REPLAY_MAX_RECORDS):
+                self._sent.popleft()
+        return len(batch)
+
+    def _replay_if_new_log(self) -> list[tuple[str, bytes | None, bytes]]:
+        """The window's records when the broker's log id changed since the last send (or
+        when such a replay failed and is still due)."""
+        if self.replay_window_s <= 0:
+            return []
+        current = log_id(self.producer)
+        with self._lock:
+            previous = self._log
+            if current and current != previous:
+                self._log = current
+                self._replay_due = self._replay_due or bool(previous)
+                if previous:
+                    log.warning("Kafka log changed (%s -> %s): sending what was acknowledged "
+                                "in the last %.0fs again", previous, current,
+                                self.replay_window_s)
+            if not self._replay_due:
+                return []
+            self._replay_due = False
+            cutoff = time.monotonic() - self.replay_window_s
+            return [(t, k, v) for ts, t, k, v in self._sent if ts >= cutoff]
 
     def send_nowait(self, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> None:
         """Hand records to the producer's buffer without waiting for acknowledgements: for
@@ -282,14 +327,16 @@ def wait_for_assignment(consumer: KafkaConsumer, timeout_s: float = 30.0) -> set
 
 
 def log_id(consumer: Any) -> str:
-    """The id of the log a consumer reads: the broker cluster's id from its last metadata.
+    """The id of the log a consumer (or producer) talks to: the broker cluster's id from
+    its last metadata.
 
     Offsets only mean something within one log. A broker with memory storage (the embedded
     Tansu) restarts empty under a new cluster id and numbers records from 0 again, so the
     trainer keys its applied offsets by this id: old marks must not turn new records into
     "duplicates". "" when the client has no metadata yet.
     """
-    cluster = getattr(getattr(consumer, "_manager", None), "cluster", None)
+    cluster = getattr(getattr(consumer, "_manager", None), "cluster", None) or getattr(
+        consumer, "_metadata", None)
     return str(getattr(cluster, "cluster_id", None) or "")
 
 
