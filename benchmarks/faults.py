@@ -41,6 +41,7 @@ from pathlib import Path
 
 import grpc
 
+from vidrec.security.client import connect
 from vidrec.stack import Stack
 from vidrec.store.artifacts import ArtifactStore
 from vidrec.store.features import FeatureStore
@@ -48,13 +49,14 @@ from vidrec.store.index import EdgeIndex
 from vidrec.v1 import events_pb2, gateway_pb2, gateway_pb2_grpc
 
 FAULT_AT, FAULT_FOR, BROKER_STALL_S = 4.0, 10.0, 20.0
+STACK_VAR = "var"  # the stack's directory: its run/stack.json has the key and TLS files
 
 
 def events_client(addr: str, row: str, users: list[str], videos: list[str], stop: threading.Event,
                   acked: list[str]) -> None:
     """Likes at ~40/s, one per call; a call that fails is retried with the same id until
     acknowledged (at-least-once from the client's side)."""
-    with grpc.insecure_channel(addr) as ch:
+    with connect(addr, STACK_VAR) as ch:
         stub = gateway_pb2_grpc.GatewayStub(ch)
         i = 0
         while not stop.is_set():
@@ -77,7 +79,7 @@ def events_client(addr: str, row: str, users: list[str], videos: list[str], stop
 
 def personalised_again(addr: str, user: str, since: float, limit_s: float = 60.0) -> float:
     """Seconds from `since` until a Recommend is answered without a degraded stage."""
-    with grpc.insecure_channel(addr) as ch:
+    with connect(addr, STACK_VAR) as ch:
         stub = gateway_pb2_grpc.GatewayStub(ch)
         while time.monotonic() - since < limit_s:
             try:
@@ -91,7 +93,7 @@ def personalised_again(addr: str, user: str, since: float, limit_s: float = 60.0
 
 
 def main(argv: list[str] | None = None) -> int:
-    global FAULT_AT, FAULT_FOR, BROKER_STALL_S
+    global FAULT_AT, FAULT_FOR, BROKER_STALL_S, STACK_VAR
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=float, default=50.0)
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     var = Path(tempfile.mkdtemp(prefix="vidrec-faults-"))
+    STACK_VAR = str(var)
     data, model = var / "data", var / "model"
     py = sys.executable
     subprocess.run([py, "-m", "vidrec.cli", "data", "synth", "--out", str(data), "--users",
@@ -211,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             producer = threading.Thread(target=events_client,
                                         args=(gw, row, users, videos, stop, acked))
             arg = json.dumps({"addr": gw, "rate": rate, "duration_s": a.seconds,
-                              "users": users, "k": 10, "seed": 1})
+                              "users": users, "k": 10, "seed": 1, "var": str(var)})
             load = subprocess.Popen([py, "-m", "benchmarks.loadgen", arg],
                                     stdout=subprocess.PIPE, text=True)
             producer.start()

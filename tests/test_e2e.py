@@ -46,9 +46,46 @@ def stack(small_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         st.stop()
 
 
+def test_no_port_of_the_stack_answers_without_credentials(stack: Stack) -> None:
+    """Secure by default: the gateway wants a key over TLS, the internal services a client
+    certificate from the stack's CA, Redis a password."""
+    import redis as redis_lib
+
+    from vidrec.security.client import ClientSecurity
+    from vidrec.serving.healthcheck import check
+    from vidrec.v1 import candidate_pb2, candidate_pb2_grpc
+
+    sec = stack.client_security
+    gw_addr = stack.services["gateway"].addr
+    req = gateway_pb2.RecommendRequest(user_id="u00001", k=5)
+    for who, codes in ((ClientSecurity(sec.ca), {grpc.StatusCode.UNAUTHENTICATED}),
+                       (ClientSecurity(sec.ca, bearer="vrk_0_wrong"),
+                        {grpc.StatusCode.UNAUTHENTICATED}),
+                       (ClientSecurity(), {grpc.StatusCode.UNAVAILABLE})):  # plaintext
+        with who.channel(gw_addr) as ch, pytest.raises(grpc.RpcError) as err:
+            gateway_pb2_grpc.GatewayStub(ch).Recommend(req, timeout=5)
+        assert err.value.code() in codes
+    for name in ("candidate", "ranker", "reranker"):
+        addr = stack.services[name].addr
+        # TLS without a client certificate, or plaintext: no handshake, no call.
+        assert check(addr, security=ClientSecurity(sec.ca)).startswith("UNREACHABLE")
+        assert check(addr, security=ClientSecurity()).startswith("UNREACHABLE")
+        assert check(addr, security=sec) == "SERVING"
+    with ClientSecurity(sec.ca, bearer=sec.bearer).channel(
+            stack.services["candidate"].addr) as ch, pytest.raises(grpc.RpcError):
+        candidate_pb2_grpc.CandidateStub(ch).Generate(candidate_pb2.GenerateRequest(n=5),
+                                                      timeout=5)
+    port = int(stack.redis_url.rsplit(":", 1)[1].split("/")[0])
+    with pytest.raises(redis_lib.AuthenticationError):
+        redis_lib.Redis(port=port).get("x")
+    state = json.loads((stack.var / "run" / "stack.json").read_text())
+    assert state["api_key"] == sec.bearer and state["tls"]["ca"] == sec.ca
+    assert (stack.var / "run" / "stack.json").stat().st_mode & 0o777 == 0o600
+
+
 @pytest.fixture(scope="module")
 def gw(stack: Stack) -> Iterator[gateway_pb2_grpc.GatewayStub]:
-    with grpc.insecure_channel(stack.services["gateway"].addr) as ch:
+    with stack.client_security.channel(stack.services["gateway"].addr) as ch:
         yield gateway_pb2_grpc.GatewayStub(ch)
 
 
@@ -237,11 +274,11 @@ def test_ranker_reuses_or_rejects_the_candidate_user_vector(stack: Stack) -> Non
     from vidrec.v1 import candidate_pb2, candidate_pb2_grpc, ranker_pb2, ranker_pb2_grpc
 
     user = common_pb2.UserContext(user_id="u00003")
-    with grpc.insecure_channel(stack.services["candidate"].addr) as ch:
+    with stack.client_security.channel(stack.services["candidate"].addr) as ch:
         c = candidate_pb2_grpc.CandidateStub(ch).Generate(
             candidate_pb2.GenerateRequest(user=user, n=50), timeout=10)
     assert len(c.user_vector) > 0 and c.candidates
-    with grpc.insecure_channel(stack.services["ranker"].addr) as ch:
+    with stack.client_security.channel(stack.services["ranker"].addr) as ch:
         ranker = ranker_pb2_grpc.RankerStub(ch)
 
         def score(vec: list[float]) -> ranker_pb2.ScoreResponse:
@@ -269,7 +306,7 @@ def test_candidates_mix_every_source(stack: Stack) -> None:
     user = common_pb2.UserContext(user_id="u00003", recent_video_ids=state.history,
                                   seen_video_ids=sorted(state.seen))
     n, mix = 60, Mix()
-    with grpc.insecure_channel(stack.services["candidate"].addr) as ch:
+    with stack.client_security.channel(stack.services["candidate"].addr) as ch:
         c = candidate_pb2_grpc.CandidateStub(ch).Generate(
             candidate_pb2.GenerateRequest(user=user, n=n), timeout=10)
     sources = [common_pb2.CandidateSource.Name(v.source) for v in c.candidates]
@@ -303,7 +340,7 @@ def test_what_trends_now_reaches_new_users(stack: Stack, gw) -> None:  # type: i
     new_user = common_pb2.UserContext(user_id="brand-new-fan")
     deadline = time.monotonic() + 30
     got: dict[str, str] = {}
-    with grpc.insecure_channel(stack.services["candidate"].addr) as ch:
+    with stack.client_security.channel(stack.services["candidate"].addr) as ch:
         stub = candidate_pb2_grpc.CandidateStub(ch)
         while time.monotonic() < deadline:
             c = stub.Generate(candidate_pb2.GenerateRequest(user=new_user, n=60), timeout=10)
@@ -343,13 +380,13 @@ def test_simulation_drives_online_metrics(stack: Stack, gw, small_dataset: Path,
     before = sum(s.impressions for s in gw.GetStats(gateway_pb2.GetStatsRequest(),
                                                     timeout=5).stats)
     res = simulate(stack.services["gateway"].addr, small_dataset, steps=40, k=5, seed=1,
-                   new_user_share=0.25, window=10, progress=False)
+                   new_user_share=0.25, window=10, progress=False, var=stack.var)
     assert sum(w.requests for w in res.totals.values()) == 40
     assert len(res.windows) == 4 and res.versions == {"v1"}
     assert sum(w.clicks for w in res.totals.values()) > 0
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        stats = server_stats(stack.services["gateway"].addr)
+        stats = server_stats(stack.services["gateway"].addr, stack.var)
         if sum(int(r["impressions"]) for r in stats) >= before + 100:
             break
         time.sleep(0.2)

@@ -186,11 +186,10 @@ def _trainer_status(redis_url: str, prefix: str) -> str:
 
 
 def cmd_stats(a: argparse.Namespace) -> int:
-    import grpc
-
+    from vidrec.security.client import connect
     from vidrec.v1 import gateway_pb2, gateway_pb2_grpc
 
-    with grpc.insecure_channel(a.gateway) as ch:
+    with connect(a.gateway, a.var) as ch:
         resp = gateway_pb2_grpc.GatewayStub(ch).GetStats(gateway_pb2.GetStatsRequest(),
                                                          timeout=5)
     print(f"{'model':8s} {'arm':12s} {'impr':>8s} {'clicks':>7s} {'CTR':>6s} {'watches':>8s}"
@@ -206,9 +205,9 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     from vidrec.simulate import server_stats, simulate, write_report
 
     res = simulate(a.gateway, Path(a.data), a.steps, a.k, a.seed, a.new_users, a.window,
-                   a.rate)
+                   a.rate, var=a.var)
     try:
-        stats = server_stats(a.gateway)
+        stats = server_stats(a.gateway, a.var)
     except Exception:
         stats = []
     report = write_report(res, Path(a.out), stats)
@@ -299,6 +298,7 @@ def cmd_dlq(a: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
+    register_keys(sub)
     p = sub.add_parser("publish", help="make a trained model directory live",
                        description="Copy a model directory into the artifact store as the "
                        "next version, load its video vectors into a new index collection and "
@@ -339,6 +339,8 @@ def register(sub: Any) -> None:
     st.set_defaults(fn=cmd_status)
     sa = sub.add_parser("stats", help="online metrics per model version and experiment arm")
     sa.add_argument("--gateway", default="127.0.0.1:50051")
+    sa.add_argument("--var", default="var", help="the stack's directory: its "
+                    "run/stack.json has the API key and TLS files")
     sa.set_defaults(fn=cmd_stats)
     sm = sub.add_parser(
         "simulate", help="synthetic users with known tastes use the live system",
@@ -347,6 +349,8 @@ def register(sub: Any) -> None:
         "a Markdown report and a PNG of CTR, completion, watch time and true precision over "
         "time per experiment arm.")
     sm.add_argument("--gateway", default="127.0.0.1:50051")
+    sm.add_argument("--var", default="var", help="the stack's directory: its "
+                    "run/stack.json has the API key and TLS files")
     sm.add_argument("--data", default="var/data/demo", help="synthetic data directory")
     sm.add_argument("--steps", type=int, default=2000, help="recommendation requests")
     sm.add_argument("--k", type=int, default=10)
@@ -358,3 +362,59 @@ def register(sub: Any) -> None:
                     "possible)")
     sm.add_argument("--out", default="var/simulation")
     sm.set_defaults(fn=cmd_simulate)
+
+
+def cmd_keys(a: argparse.Namespace) -> int:
+    """`vidrec keys`: API keys for the gateway (hashed at rest) and user tokens."""
+    from vidrec.security import tokens
+    from vidrec.security.keys import KeyFile
+
+    keys = KeyFile(a.file)
+    if a.action == "create":
+        try:
+            rec, plain = keys.create(a.name, [s for x in a.scopes for s in x.split(",") if s])
+        except ValueError as exc:
+            print(f"keys: {exc}", file=sys.stderr)
+            return 2
+        print(plain)
+        print(f"# key {rec.id} ({rec.name}, scopes {' '.join(rec.scopes)}): shown once, "
+              f"stored only as a hash in {keys.path}", file=sys.stderr)
+    elif a.action == "list":
+        print(f"{'id':14s} {'name':20s} {'scopes':40s} state")
+        for k in keys.all():
+            print(f"{k.id:14s} {k.name:20s} {' '.join(k.scopes):40s} "
+                  f"{'revoked' if k.revoked else 'active'}")
+    elif a.action == "revoke":
+        gone = keys.revoke(a.key)
+        if not gone:
+            print(f"keys: no active key {a.key!r}", file=sys.stderr)
+            return 1
+        print(f"revoked {', '.join(k.id for k in gone)} (a running gateway stops accepting it "
+              "within a second)")
+    else:  # token
+        secret = Path(a.secret_file).read_bytes().strip()
+        print(tokens.mint(secret, a.user, a.ttl))
+    return 0
+
+
+def register_keys(sub: Any) -> None:
+    k = sub.add_parser("keys", help="API keys for the gateway, and user tokens",
+                       description="Manage the gateway's API keys (stored hashed in a JSON "
+                       "file; the key itself is printed once) and mint user-bound tokens. "
+                       "make run keeps its files under var/run/.")
+    k.add_argument("--file", default="var/run/api_keys.json", help="the key file "
+                   "(VIDREC_API_KEYS_FILE of the gateway)")
+    ks = k.add_subparsers(dest="action", required=True)
+    c = ks.add_parser("create", help="create a key; prints it once")
+    c.add_argument("--name", required=True)
+    c.add_argument("--scopes", nargs="+", required=True,
+                   help="recommend, events:write, stats:read, catalog:write, admin")
+    ks.add_parser("list", help="ids, names, scopes, state (never the keys)")
+    r = ks.add_parser("revoke", help="revoke a key by id or name")
+    r.add_argument("key")
+    t = ks.add_parser("token", help="mint a user-bound token (JWT) for one user")
+    t.add_argument("--user", required=True)
+    t.add_argument("--ttl", type=float, default=900.0, help="seconds (max 86400)")
+    t.add_argument("--secret-file", default="var/run/token.secret",
+                   help="VIDREC_TOKEN_SECRET_FILE of the gateway")
+    k.set_defaults(fn=cmd_keys)

@@ -18,9 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-import grpc
-
 from vidrec.logs import setup_logging
+from vidrec.security.client import ClientSecurity
 
 log = logging.getLogger("vidrec.run")
 
@@ -75,10 +74,10 @@ def publish_or_reload(stack: object, model: Path) -> str:
         index.close()
 
 
-def show(addr: str, data: Path) -> None:
+def show(addr: str, data: Path, security: ClientSecurity) -> None:
     from vidrec.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
-    with grpc.insecure_channel(addr) as ch:
+    with security.channel(addr) as ch:
         stub = gateway_pb2_grpc.GatewayStub(ch)
         known = stub.Recommend(gateway_pb2.RecommendRequest(user_id="u00001", k=8), timeout=5)
         new = stub.Recommend(gateway_pb2.RecommendRequest(
@@ -136,8 +135,15 @@ def main(argv: list[str] | None = None) -> int:
         stack.start_services(ports={"gateway": port},
                              trainer=_has_trainer())
         gw = stack.services["gateway"].addr
-        show(gw, data)
-        print(f"\nvidrec is up. gateway listening on {gw}  (gRPC, package vidrec.v1)")
+        sec = stack.client_security
+        show(gw, data, sec)
+        print(f"\nvidrec is up. gateway listening on {gw}  (gRPC over TLS, package vidrec.v1)")
+        print(f"  admin API key and TLS files: {stack.run_dir}/stack.json (keep it private)")
+        print(f"  call it: grpcurl -cacert {sec.ca} -H 'authorization: Bearer $(cat "
+              f"{stack.run_dir}/admin.key)' -import-path protos -proto vidrec/v1/gateway.proto "
+              f"-d '{{\"user_id\":\"u00001\",\"k\":5}}' {gw} vidrec.v1.Gateway/Recommend")
+        print("  more keys: .venv/bin/vidrec keys create --name NAME --scopes recommend "
+              f"--file {stack.run_dir}/api_keys.json")
         print(f"  logs: {stack.log_dir}/   status: .venv/bin/vidrec status")
         print(f"  simulate users: .venv/bin/vidrec simulate --gateway {gw} --data {data}")
         print("  Ctrl-C stops everything.", flush=True)

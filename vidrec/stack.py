@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from typing import IO
 
 from vidrec import schema
 from vidrec.infra.embedded import KafkaBroker, RedisServer, free_port
+from vidrec.security.client import ClientSecurity
 from vidrec.serving.healthcheck import check
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,7 @@ class ServiceProcess:
             if not self.alive():
                 raise RuntimeError(f"{self.name} exited; see {self.log_path}:\n"
                                    + self.log_path.read_text()[-2000:])
-            status = check(self.addr, timeout=1.0)
+            status = check(self.addr, timeout=1.0, security=ClientSecurity.from_env(self.env))
             if status == "SERVING":
                 return
             time.sleep(0.1)
@@ -97,6 +99,11 @@ class Stack:
     # make run's: Redis keeps an append-only file under var/redis (fsynced per write), so
     # a crashed or restarted stack comes back with every user's state; tests keep memory.
     durable: bool = False
+    # Secure by default, like make run: TLS everywhere, mTLS to the internal services, API
+    # keys at the gateway, a Redis password; material generated once under var/run/.
+    secure: bool = True
+    api_key: str = ""
+    _secrets: dict[str, str] = field(default_factory=dict)
     _restarts: dict[str, list[float]] = field(default_factory=dict)
 
     @property
@@ -111,9 +118,52 @@ class Stack:
     def log_dir(self) -> Path:
         return self.var / "logs"
 
+    @property
+    def run_dir(self) -> Path:
+        return self.var / "run"
+
+    def prepare_security(self) -> None:
+        """CA and certificates, an admin API key, the user-token secret and the Redis
+        password under var/run/ (0600), created on first start and reused after."""
+        if not self.secure or self._secrets:
+            return
+        from vidrec.security.keys import KeyFile
+        from vidrec.security.tls import ensure_local_pki
+
+        pki = ensure_local_pki(self.run_dir / "tls")
+        keys = KeyFile(self.run_dir / "api_keys.json")
+        admin = _private(self.run_dir / "admin.key", "")
+        live = admin and keys.verify(admin) is not None
+        if not live:
+            keys.revoke("admin")
+            _, admin = keys.create("admin", ["admin"])
+            _private(self.run_dir / "admin.key", admin, overwrite=True)
+        self.api_key = admin
+        token_secret = self.run_dir / "token.secret"
+        _private(token_secret, secrets.token_hex(32))
+        self._secrets = {
+            "redis_password": _private(self.run_dir / "redis.password",
+                                       secrets.token_urlsafe(24)),
+            "VIDREC_TLS_CA": str(pki.ca), "VIDREC_TLS_CERT": str(pki.server_cert),
+            "VIDREC_TLS_KEY": str(pki.server_key),
+            "VIDREC_TLS_CLIENT_CERT": str(pki.client_cert),
+            "VIDREC_TLS_CLIENT_KEY": str(pki.client_key),
+            "VIDREC_API_KEYS_FILE": str(keys.path),
+            "VIDREC_TOKEN_SECRET_FILE": str(token_secret),
+        }
+
+    @property
+    def client_security(self) -> ClientSecurity:
+        """How a tool or test calls this stack (the admin key; internal ports too)."""
+        e = self._secrets
+        return ClientSecurity(e.get("VIDREC_TLS_CA", ""), e.get("VIDREC_TLS_CLIENT_CERT", ""),
+                              e.get("VIDREC_TLS_CLIENT_KEY", ""), self.api_key)
+
     def start_stores(self, kafka: bool = True) -> None:
+        self.prepare_security()
         if not self.redis_url:
-            self.redis = RedisServer(data_dir=self.var / "redis", durable=self.durable).start()
+            self.redis = RedisServer(data_dir=self.var / "redis", durable=self.durable,
+                                     password=self._secrets.get("redis_password", "")).start()
             self.redis_url = self.redis.url
         if kafka and not self.kafka_bootstrap:
             from vidrec.infra.kafka import ALL_TOPICS, ensure_topics
@@ -134,6 +184,9 @@ class Stack:
             "VIDREC_EVENTS_DIR": str(self.var / "events"),
             "PYTHONUNBUFFERED": "1",
         })
+        if not self.secure:
+            env["VIDREC_AUTH"] = "false"
+        env.update({k: v for k, v in self._secrets.items() if k.startswith("VIDREC_")})
         env.update(self.extra_env)
         env.update(extra)
         return env
@@ -216,11 +269,17 @@ class Stack:
         return left
 
     def write_state(self) -> None:
-        state = {"services": {n: s.addr for n, s in self.services.items()},
-                 "redis": self.redis_url, "kafka": self.kafka_bootstrap, "pid": os.getpid(),
-                 "key_prefix": self.extra_env.get("VIDREC_KEY_PREFIX", "vidrec")}
-        (self.var / "run").mkdir(parents=True, exist_ok=True)
-        (self.var / "run" / "stack.json").write_text(json.dumps(state, indent=2))
+        state: dict[str, object] = {
+            "services": {n: s.addr for n, s in self.services.items()},
+            "redis": self.redis_url, "kafka": self.kafka_bootstrap, "pid": os.getpid(),
+            "key_prefix": self.extra_env.get("VIDREC_KEY_PREFIX", "vidrec")}
+        if self.secure:
+            c = self.client_security
+            state["api_key"] = self.api_key
+            state["tls"] = {"ca": c.ca, "client_cert": c.cert, "client_key": c.key}
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # It holds the admin key and the Redis password: readable by this user only.
+        _private(self.run_dir / "stack.json", json.dumps(state, indent=2), overwrite=True)
 
     def supervise(self, now: float | None = None) -> list[str]:
         """Restart every service that exited (same address and environment) and return
@@ -300,3 +359,18 @@ class Stack:
             self.redis.stop()
             self.redis = None
         (self.var / "run" / "stack.json").unlink(missing_ok=True)
+
+
+def _private(path: Path, default: str, overwrite: bool = False) -> str:
+    """The text of a 0600 file; writes `default` first when it is missing (or always with
+    `overwrite`). Returns "" for a missing file and an empty default."""
+    if path.exists() and not overwrite:
+        return path.read_text().strip()
+    if not default:
+        return ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(default)
+    os.chmod(path, 0o600)
+    return default

@@ -81,7 +81,7 @@ def main() -> int:
     server = Server("candidate", s.listen_addr,
                     [candidate_pb2.DESCRIPTOR.services_by_name["Candidate"].full_name],
                     lambda g: candidate_pb2_grpc.add_CandidateServicer_to_server(servicer, g),
-                    grace_s=s.grace_s, max_in_flight=s.max_in_flight)
+                    grace_s=s.grace_s, max_in_flight=s.max_in_flight, settings=s)
     server.start()
 
     holder.serve_when_loaded(server.set_serving, s.reload_interval_s, "candidate")

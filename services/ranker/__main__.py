@@ -41,7 +41,7 @@ def main() -> int:
     server = Server("ranker", s.listen_addr,
                     [ranker_pb2.DESCRIPTOR.services_by_name["Ranker"].full_name],
                     lambda g: ranker_pb2_grpc.add_RankerServicer_to_server(servicer, g),
-                    grace_s=s.grace_s, max_in_flight=s.max_in_flight)
+                    grace_s=s.grace_s, max_in_flight=s.max_in_flight, settings=s)
     server.start()
 
     holder.serve_when_loaded(server.set_serving, s.reload_interval_s, "ranker")

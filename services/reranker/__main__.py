@@ -26,7 +26,7 @@ def main() -> int:
     server = Server("reranker", s.listen_addr,
                     [reranker_pb2.DESCRIPTOR.services_by_name["Reranker"].full_name],
                     lambda g: reranker_pb2_grpc.add_RerankerServicer_to_server(servicer, g),
-                    grace_s=s.grace_s, max_in_flight=s.max_in_flight)
+                    grace_s=s.grace_s, max_in_flight=s.max_in_flight, settings=s)
     server.start()
     server.set_serving(True)
     server.run_until_signal()

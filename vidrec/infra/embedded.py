@@ -289,8 +289,10 @@ class RedisServer(_ServerProcess):
         binary: str | None = None,
         start_timeout_s: float = 60.0,
         durable: bool = False,
+        password: str = "",
     ) -> None:
         super().__init__(port, start_timeout_s)
+        self.password = password  # requirepass, given in a config file: never in argv
         if durable and data_dir is None:
             raise ValueError("a durable Redis needs a data_dir to keep its append-only file")
         self.durable = durable
@@ -300,7 +302,8 @@ class RedisServer(_ServerProcess):
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def _prepare(self) -> Path:
         self.data_dir = self._data_dir if self._data_dir is not None else self._temp_dir()
@@ -309,8 +312,12 @@ class RedisServer(_ServerProcess):
 
     def _argv(self, port: int) -> list[str]:
         assert self.data_dir is not None
+        conf = self.data_dir / "vidrec-redis.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"requirepass {self.password}\n" if self.password else "")
         return [
-            self.binary,
+            self.binary, str(conf),
             "--port", str(port),
             "--bind", "127.0.0.1",
             "--save", "",
@@ -327,7 +334,8 @@ class RedisServer(_ServerProcess):
 
         # redis-py retries a refused connection with backoff by default (seconds): probe once.
         client = redis.Redis(
-            port=port, socket_connect_timeout=0.2, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
+            port=port, socket_connect_timeout=0.2, socket_timeout=0.5, retry=Retry(NoBackoff(), 0),
+            password=self.password or None,
         )
         try:
             served_dir = client.config_get("dir").get("dir")
