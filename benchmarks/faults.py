@@ -63,7 +63,7 @@ def events_client(addr: str, row: str, users: list[str], videos: list[str], stop
             e = events_pb2.Event(event_id=f"{row}-{i}", user_id=users[i % len(users)],
                                  video_id=videos[(i * 7) % len(videos)],
                                  type=events_pb2.EVENT_TYPE_LIKE, timestamp=time.time(),
-                                 model_version=row, experiment_arm="faults")
+                                 model_version=row, experiment_arm="hybrid")
             while True:
                 try:
                     stub.LogEvents(gateway_pb2.LogEventsRequest(events=[e]), timeout=2.0)
@@ -207,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, fault in faults.items():
             if only and name not in only:
                 continue
-            row = f"f{uuid.uuid4().hex[:6]}"
+            # A version name of its own per row (the gateway accepts only v<N> names): the
+            # row's likes are counted apart from everything else.
+            row = f"v9{uuid.uuid4().int % 10**8:08d}"
             rate = a.overload_rate if name.startswith("overload") else a.rate
             stop = threading.Event()
             acked: list[str] = []
@@ -231,12 +233,12 @@ def main(argv: list[str] | None = None) -> int:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 try:
-                    applied = int(store.stats_counters(row, "faults").get("likes", 0))
+                    applied = int(store.stats_counters(row, "hybrid").get("likes", 0))
                 except Exception:
                     applied = -1
                 if applied >= len(acked):
                     time.sleep(3)  # a late double would show now
-                    applied = int(store.stats_counters(row, "faults").get("likes", 0))
+                    applied = int(store.stats_counters(row, "hybrid").get("likes", 0))
                     break
                 time.sleep(0.5)
             res = {"fault": name, "rate": rate, "requests": r["sent"], "answered": r["ok"],

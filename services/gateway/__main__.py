@@ -88,7 +88,8 @@ def main() -> int:
                                Budget(s.candidate_share, s.ranker_share,
                                       s.candidate_timeout_ms / 1000, s.ranker_timeout_ms / 1000,
                                       s.reranker_timeout_ms / 1000), rules,
-                               s.max_k, s.default_deadline_ms / 1000, s.log_impressions)
+                               s.max_k, s.default_deadline_ms / 1000, s.log_impressions,
+                               s.hash_user_ids_in_logs)
     door = []
     if s.auth:
         secret = Path(s.token_secret_file).read_bytes().strip() if s.token_secret_file else None
