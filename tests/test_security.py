@@ -242,3 +242,39 @@ def test_plaintext_on_a_reachable_address_is_refused_unless_allowed() -> None:
     ok = Server("reranker", "0.0.0.0:0", [], lambda g: None,
                 settings=RerankerSettings(allow_insecure=True))
     ok.stop()
+
+
+# --- store credentials ------------------------------------------------------------------
+
+
+def test_store_credentials_come_from_files(tmp_path: Path) -> None:
+    from vidrec.config import TrainerSettings
+    from vidrec.infra import kafka
+    from vidrec.infra.embedded import RedisServer
+    from vidrec.security.stores import redis_url_with_password, store_credentials
+    from vidrec.store.features import FeatureStore
+
+    (tmp_path / "redis.pw").write_text("s3cret/with:odd@chars\n")
+    (tmp_path / "kafka.pw").write_text("k-pass")
+    with RedisServer(password="s3cret/with:odd@chars") as rs:
+        s = TrainerSettings(redis_url=f"redis://127.0.0.1:{rs.port}/0",
+                            redis_password_file=str(tmp_path / "redis.pw"),
+                            kafka_security_protocol="SASL_SSL",
+                            kafka_sasl_mechanism="SCRAM-SHA-256", kafka_username="vidrec",
+                            kafka_password_file=str(tmp_path / "kafka.pw"),
+                            kafka_ca_file="/ca.pem")
+        try:
+            url = store_credentials(s)
+            assert kafka.CLIENT_SECURITY == {
+                "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-256",
+                "sasl_plain_username": "vidrec", "sasl_plain_password": "k-pass",
+                "ssl_cafile": "/ca.pem"}
+        finally:
+            kafka.CLIENT_SECURITY.clear()
+        FeatureStore.from_url(url).put_videos([{"video_id": "v1"}])  # authenticated
+        import redis as redis_lib
+
+        with pytest.raises(redis_lib.AuthenticationError):
+            redis_lib.Redis(port=rs.port).get("x")
+        with pytest.raises(redis_lib.AuthenticationError):
+            redis_lib.Redis.from_url(redis_url_with_password(s.redis_url, "wrong")).get("x")

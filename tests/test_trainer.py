@@ -148,7 +148,9 @@ def trainer_env(bootstrap: str, redis_url: str, key_prefix: str, tmp: Path,
                 "VIDREC_KEY_PREFIX": key_prefix, "VIDREC_EVENTS_DIR": str(tmp / "events"),
                 "VIDREC_ARTIFACT_ROOT": str(tmp / "artifacts"),
                 "VIDREC_GROUP_ID": f"g-{uuid.uuid4().hex[:6]}",
-                "VIDREC_BATCH_SIZE": str(batch_size)})
+                "VIDREC_BATCH_SIZE": str(batch_size),
+                # Every positive moves trending here (the expected counts below assume it).
+                "VIDREC_TRENDING_MIN_SEEN": "0"})
     return env
 
 

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vidrec.security.stores import read_secret, store_credentials
+
 if TYPE_CHECKING:
     from vidrec.infra.streams import RecordSink
 
@@ -22,7 +24,9 @@ SERVICES = ("gateway", "candidate", "ranker", "reranker", "trainer")
 def _ops_settings() -> Any:
     from vidrec.config import TrainerSettings, load_settings
 
-    return load_settings(TrainerSettings)
+    s = load_settings(TrainerSettings)
+    store_credentials(s)  # Kafka clients made from here on use the configured SASL/TLS
+    return s
 
 
 def _producer(bootstrap: str) -> RecordSink | None:
@@ -41,11 +45,11 @@ def cmd_publish(a: argparse.Namespace) -> int:
     from vidrec.store.index import open_index
 
     s = _ops_settings()
-    index = open_index(s.qdrant_url, s.index_root)
+    index = open_index(s.qdrant_url, s.index_root, read_secret(s.qdrant_api_key_file))
     producer = _producer(s.kafka_bootstrap)
     try:
         version = publish(Path(a.model), ArtifactStore(s.artifact_root), index,
-                          FeatureStore.from_url(s.redis_url, s.key_prefix), producer,
+                          FeatureStore.from_url(store_credentials(s), s.key_prefix), producer,
                           overwrite_history=a.overwrite_history)
     finally:
         index.close()
@@ -75,7 +79,7 @@ def cmd_rollback(a: argparse.Namespace) -> int:
     except CorruptArtifact as exc:
         print(f"not rolling back to {prev}: {exc}", file=sys.stderr)
         return 1
-    index = open_index(s.qdrant_url, s.index_root)
+    index = open_index(s.qdrant_url, s.index_root, read_secret(s.qdrant_api_key_file))
     try:
         index.set_alias(collection_name(prev))
     finally:
@@ -96,7 +100,7 @@ def cmd_retrain(a: argparse.Namespace) -> int:
     try:
         res = run_retrain(s, EventLog(Path(s.events_dir)), Path(s.events_dir) / "videos.jsonl",
                           ArtifactStore(s.artifact_root),
-                          FeatureStore.from_url(s.redis_url, s.key_prefix), producer,
+                          FeatureStore.from_url(store_credentials(s), s.key_prefix), producer,
                           force=a.force)
     finally:
         if producer is not None:
@@ -123,7 +127,7 @@ def cmd_rebuild(a: argparse.Namespace) -> int:
     if bundle is None:
         print("no loadable published model: videos and trending are not reloaded",
               file=sys.stderr)
-    res = rebuild(FeatureStore.from_url(s.redis_url, s.key_prefix), Path(s.data_dir),
+    res = rebuild(FeatureStore.from_url(store_credentials(s), s.key_prefix), Path(s.data_dir),
                   EventLog(Path(s.events_dir)), Path(s.events_dir) / "videos.jsonl", bundle)
     print(f"rebuilt {res.users} users from {s.data_dir} and {res.events} logged events "
           f"({res.videos} upserted videos); per-arm counters are not rebuilt")

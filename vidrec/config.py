@@ -50,6 +50,15 @@ class CommonSettings:
     allow_insecure: bool = False
     # gRPC server reflection (a map of every method for whoever connects): off by default.
     reflection: bool = False
+    # Store credentials (vidrec/security/stores.py), secrets as mounted files: the Redis
+    # password; Kafka SASL (SCRAM) and TLS; the Qdrant API key.
+    redis_password_file: str = ""
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_username: str = ""
+    kafka_password_file: str = ""
+    kafka_ca_file: str = ""
+    qdrant_api_key_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -165,6 +174,9 @@ class TrainerSettings(CommonSettings):
     # Seconds an applied event id is remembered to catch a client resending it (Kafka
     # redeliveries are caught by offsets at any age); memory grows with traffic x horizon.
     dedupe_horizon_s: float = 3600.0
+    # A user's likes move the trending ("popular") list only after they reacted to more
+    # than this many videos: fresh fake accounts cannot lift a video for every new user.
+    trending_min_seen: int = 5
 
 
 ALL_SETTINGS: tuple[type, ...] = (

@@ -16,6 +16,7 @@ from vidrec.rerank import RerankConfig
 from vidrec.security.auth import Authenticator, Limits
 from vidrec.security.client import ClientSecurity
 from vidrec.security.keys import KeyFile
+from vidrec.security.stores import store_credentials
 from vidrec.serving.server import Server
 from vidrec.store.features import FeatureStore
 from vidrec.v1 import (
@@ -71,7 +72,7 @@ def main() -> int:
     stubs = Stubs(candidate_pb2_grpc.CandidateStub(channels[0]),
                   ranker_pb2_grpc.RankerStub(channels[1]),
                   reranker_pb2_grpc.RerankerStub(channels[2]))
-    store = FeatureStore.from_url(s.redis_url, s.key_prefix, s.redis_timeout_ms / 1000)
+    store = FeatureStore.from_url(store_credentials(s), s.key_prefix, s.redis_timeout_ms / 1000)
     producer = None
     if s.kafka_bootstrap:
         from vidrec.infra.kafka import EventProducer

@@ -10,6 +10,7 @@ from vidrec.config import RankerSettings, SettingsError, load_settings
 from vidrec.logs import setup_logging
 from vidrec.models.bundle import ModelBundle
 from vidrec.models.online import OnlineModel
+from vidrec.security.stores import store_credentials
 from vidrec.serving.holder import ModelHolder
 from vidrec.serving.server import Server
 from vidrec.store.artifacts import ArtifactStore
@@ -34,7 +35,7 @@ def main() -> int:
         print(f"ranker: {exc}", file=sys.stderr)
         return 2
     setup_logging("ranker", s.log_level)
-    store = FeatureStore.from_url(s.redis_url, s.key_prefix, s.redis_timeout_ms / 1000)
+    store = FeatureStore.from_url(store_credentials(s), s.key_prefix, s.redis_timeout_ms / 1000)
     holder: ModelHolder[OnlineModel] = ModelHolder(ArtifactStore(s.artifact_root), load_model,
                                                    keep=s.keep_versions)
     servicer = RankerServicer(holder, store, s.top_m)

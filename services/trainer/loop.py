@@ -69,8 +69,9 @@ class TrainerLoop:
                  on_video: Callable[[dict[str, Any]], None] | None = None,
                  linger_s: float = 0.1, weights: FeedbackWeights | None = None,
                  dedupe_horizon_s: float = DEDUPE_HORIZON_S,
-                 log_id: Callable[[], str] | None = None) -> None:
+                 log_id: Callable[[], str] | None = None, trending_min_seen: int = 0) -> None:
         self.consumer = consumer
+        self.trending_min_seen = trending_min_seen
         # Which Kafka log the offsets belong to (vidrec.infra.kafka.log_id): positions are
         # stored as "<log>/<topic>:<partition>", so a broker that restarted empty (offsets
         # from 0 again) is not mistaken for redeliveries of the old log.
@@ -111,7 +112,7 @@ class TrainerLoop:
             events, self.weights,
             [Position(f"{prefix}{r.topic}:{r.partition}", r.offset,
                       int(getattr(r, "timestamp", -1) or -1)) for r, _ in good],
-            self.dedupe_horizon_s)
+            self.dedupe_horizon_s, trending_min_seen=self.trending_min_seen)
         unknown = {id(e) for e in res.unknown_video}
         dead += [(f"unknown video {e.video_id!r}", r) for r, e in good if id(e) in unknown]
         if dead:

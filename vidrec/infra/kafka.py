@@ -41,6 +41,10 @@ GROUP_TIMING: Mapping[str, int] = MappingProxyType(
 )
 
 
+# SASL / TLS settings every client of this process uses (vidrec.security.stores sets them
+# from the process's settings at start; empty: plaintext, as the embedded broker speaks).
+CLIENT_SECURITY: dict[str, Any] = {}
+
 # The most records a producer keeps for a replay (bounds its memory whatever the rate).
 REPLAY_MAX_RECORDS = 200_000
 
@@ -65,6 +69,7 @@ def ensure_topics(
         bootstrap_servers=bootstrap,
         client_id="vidrec-admin",
         request_timeout_ms=int(timeout_s * 1000),
+        **CLIENT_SECURITY,
     )
     try:
         existing = {t["name"]: len(t["partitions"]) for t in admin.describe_topics()}
@@ -118,6 +123,7 @@ def make_producer(bootstrap: str, **kw: Any) -> KafkaProducer:
         "delivery_timeout_ms": 30_000,
         "max_block_ms": 10_000,
     }
+    config.update(CLIENT_SECURITY)
     config.update(kw)
     return KafkaProducer(**config)
 
@@ -294,6 +300,7 @@ def make_consumer(
         "auto_offset_reset": "earliest",
         **GROUP_TIMING,
     }
+    config.update(CLIENT_SECURITY)
     config.update(kw)
     return KafkaConsumer(*topics, **config)
 
@@ -349,7 +356,7 @@ def consumer_lag(bootstrap: str, group: str, topic: str) -> int:
 
     probe = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
                           client_id="vidrec-lag", enable_auto_commit=False,
-                          request_timeout_ms=5000)
+                          request_timeout_ms=5000, **CLIENT_SECURITY)
     try:
         parts = [TopicPartition(topic, p) for p in sorted(probe.partitions_for_topic(topic)
                                                           or ())]

@@ -76,6 +76,9 @@ local tkey, rkey, hl = ARGV[6], ARGV[7], tonumber(ARGV[8])
 local now = tonumber(ARGV[9])
 local r_base, r_centred = tonumber(ARGV[10]), tonumber(ARGV[11])
 local okey, done_stem = ARGV[12], ARGV[13]
+-- A user moves trending only once they have reacted to this many other videos: a crowd of
+-- fresh (fake) users liking one video cannot lift it into everyone's "popular" list.
+local min_seen = tonumber(ARGV[14])
 -- Applied ids live in sets by arrival bucket (server time / horizon): the current and the
 -- previous bucket are checked, so an id is remembered at least `horizon` seconds and at
 -- most twice that, and whole buckets expire. (Per-user sets cost 45% more per event:
@@ -93,7 +96,7 @@ local applied, dup, unknown = {}, 0, {}
 -- batch: ids seen in this call; once: per-call marks, so a user's dirty flag, an arm's
 -- index entry and a set's expiry cost one call per batch, not one per event.
 local batch, offsets, stamps, once = {}, {}, {}, {}
-for i = 14, #ARGV, n_fields do
+for i = 15, #ARGV, n_fields do
   local eid, part, off, vkey, kind = ARGV[i], ARGV[i+1], tonumber(ARGV[i+2]), ARGV[i+3], ARGV[i+4]
   local ukey, uid, ck, member = ARGV[i+5], ARGV[i+6], ARGV[i+7], ARGV[i+8]
   local cf, comp, wt, vid = ARGV[i+9], ARGV[i+10], ARGV[i+11], ARGV[i+12]
@@ -136,7 +139,8 @@ for i = 14, #ARGV, n_fields do
       if not redis.call('LPOS', lkey, vid) then
         redis.call('LPUSH', lkey, vid)
         redis.call('LTRIM', lkey, 0, (kind == 'p' and hist_len or neg_len) - 1)
-        if kind == 'p' then
+        if kind == 'p' and (min_seen <= 0
+            or redis.call('SCARD', ukey .. ':seen') > min_seen) then
           redis.call('ZINCRBY', tkey, tostring(2 ^ ((tonumber(ts) - ref) / hl)), vid)
         end
       end
@@ -186,8 +190,9 @@ class Applier:
 
     def __init__(self, client: redis.Redis, keys: schema.Keys,
                  weights: ev.FeedbackWeights | None = None,
-                 horizon_s: float = DEDUPE_HORIZON_S) -> None:
+                 horizon_s: float = DEDUPE_HORIZON_S, trending_min_seen: int = 0) -> None:
         self.keys = keys
+        self.trending_min_seen = trending_min_seen
         self.weights = weights or ev.FeedbackWeights()
         self.horizon_s = horizon_s
         self._script = client.register_script(_APPLY)
@@ -207,7 +212,8 @@ class Applier:
         args: list[str | int | float] = [
             hist_len, neg_len, self.horizon_s, k.dirty_users(), k.stats_index(),
             k.trending(), k.trending_ref(), half_life_s, repr(now), w.rating_base,
-            w.rating_centred, k.applied_offsets(), k.processed_events()]
+            w.rating_centred, k.applied_offsets(), k.processed_events(),
+            self.trending_min_seen]
         pos = positions if positions is not None else [None] * len(events)
         for e, p in zip(events, pos, strict=True):
             name = ev.NAME_OF[e.type]

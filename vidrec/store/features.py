@@ -157,14 +157,16 @@ class FeatureStore:
     def apply_events(self, events: Sequence[events_pb2.Event],
                      weights: FeedbackWeights | None = None,
                      positions: Sequence[Position | None] | None = None,
-                     horizon_s: float = DEDUPE_HORIZON_S, now: float | None = None
-                     ) -> ApplyResult:
+                     horizon_s: float = DEDUPE_HORIZON_S, now: float | None = None,
+                     trending_min_seen: int = 0) -> ApplyResult:
         """Apply a batch exactly once (store/apply.py): by Kafka position when given, and
-        by event id within `horizon_s`."""
+        by event id within `horizon_s`. A user's positives move trending only once the user
+        has reacted to more than `trending_min_seen` other videos."""
         a = self._applier
         if a is None or (weights is not None and weights != a.weights) or \
-                a.horizon_s != horizon_s:
-            a = self._applier = Applier(self._r, self.keys, weights, horizon_s)
+                a.horizon_s != horizon_s or a.trending_min_seen != trending_min_seen:
+            a = self._applier = Applier(self._r, self.keys, weights, horizon_s,
+                                        trending_min_seen)
         return a.apply(events, schema.HISTORY_LEN, NEG_LEN, trending.HALF_LIFE_S, positions,
                        now)
 
