@@ -108,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--broker-stall", type=float, default=BROKER_STALL_S)
     a = ap.parse_args(argv)
     FAULT_AT, FAULT_FOR, BROKER_STALL_S = a.fault_at, a.fault_for, a.broker_stall
+    if threading.current_thread() is threading.main_thread():
+        # A SIGTERM (timeout, pkill) must still stop the stack below: its services run in
+        # sessions of their own and would outlive this process.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     var = Path(tempfile.mkdtemp(prefix="vidrec-faults-"))

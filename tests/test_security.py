@@ -278,3 +278,28 @@ def test_store_credentials_come_from_files(tmp_path: Path) -> None:
             redis_lib.Redis(port=rs.port).get("x")
         with pytest.raises(redis_lib.AuthenticationError):
             redis_lib.Redis.from_url(redis_url_with_password(s.redis_url, "wrong")).get("x")
+
+
+def test_health_has_a_plaintext_port_of_its_own_beside_tls(tmp_path: Path) -> None:
+    """Kubernetes' native gRPC probes speak no TLS: VIDREC_HEALTH_ADDR serves health alone,
+    in plaintext, while the service port wants TLS and a client certificate."""
+    from vidrec.config import RerankerSettings
+
+    pki = ensure_local_pki(tmp_path / "tls")
+    s = RerankerSettings(tls_cert=str(pki.server_cert), tls_key=str(pki.server_key),
+                         tls_ca=str(pki.ca), health_addr="127.0.0.1:0")
+    server = Server("reranker", "127.0.0.1:0", ["vidrec.v1.Gateway"],
+                    lambda g: gateway_pb2_grpc.add_GatewayServicer_to_server(Echo(), g),
+                    workers=4, settings=s)
+    server.start()
+    try:
+        health = f"127.0.0.1:{server.health_port}"
+        assert check(health, security=ClientSecurity()) == "NOT_SERVING"
+        server.set_serving(True)
+        assert check(health, security=ClientSecurity()) == "SERVING"
+        with grpc.insecure_channel(health) as ch, pytest.raises(grpc.RpcError) as err:
+            gateway_pb2_grpc.GatewayStub(ch).Recommend(REC, timeout=5)
+        assert err.value.code() == S.UNIMPLEMENTED  # nothing but health there
+        assert check(server.address, security=ClientSecurity()).startswith("UNREACHABLE")
+    finally:
+        server.stop()

@@ -401,7 +401,56 @@ def cmd_keys(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_secrets(a: argparse.Namespace) -> int:
+    """`vidrec secrets init`: everything a deployment needs to be secure, made once."""
+    import os
+    import secrets as sec
+
+    from vidrec.security.keys import KeyFile
+    from vidrec.security.tls import ensure_local_pki
+
+    root = Path(a.dir)
+    root.mkdir(parents=True, exist_ok=True)
+    hosts = tuple(h for h in a.hosts.split(",") if h)
+    pki = ensure_local_pki(root / "tls", hosts=hosts)
+
+    def once(name: str, value: str) -> bool:
+        path = root / name
+        if path.exists():
+            return False
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        with os.fdopen(fd, "w") as f:
+            f.write(value)
+        return True
+
+    for name in ("redis.password", "qdrant.key", "token.secret"):
+        once(name, sec.token_urlsafe(32))
+    keys = KeyFile(root / "api_keys.json")
+    if not (root / "admin.key").exists():
+        _, plain = keys.create(f"admin-{sec.token_hex(3)}", ["admin"])
+        once("admin.key", plain)
+    for p in root.rglob("*"):  # the services run as another user: group-readable
+        if p.is_file():
+            p.chmod(0o640 if p.suffix in ("", ".key", ".secret", ".password", ".json")
+                    else 0o644)
+    print(f"secrets in {root}: CA {pki.ca}, admin key in {root / 'admin.key'}")
+    return 0
+
+
 def register_keys(sub: Any) -> None:
+    sc = sub.add_parser("secrets", help="create a deployment's CA, certificates, admin key, "
+                        "token secret and store passwords (once)",
+                        description="Writes, only where missing: tls/ (CA, server certificate "
+                        "for localhost, 127.0.0.1 and --hosts; client certificate), "
+                        "api_keys.json with an admin key (the key itself in admin.key), "
+                        "token.secret, redis.password, qdrant.key. docker-compose runs it "
+                        "first; for Kubernetes, load the directory into a Secret.")
+    scs = sc.add_subparsers(dest="action", required=True)
+    si = scs.add_parser("init")
+    si.add_argument("--dir", default="var/secrets")
+    si.add_argument("--hosts", default="candidate,ranker,reranker,gateway",
+                    help="comma-separated service names the server certificate must name")
+    sc.set_defaults(fn=cmd_secrets)
     k = sub.add_parser("keys", help="API keys for the gateway, and user tokens",
                        description="Manage the gateway's API keys (stored hashed in a JSON "
                        "file; the key itself is printed once) and mint user-bound tokens. "

@@ -50,6 +50,8 @@ class CommonSettings:
     allow_insecure: bool = False
     # gRPC server reflection (a map of every method for whoever connects): off by default.
     reflection: bool = False
+    # host:port for grpc.health.v1 alone, plaintext (Kubernetes' gRPC probes); "" = none.
+    health_addr: str = ""
     # Store credentials (vidrec/security/stores.py), secrets as mounted files: the Redis
     # password; Kafka SASL (SCRAM) and TLS; the Qdrant API key.
     redis_password_file: str = ""

@@ -34,8 +34,11 @@ def _write_private(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def ensure_local_pki(directory: Path, days: int = 825) -> Pki:
-    """Create (once) a CA and a server and a client certificate under `directory`."""
+def ensure_local_pki(directory: Path, days: int = 825,
+                     hosts: tuple[str, ...] = ()) -> Pki:
+    """Create (once) a CA and a server and a client certificate under `directory`. The
+    server certificate names localhost, 127.0.0.1 and `hosts` (compose or Kubernetes
+    service names, so services can call each other by name)."""
     d = Path(directory)
     pki = Pki(d / "ca.pem", d / "server.pem", d / "server.key", d / "client.pem",
               d / "client.key")
@@ -79,8 +82,8 @@ def ensure_local_pki(directory: Path, days: int = 825) -> Pki:
              .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
         if usage == ExtendedKeyUsageOID.SERVER_AUTH:
             b = b.add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                *(x509.DNSName(h) for h in hosts)]), critical=False)
         cert = b.sign(ca_key, hashes.SHA256())
         return cert.public_bytes(serialization.Encoding.PEM), pem_key(key)
 

@@ -191,6 +191,17 @@ class Server:
             raise RuntimeError(f"{name}: cannot listen on {listen_addr}")
         host = listen_addr.rsplit(":", 1)[0]
         self.address = f"{host}:{self.port}"
+        # VIDREC_HEALTH_ADDR: grpc.health.v1 alone on a plaintext port of its own, with its
+        # own threads: Kubernetes' native gRPC probes speak no TLS, and a saturated request
+        # pool never delays a probe. It says SERVING or not, nothing else.
+        self.health_server: grpc.Server | None = None
+        health_addr = getattr(settings, "health_addr", "")
+        if health_addr:
+            self.health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_port = self.health_server.add_insecure_port(health_addr)
+            if self.health_port == 0:
+                raise RuntimeError(f"{name}: cannot listen on {health_addr} (health)")
         self.set_serving(False)
         self._stopped = threading.Event()
 
@@ -205,7 +216,9 @@ class Server:
 
         freeze_heap()  # what start-up built (modules, stubs, caches) stays out of GC walks
         self.grpc.start()
-        log.info("%s listening on %s", self.name, self.address)
+        if self.health_server is not None:
+            self.health_server.start()
+        log.info("%s listening on %s%s", self.name, self.address, " (TLS)" if self.tls else "")
 
     def stop(self) -> None:
         """NOT_SERVING, then drain in-flight calls for up to grace_s."""
@@ -215,6 +228,8 @@ class Server:
         self.set_serving(False)
         log.info("%s stopping: draining for up to %.1fs", self.name, self.grace_s)
         self.grpc.stop(self.grace_s).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0)
         log.info("%s stopped", self.name)
 
     def run_until_signal(self) -> None:
