@@ -509,3 +509,76 @@ def test_a_cli_retrain_publishes_and_announces_its_model(stack: Stack, gw,  # ty
     msgs = [events_pb2.ModelPublished.FromString(r.value) for r in records]
     assert [m.version for m in msgs] == [latest]
     assert msgs[0].collection == f"videos_{latest}"
+
+
+def _hostile_inputs() -> list[tuple[str, str, object]]:
+    """(case, method, request): each must be INVALID_ARGUMENT through the real gateway."""
+    G, E = gateway_pb2, events_pb2
+    now = time.time()
+
+    def ev(**kw: object) -> gateway_pb2.LogEventsRequest:
+        e = E.Event(event_id=uuid.uuid4().hex, user_id="u00001", video_id="v00001",
+                    type=E.EVENT_TYPE_CLICK, timestamp=now)
+        for k, v in kw.items():
+            if k == "clear":
+                e.ClearField(str(v))
+            else:
+                setattr(e, k, v)
+        return G.LogEventsRequest(events=[e])
+
+    big_profile = common_pb2.UserProfile(extra={f"k{i}": "v" for i in range(40)})
+    return [
+        ("Recommend k=0", "Recommend", G.RecommendRequest(user_id="u00001", k=0)),
+        ("Recommend k=10000", "Recommend", G.RecommendRequest(user_id="u00001", k=10_000)),
+        ("Recommend user_id with newline", "Recommend",
+         G.RecommendRequest(user_id="u00001\n", k=5)),
+        ("Recommend full-width user_id", "Recommend", G.RecommendRequest(user_id="ｕ１", k=5)),
+        ("Recommend 200-char user_id", "Recommend", G.RecommendRequest(user_id="u" * 200, k=5)),
+        ("Recommend age 500", "Recommend",
+         G.RecommendRequest(k=5, profile=common_pb2.UserProfile(age=500))),
+        ("Recommend control char in country", "Recommend",
+         G.RecommendRequest(k=5, profile=common_pb2.UserProfile(country="U\x07S"))),
+        ("Recommend 40 profile extras", "Recommend", G.RecommendRequest(k=5, profile=big_profile)),
+        ("Recommend 40 filter languages", "Recommend", G.RecommendRequest(
+            k=5, filters=common_pb2.Filters(languages=[f"l{i}" for i in range(40)]))),
+        ("Recommend 100-char profile value", "Recommend", G.RecommendRequest(
+            k=5, profile=common_pb2.UserProfile(extra={"k": "y" * 100}))),
+        ("LogEvents no events", "LogEvents", G.LogEventsRequest()),
+        ("LogEvents no event_id", "LogEvents", ev(event_id="")),
+        ("LogEvents type 42", "LogEvents", ev(type=42)),
+        ("LogEvents rating 7", "LogEvents", ev(type=E.EVENT_TYPE_RATING, value=7.0)),
+        ("LogEvents watched 200%", "LogEvents", ev(type=E.EVENT_TYPE_WATCH, value=2.0)),
+        ("LogEvents NaN value", "LogEvents", ev(value=float("nan"))),
+        ("LogEvents timestamp 1970", "LogEvents", ev(timestamp=1.0)),
+        ("LogEvents timestamp 2036", "LogEvents", ev(timestamp=2_082_758_400.0)),
+        ("LogEvents timestamp 1.7e308", "LogEvents", ev(timestamp=1.7e308)),
+        ("LogEvents negative watch time", "LogEvents", ev(watch_time_s=-1.0)),
+        ("LogEvents model_version /etc/passwd", "LogEvents", ev(model_version="/etc/passwd")),
+        ("LogEvents model_version ../../x", "LogEvents", ev(model_version="../../x")),
+        ("LogEvents 20 KB experiment_arm", "LogEvents", ev(experiment_arm="a" * 20_000)),
+        ("LogEvents unconfigured arm", "LogEvents", ev(experiment_arm="made_up")),
+        ("LogEvents position 1e6", "LogEvents", ev(position=1_000_000)),
+        ("LogEvents request_id with CR/LF", "LogEvents", ev(request_id="a\r\nb")),
+        ("LogEvents video_id with a space", "LogEvents", ev(video_id="v 1")),
+        ("LogEvents empty user_id", "LogEvents", ev(user_id="")),
+        ("LogEvents 6000 events", "LogEvents", G.LogEventsRequest(
+            events=[ev().events[0]] * 6000)),
+    ]
+
+
+def test_hostile_inputs_are_invalid_argument_and_nothing_falls_over(stack: Stack, gw) -> None:  # type: ignore[no-untyped-def]
+    from vidrec.serving.healthcheck import check
+
+    wrong = []
+    for name, method, req in _hostile_inputs():
+        try:
+            getattr(gw, method)(req, timeout=10)
+            wrong.append((name, "OK"))
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                wrong.append((name, exc.code().name))
+            elif "Traceback" in (exc.details() or ""):
+                wrong.append((name, "traceback"))
+    assert not wrong
+    for name in ("candidate", "ranker", "reranker", "gateway"):
+        assert check(stack.services[name].addr, security=stack.client_security) == "SERVING"

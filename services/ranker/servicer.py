@@ -6,7 +6,7 @@ import grpc
 import numpy as np
 
 from services.ranker.scoring import score_candidates
-from vidrec.logs import request_id_var
+from vidrec.logs import set_request_id
 from vidrec.models.online import OnlineModel
 from vidrec.serving.convert import profile_dict
 from vidrec.serving.holder import ModelHolder, VersionUnavailable
@@ -25,7 +25,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
 
     def Score(self, request: ranker_pb2.ScoreRequest, context: grpc.ServicerContext
               ) -> ranker_pb2.ScoreResponse:
-        request_id_var.set(request.request_id or "-")
+        set_request_id(request.request_id)
         if len(request.candidates) > MAX_CANDIDATES:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"at most {MAX_CANDIDATES} candidates, got {len(request.candidates)}")
