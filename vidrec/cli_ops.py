@@ -161,10 +161,14 @@ def cmd_status(a: argparse.Namespace) -> int:
     latest = ArtifactStore(Path(a.var) / "artifacts").latest() or "-"
     stack = json.loads(state.read_text()) if state.exists() else {}
     redis_url, prefix = stack.get("redis", ""), stack.get("key_prefix", "vidrec")
+    from vidrec.security.client import ClientSecurity
+
+    # The stack's CA and client certificate: its internal services require one.
+    sec = ClientSecurity.from_state(stack) if stack else ClientSecurity.from_env()
     print(f"{'service':10s} {'address':22s} {'health':14s} model")
     worst = 0
     for name, addr in addrs.items():
-        status = check(addr) if addr else _trainer_status(redis_url, prefix)
+        status = check(addr, security=sec) if addr else _trainer_status(redis_url, prefix)
         worst |= status not in ("SERVING", "RUNNING")
         model = latest if name in ("candidate", "ranker", "gateway") else "-"
         print(f"{name:10s} {addr or '-':22s} {status:14s} {model}")

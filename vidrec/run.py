@@ -139,13 +139,15 @@ def main(argv: list[str] | None = None) -> int:
         show(gw, data, sec)
         print(f"\nvidrec is up. gateway listening on {gw}  (gRPC over TLS, package vidrec.v1)")
         print(f"  admin API key and TLS files: {stack.run_dir}/stack.json (keep it private)")
-        print(f"  call it: grpcurl -cacert {sec.ca} -H 'authorization: Bearer $(cat "
-              f"{stack.run_dir}/admin.key)' -import-path protos -proto vidrec/v1/gateway.proto "
-              f"-d '{{\"user_id\":\"u00001\",\"k\":5}}' {gw} vidrec.v1.Gateway/Recommend")
-        print("  more keys: .venv/bin/vidrec keys create --name NAME --scopes recommend "
-              f"--file {stack.run_dir}/api_keys.json")
-        print(f"  logs: {stack.log_dir}/   status: .venv/bin/vidrec status")
-        print(f"  simulate users: .venv/bin/vidrec simulate --gateway {gw} --data {data}")
+        print(f"  call it: grpcurl -cacert {sec.ca} -H \"authorization: Bearer $(cat "
+              f"{stack.run_dir}/admin.key)\" -import-path protos -proto "
+              f"vidrec/v1/gateway.proto -d '{{\"user_id\":\"u00001\",\"k\":5}}' {gw} "
+              "vidrec.v1.Gateway/Recommend")
+        print(f"  more keys: .venv/bin/vidrec keys --file {stack.run_dir}/api_keys.json "
+              "create --name NAME --scopes recommend events:write")
+        print(f"  logs: {stack.log_dir}/   status: .venv/bin/vidrec status --var {var}")
+        print(f"  simulate users: .venv/bin/vidrec simulate --gateway {gw} --data {data} "
+              f"--var {var}")
         print("  Ctrl-C stops everything.", flush=True)
         while not stop.is_set() and not a.no_wait:
             for name in stack.supervise():
