@@ -91,6 +91,9 @@ class TrainerLoop:
         records = self._gather(timeout_ms)
         if not records:
             return 0
+        prefix = self._log_prefix()
+        if prefix is None:  # a new log: dropped, read again from its start
+            return 0
         t0 = time.perf_counter()
         good: list[tuple[Record, events_pb2.Event]] = []
         dead: list[tuple[str, Record]] = []
@@ -103,9 +106,6 @@ class TrainerLoop:
                 dead.append((d, r))
             else:
                 good.append((r, d))
-        prefix = self._log_prefix()
-        if prefix is None:
-            return 0
         events = [e for _, e in good]
         self.log.append(events)
         res = self.store.apply_events(
