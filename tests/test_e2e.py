@@ -293,6 +293,17 @@ def test_ranker_reuses_or_rejects_the_candidate_user_vector(stack: Stack) -> Non
                 score(bad)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "user_vector" in (err.value.details() or "")
+        # The MF vector the gateway forwards from Redis is checked the same way (a wrong
+        # size gave INTERNAL, NaN flowed into the ranking).
+        for bad in ([0.1] * 3, [float("nan")] * 3):
+            u = common_pb2.UserContext(user_id="u00003", mf_vector=bad,
+                                       mf_vector_version=c.model_version)
+            with pytest.raises(grpc.RpcError) as err:
+                ranker.Score(ranker_pb2.ScoreRequest(user=u, candidates=c.candidates, top_m=20,
+                                                     model_version=c.model_version),
+                             timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "mf_vector" in (err.value.details() or "")
 
 
 def test_candidates_mix_every_source(stack: Stack) -> None:
@@ -582,3 +593,7 @@ def test_hostile_inputs_are_invalid_argument_and_nothing_falls_over(stack: Stack
     assert not wrong
     for name in ("candidate", "ranker", "reranker", "gateway"):
         assert check(stack.services[name].addr, security=stack.client_security) == "SERVING"
+    # No credential ever reaches a log line.
+    logs = "".join(p.read_text(errors="replace") for p in stack.log_dir.glob("*.log"))
+    assert stack.api_key and stack.api_key not in logs
+    assert stack.api_key.split("_")[2] not in logs
