@@ -45,7 +45,8 @@ def cmd_publish(a: argparse.Namespace) -> int:
     from vidrec.store.index import open_index
 
     s = _ops_settings()
-    index = open_index(s.qdrant_url, s.index_root, read_secret(s.qdrant_api_key_file))
+    index = open_index(s.qdrant_url, s.index_root,
+                       read_secret(getattr(s, "qdrant_api_key_file", "")))
     producer = _producer(s.kafka_bootstrap)
     try:
         version = publish(Path(a.model), ArtifactStore(s.artifact_root), index,
@@ -79,7 +80,8 @@ def cmd_rollback(a: argparse.Namespace) -> int:
     except CorruptArtifact as exc:
         print(f"not rolling back to {prev}: {exc}", file=sys.stderr)
         return 1
-    index = open_index(s.qdrant_url, s.index_root, read_secret(s.qdrant_api_key_file))
+    index = open_index(s.qdrant_url, s.index_root,
+                       read_secret(getattr(s, "qdrant_api_key_file", "")))
     try:
         index.set_alias(collection_name(prev))
     finally:

@@ -54,6 +54,8 @@ class CommonSettings:
     reflection: bool = False
     # host:port for grpc.health.v1 alone, plaintext (Kubernetes' gRPC probes); "" = none.
     health_addr: str = ""
+    # host:port of the Prometheus /metrics endpoint (vidrec/serving/metrics.py); "" = none.
+    metrics_addr: str = ""
     # Store credentials (vidrec/security/stores.py), secrets as mounted files: the Redis
     # password; Kafka SASL (SCRAM) and TLS; the Qdrant API key.
     redis_password_file: str = ""

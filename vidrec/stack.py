@@ -103,6 +103,7 @@ class Stack:
     # keys at the gateway, a Redis password; material generated once under var/run/.
     secure: bool = True
     api_key: str = ""
+    metrics: dict[str, str] = field(default_factory=dict)
     _secrets: dict[str, str] = field(default_factory=dict)
     _restarts: dict[str, list[float]] = field(default_factory=dict)
 
@@ -208,7 +209,10 @@ class Stack:
         addr = f"127.0.0.1:{port or free_port()}" if name != "trainer" else ""
         sp = ServiceProcess(name, {}, self.log_dir / f"{name}.log", addr)
         self.services[name] = sp
+        # Prometheus /metrics of each process, on loopback (recorded in stack.json).
+        self.metrics[name] = f"127.0.0.1:{free_port()}"
         sp.env = self.service_env(name, addr)
+        sp.env["VIDREC_METRICS_ADDR"] = self.metrics[name]
         sp.start()
         return sp
 
@@ -272,7 +276,8 @@ class Stack:
         state: dict[str, object] = {
             "services": {n: s.addr for n, s in self.services.items()},
             "redis": self.redis_url, "kafka": self.kafka_bootstrap, "pid": os.getpid(),
-            "key_prefix": self.extra_env.get("VIDREC_KEY_PREFIX", "vidrec")}
+            "key_prefix": self.extra_env.get("VIDREC_KEY_PREFIX", "vidrec"),
+            "metrics": dict(self.metrics)}
         if self.secure:
             c = self.client_security
             state["api_key"] = self.api_key

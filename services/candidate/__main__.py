@@ -77,7 +77,7 @@ def main() -> int:
     store = FeatureStore.from_url(store_credentials(s), s.key_prefix, s.redis_timeout_ms / 1000)
     holder: ModelHolder[CandidateModel] = ModelHolder(
         ArtifactStore(s.artifact_root), lambda v, p: CandidateModel(v, Path(p), index),
-        keep=s.keep_versions)
+        keep=s.keep_versions, name="candidate")
     servicer = CandidateServicer(holder, store, s.num_candidates)
     server = Server("candidate", s.listen_addr,
                     [candidate_pb2.DESCRIPTOR.services_by_name["Candidate"].full_name],

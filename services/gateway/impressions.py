@@ -17,6 +17,7 @@ from typing import Any
 
 from vidrec import schema
 from vidrec.infra.streams import RecordSink
+from vidrec.serving.metrics import IMPRESSIONS_DROPPED
 from vidrec.v1 import events_pb2, gateway_pb2
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class ImpressionLog:
             self._q.put_nowait((user_id, request_id, resp, time.time()))
         except queue.Full:
             self.dropped += 1
+            IMPRESSIONS_DROPPED.inc()
             if self.dropped % 1000 == 1:
                 log.warning("impression queue full: %d responses' impressions dropped",
                             self.dropped)

@@ -17,6 +17,7 @@ from vidrec.logs import request_id_var
 from vidrec.rerank import RerankConfig
 from vidrec.security.auth import log_user
 from vidrec.serving.convert import profile_dict, profile_proto
+from vidrec.serving.metrics import DEGRADED
 from vidrec.store.features import FeatureStore, UserState
 from vidrec.v1 import common_pb2, events_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -86,6 +87,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             videos=[gateway_pb2.RecommendedVideo(video_id=v.video_id, score=v.score,
                                                  reason=v.reason, source=v.source)
                     for v in res.videos])
+        for stage in resp.degraded_stages:
+            DEGRADED.labels(stage).inc()
         log.info("recommend user=%s k=%d -> %d videos, model=%s arm=%s degraded=%s",
                  log_user(request.user_id, self.hash_user_ids) if request.user_id else "<new>",
                  request.k, len(resp.videos), res.model_version,

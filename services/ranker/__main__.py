@@ -37,7 +37,7 @@ def main() -> int:
     setup_logging("ranker", s.log_level, s.log_format)
     store = FeatureStore.from_url(store_credentials(s), s.key_prefix, s.redis_timeout_ms / 1000)
     holder: ModelHolder[OnlineModel] = ModelHolder(ArtifactStore(s.artifact_root), load_model,
-                                                   keep=s.keep_versions)
+                                                   keep=s.keep_versions, name="ranker")
     servicer = RankerServicer(holder, store, s.top_m)
     server = Server("ranker", s.listen_addr,
                     [ranker_pb2.DESCRIPTOR.services_by_name["Ranker"].full_name],

@@ -48,6 +48,10 @@ def main() -> int:
     )
 
     redis_url = store_credentials(s)  # first: it configures every Kafka client below
+    if s.metrics_addr:
+        from vidrec.serving.metrics import serve
+
+        serve(s.metrics_addr)
     ensure_topics(s.kafka_bootstrap, ALL_TOPICS)
     store = FeatureStore.from_url(redis_url, s.key_prefix)
     producer = EventProducer(s.kafka_bootstrap)

@@ -21,6 +21,7 @@ from vidrec import schema
 from vidrec.events import MAX_RECORD_BYTES, FeedbackWeights, event_problem
 from vidrec.infra.streams import Record, RecordSink, RecordSource
 from vidrec.serving.convert import video_row
+from vidrec.serving.metrics import BATCH_SECONDS, EVENTS, HEARTBEAT
 from vidrec.store.apply import DEDUPE_HORIZON_S, Position
 from vidrec.store.eventlog import EventLog
 from vidrec.store.features import FeatureStore
@@ -128,6 +129,11 @@ class TrainerLoop:
         s.duplicates += res.duplicates
         s.dead += len(dead)
         s.last_batch_s = time.perf_counter() - t0
+        EVENTS.labels("applied").inc(len(res.applied))
+        EVENTS.labels("duplicate").inc(res.duplicates)
+        EVENTS.labels("dead_letter").inc(len(dead))
+        BATCH_SECONDS.observe(s.last_batch_s)
+        HEARTBEAT.set_to_current_time()
         if dead:
             log.warning("batch: %d applied, %d duplicates, %d to DLQ", len(res.applied),
                         res.duplicates, len(dead))

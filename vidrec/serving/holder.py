@@ -53,8 +53,10 @@ class CorruptVersion(VersionUnavailable):
 
 class ModelHolder(Generic[T]):
     def __init__(self, store: ArtifactStore, load: Callable[[str, Path], T],
-                 keep: int = 2, on_swap: Callable[[str], None] | None = None) -> None:
+                 keep: int = 2, on_swap: Callable[[str], None] | None = None,
+                 name: str = "model") -> None:
         self.store = store
+        self.name = name  # the service, for the serving-version metric
         self._load = load
         self.keep = max(keep, 1)
         self._models: OrderedDict[str, T] = OrderedDict()
@@ -117,6 +119,10 @@ class ModelHolder(Generic[T]):
                     log.info("model %s unloaded", old)
             if loaded:
                 freeze_heap()
+        if make_current:
+            from vidrec.serving.metrics import set_model_version
+
+            set_model_version(self.name, version)
         if make_current and self._on_swap:
             self._on_swap(version)
         return m

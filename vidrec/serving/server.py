@@ -175,8 +175,15 @@ class Server:
         limit = max_in_flight if max_in_flight else max(1, workers - HEALTH_WORKERS)
         workers = max(workers, limit + HEALTH_WORKERS)
         self.admission = _Admission(name, limit)
+        from vidrec.serving.metrics import MetricsInterceptor, serve
+
+        self.metrics_port = 0
+        metrics_addr = getattr(settings, "metrics_addr", "")
+        if metrics_addr:
+            self.metrics_port = serve(metrics_addr)
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=opts,
-                                interceptors=[*interceptors, self.admission, _Guard(name)])
+                                interceptors=[MetricsInterceptor(name), *interceptors,
+                                              self.admission, _Guard(name)])
         register(self.grpc)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)

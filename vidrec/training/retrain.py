@@ -151,7 +151,8 @@ def run_retrain(s: TrainerSettings, events: EventLog, videos_log: Path,
     vids = read_videos_log(videos_log)
 
     def publish_fn(out: Path) -> str:
-        index = open_index(s.qdrant_url, s.index_root, read_secret(s.qdrant_api_key_file))
+        index = open_index(s.qdrant_url, s.index_root,
+                           read_secret(getattr(s, "qdrant_api_key_file", "")))
         try:
             return publish(out, artifacts, index, store, producer)
         finally:

@@ -1,0 +1,83 @@
+"""Prometheus metrics of every process, on a port of its own (VIDREC_METRICS_ADDR).
+
+Names follow Prometheus conventions (units in names, `_total` counters) and every label
+has a bounded set of values (service, method, status code, stage, outcome): no user or
+video ids. One registry per process; `serve(addr)` starts the HTTP endpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+RPC_SECONDS = Histogram(
+    "vidrec_rpc_duration_seconds", "gRPC calls served, by method and status code",
+    ["service", "method", "code"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0))
+DEGRADED = Counter("vidrec_degraded_answers_total",
+                   "Recommend answers that skipped a stage, by stage", ["stage"])
+EVENTS = Counter("vidrec_trainer_events_total",
+                 "Events the trainer handled, by outcome", ["outcome"])
+IMPRESSIONS_DROPPED = Counter("vidrec_impressions_dropped_total",
+                              "Impression events dropped by the gateway's bounded queue")
+MODEL_VERSION = Gauge("vidrec_serving_model_version",
+                      "The model version (N of vN) a process serves", ["service"])
+BATCH_SECONDS = Histogram("vidrec_trainer_batch_seconds",
+                          "Time to apply one batch of events (log, Redis script, commit)",
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+HEARTBEAT = Gauge("vidrec_trainer_last_batch_timestamp_seconds",
+                  "Unix time of the trainer's last applied batch")
+
+
+def serve(addr: str) -> int:
+    """Start the /metrics HTTP endpoint on `addr` (host:port); returns the port."""
+    host, _, port = addr.rpartition(":")
+    server, _thread = start_http_server(int(port), addr=host or "127.0.0.1")
+    bound = int(server.server_address[1])
+    log.info("metrics on http://%s:%d/metrics", host or "127.0.0.1", bound)
+    return bound
+
+
+def set_model_version(service: str, version: str | None) -> None:
+    if version and version[1:].isdigit():
+        MODEL_VERSION.labels(service).set(int(version[1:]))
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """Latency and status code of every call, refused and failed ones included (it runs
+    first, outside authentication and admission)."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+
+    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails
+                          ) -> grpc.RpcMethodHandler:
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        method = details.method.rsplit("/", 1)[-1]
+
+        def timed(request: Any, context: grpc.ServicerContext) -> Any:
+            t0 = time.perf_counter()
+            code = "OK"
+            try:
+                return inner(request, context)
+            except Exception:
+                c = context.code() if hasattr(context, "code") else None
+                code = c.name if isinstance(c, grpc.StatusCode) else "UNKNOWN"
+                raise
+            finally:
+                RPC_SECONDS.labels(self.service, method, code).observe(
+                    time.perf_counter() - t0)
+
+        return grpc.unary_unary_rpc_method_handler(
+            timed, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
