@@ -129,6 +129,7 @@ class RerankConfig:
             freshness_days=float(settings.freshness_days),
             freshness_boost=float(settings.freshness_boost),
             exploration_slots=int(settings.exploration_slots),
+            exploration_pool=int(settings.exploration_pool),
             rules=rules,
         )
         cfg.check_rules(RULES if registry is None else registry)
