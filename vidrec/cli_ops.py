@@ -203,7 +203,7 @@ def cmd_stats(a: argparse.Namespace) -> int:
 
 
 def cmd_simulate(a: argparse.Namespace) -> int:
-    from vidrec.simulate import server_stats, simulate, write_report
+    from vidrec.simulate import read_out, server_stats, simulate, write_report
 
     res = simulate(a.gateway, Path(a.data), a.steps, a.k, a.seed, a.new_users, a.window,
                    a.rate)
@@ -211,12 +211,20 @@ def cmd_simulate(a: argparse.Namespace) -> int:
         stats = server_stats(a.gateway)
     except Exception:
         stats = []
-    report = write_report(res, Path(a.out), stats)
+    report = write_report(res, Path(a.out), stats, baseline=a.baseline)
+    ro = read_out(res, a.baseline)
     for arm, w in sorted(res.totals.items()):
-        r = w.row()
-        print(f"arm {arm:10s} requests {r['requests']:5.0f}  CTR {r['ctr']:.3f}  completion "
-              f"{r['completion_rate']:.3f}  watch {r['watch_min_per_request']:.2f} min/req  "
-              f"true precision {r['true_precision']:.3f}")
+        r, iv = w.row(), ro.intervals.get(arm, {})
+        ci = {m: iv[m].fmt() if m in iv else f"{r[m]:.3f}"
+              for m in ("ctr", "true_precision", "completion_rate")}
+        print(f"arm {arm:10s} requests {r['requests']:5.0f} users {ro.users.get(arm, 0):5d}  "
+              f"CTR {ci['ctr']}  true precision {ci['true_precision']}  completion "
+              f"{ci['completion_rate']}  watch {r['watch_min_per_request']:.2f} min/req")
+    for c in ro.comparisons:
+        if c.metric in ("ctr", "true_precision", "completion_rate", "watch_min_per_request"):
+            print(f"  {c.arm} vs {c.baseline} {c.metric}: {c.relative.value:+.1%} "
+                  f"[{c.relative.lo:+.1%}, {c.relative.hi:+.1%}] -> {c.verdict}")
+    print("(95% intervals: per-user bootstrap)")
     print(f"report: {report} (+ simulation.png)")
     return 0
 
@@ -356,5 +364,8 @@ def register(sub: Any) -> None:
     sm.add_argument("--window", type=int, default=100, help="requests per plotted point")
     sm.add_argument("--rate", type=float, default=0.0, help="requests/s (0 = as fast as "
                     "possible)")
+    sm.add_argument("--baseline", default="mf_only",
+                    help="arm the others are compared with (verdict better / worse / not "
+                         "distinguishable at 95%%)")
     sm.add_argument("--out", default="var/simulation")
     sm.set_defaults(fn=cmd_simulate)
