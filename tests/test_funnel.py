@@ -95,6 +95,8 @@ def test_tuning_drops_a_cap_that_costs_relevance_unless_the_floor_needs_it() -> 
                          rules=("caps", "mmr"), mmr_lambda=1.0)
     best, trials = tune_rules(data, start, Objective(k=4))
     assert best.max_per_category in (0, 4, 5, 6, 8)
+    # Knobs with no effect here stay where they were (ties go to the fewest changes).
+    assert (best.max_per_creator, best.freshness_boost, best.exploration_slots) == (0, 0.05, 0)
     assert data.metrics(data.served(4, best), [4])["ndcg@4"] == pytest.approx(1.0)
     assert len(trials) > 10
     # A diversity floor at today's level keeps a mixed list.

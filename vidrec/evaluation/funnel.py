@@ -240,8 +240,8 @@ def tune_rules(data: FunnelData, start: RerankConfig, objective: Objective,
                ) -> tuple[RerankConfig, list[dict[str, Any]]]:
     """The rule knobs with the best objective on `data` (a validation split, never test):
     the full coarse grid, then one pass of each knob over its fine values, the others
-    fixed. Returns the chosen config and every setting tried with its metrics. `start`
-    wins ties, so a default moves only for a strictly better score."""
+    fixed. Returns the chosen config and every setting tried with its metrics. Among equal
+    scores the setting closest to `start` wins, so a default moves only for a better one."""
     import itertools
 
     cache: dict[RerankConfig, dict[str, float]] = {}
@@ -256,18 +256,26 @@ def tune_rules(data: FunnelData, start: RerankConfig, objective: Objective,
                            "feasible": objective.feasible(m)})
         return objective.value(cache[c])
 
+    def moved(c: RerankConfig) -> int:
+        return sum(getattr(c, n) != getattr(start, n) for n in knobs)
+
+    def better(c: RerankConfig, v: float) -> bool:
+        """Strictly better, or as good with fewer knobs moved from `start`: a knob with
+        no effect on this data (a creator cap on a catalog without creators) stays."""
+        return v > best_v + 1e-12 or (v >= best_v - 1e-12 and moved(c) < moved(best))
+
     best, best_v = start, score(start)
     names = list(grid)
     for combo in itertools.product(*(grid[n] for n in names)):
         c = replace(start, **dict(zip(names, combo, strict=True)))
-        if (v := score(c)) > best_v + 1e-12:
+        if better(c, v := score(c)):
             best, best_v = c, v
     if progress is not None:
         progress(f"grid: {len(cache)} settings, ndcg@{objective.k}={best_v:.4f}")
     for name, values in fine.items():
         for value in values:
             c = replace(best, **{name: value})
-            if (v := score(c)) > best_v + 1e-12:
+            if better(c, v := score(c)):
                 best, best_v = c, v
         if progress is not None:
             progress(f"{name}={getattr(best, name)} ndcg@{objective.k}={best_v:.4f}")
