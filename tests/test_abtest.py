@@ -62,6 +62,8 @@ def test_verdicts() -> None:
     (c,) = comps
     assert (c.arm, c.baseline, c.verdict) == ("hybrid", "mf_only", "better")
     assert c.relative.lo < 0.16 / 0.14 - 1 < c.relative.hi
+    # The detectable effect is (1.96 + 0.84) standard errors: about 1.43 half-widths.
+    assert c.mde == pytest.approx((c.relative.hi - c.relative.lo) / 2 * 2.8 / 1.96, rel=0.1)
     same = readout({"x": {"ctr": b}, "y": {"ctr": _arm(rng, 3000, 0.14, 0.05)}}, "x")[1]
     assert same[0].verdict == NOT_DISTINGUISHABLE
     dc = compare_delta("hybrid", "mf_only", "ctr", sums_of(*a), sums_of(*b))
@@ -91,3 +93,4 @@ def test_simulation_readout_uses_users_as_the_unit() -> None:
     iv = ro.intervals["a"]["ctr"]
     assert iv.value == pytest.approx(0.1) and iv.lo < 0.05 and iv.hi > 0.15
     assert {c.metric for c in ro.comparisons} >= {"ctr", "true_precision"}
+    assert all(c.mde > 0 for c in ro.comparisons if c.metric == "ctr")

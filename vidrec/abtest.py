@@ -47,6 +47,9 @@ class Comparison:
     metric: str
     relative: Interval
     verdict: str
+    # Minimum detectable effect: the smallest relative difference this much data finds
+    # with 80% power at 5% two-sided, (z_.975 + z_.8) x the difference's standard error.
+    mde: float = float("nan")
 
 
 def verdict(lo: float, hi: float) -> str:
@@ -90,8 +93,9 @@ def compare_bootstrap(arm: str, baseline: str, metric: str, arm_reps: np.ndarray
     rel = rel[np.isfinite(rel)]
     lo, hi = (np.percentile(rel, [2.5, 97.5]) if len(rel) else (float("nan"),) * 2)
     value = arm_value / base_value - 1.0 if base_value else float("nan")
+    mde = (Z95 + Z80) * float(np.std(rel)) if len(rel) > 1 else float("nan")
     return Comparison(arm, baseline, metric, Interval(value, float(lo), float(hi)),
-                      verdict(float(lo), float(hi)))
+                      verdict(float(lo), float(hi)), mde)
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,7 @@ def compare_delta(arm: str, baseline: str, metric: str, a: RatioSums, b: RatioSu
     d, se = math.log(a.value / b.value), math.sqrt(v)
     lo, hi = math.exp(d - Z95 * se) - 1, math.exp(d + Z95 * se) - 1
     return Comparison(arm, baseline, metric, Interval(math.exp(d) - 1, lo, hi),
-                      verdict(lo, hi))
+                      verdict(lo, hi), (Z95 + Z80) * se)
 
 
 def sums_of(num: Sequence[float], den: Sequence[float]) -> RatioSums:

@@ -223,7 +223,8 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     for c in ro.comparisons:
         if c.metric in ("ctr", "true_precision", "completion_rate", "watch_min_per_request"):
             print(f"  {c.arm} vs {c.baseline} {c.metric}: {c.relative.value:+.1%} "
-                  f"[{c.relative.lo:+.1%}, {c.relative.hi:+.1%}] -> {c.verdict}")
+                  f"[{c.relative.lo:+.1%}, {c.relative.hi:+.1%}] -> {c.verdict} "
+                  f"(detectable with 80% power: ±{c.mde:.1%})")
     print("(95% intervals: per-user bootstrap)")
     print(f"report: {report} (+ simulation.png)")
     return 0

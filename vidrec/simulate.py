@@ -27,15 +27,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from vidrec.abtest import (
-    Comparison,
-    Interval,
-    bootstrap,
-    per_user_variance,
-    readout,
-    sums_of,
-    users_needed,
-)
+from vidrec.abtest import Comparison, Interval, bootstrap, readout
 from vidrec.events import COMPLETE, TYPE_OF
 from vidrec.v1 import common_pb2, events_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -165,8 +157,9 @@ def simulate(gateway: str, data: Path, steps: int, k: int, seed: int, new_user_s
                     stub.LogEvents(gateway_pb2.LogEventsRequest(events=events), timeout=5.0)
                 except grpc.RpcError as exc:
                     log.warning("LogEvents failed: %s", exc.code().name)
-            # A new user is known by the request only: each request is its own unit.
-            unit = uid if not new else f"new:{resp.request_id}"
+            # A new user's requests are hashed to arms one by one (no user id), so the
+            # same profile may appear in both arms: the unit is the user within the arm.
+            unit = uid if not new else f"new:{uid}"
             for w in (cur[arm], tot[arm], by_user[arm][unit], cur_users[arm][unit]):
                 w.requests += 1
                 w.shown += len(resp.videos)
@@ -204,20 +197,13 @@ class Readout:
     intervals: dict[str, dict[str, Interval]]
     comparisons: list[Comparison]
     users: dict[str, int]
-    # Users per arm needed to detect a 5% relative change (two-sided 5%, power 80%), from
-    # this run's per-user variance.
-    users_for_5pct: dict[str, dict[str, float]]
 
 
 def read_out(res: SimResult, baseline: str = "mf_only", replicates: int = 2000,
              seed: int = 0) -> Readout:
     per = {a: per_user_ratios(u) for a, u in res.users.items()}
     ints, comps = readout(per, baseline, replicates, seed)
-    need = {}
-    for a, d in per.items():
-        sums = {m: sums_of(*xy) for m, xy in d.items()}
-        need[a] = {m: users_needed(per_user_variance(v), v.value) for m, v in sums.items()}
-    return Readout(ints, comps, {a: len(u) for a, u in res.users.items()}, need)
+    return Readout(ints, comps, {a: len(u) for a, u in res.users.items()})
 
 
 def _window_interval(users: dict[str, Window], metric: str, seed: int) -> Interval:
@@ -276,7 +262,8 @@ def write_report(res: SimResult, out: Path, stats: list[dict[str, Any]] | None =
          "comparisons": [{"arm": c.arm, "baseline": c.baseline, "metric": c.metric,
                           "relative": [c.relative.value, c.relative.lo, c.relative.hi],
                           "verdict": c.verdict} for c in ro.comparisons],
-         "users": ro.users, "users_for_5pct": ro.users_for_5pct,
+         "users": ro.users, "mde": {f"{c.arm} vs {c.baseline} {c.metric}": c.mde
+                                     for c in ro.comparisons},
          "server_stats": stats or [],
          "model_versions": sorted(res.versions)}, indent=2))
     lines = ["# vidrec simulation", "", "![metrics over time](simulation.png)", "",
@@ -311,13 +298,11 @@ def readout_lines(ro: Readout) -> list[str]:
                      + " | ".join(d[m].fmt() if m in d else "" for m in RATIOS) + " |")
     if ro.comparisons:
         lines += ["", "| arm vs baseline | metric | relative difference [95%] | verdict | "
-                  "users/arm to see ±5% |", "|---|---|---|---|---|"]
+                  "detectable at 80% power |", "|---|---|---|---|---|"]
         for c in ro.comparisons:
-            need = ro.users_for_5pct.get(c.baseline, {}).get(c.metric, float("nan"))
             lines.append(f"| {c.arm} vs {c.baseline} | {c.metric} | "
                          f"{c.relative.value:+.1%} [{c.relative.lo:+.1%}, "
-                         f"{c.relative.hi:+.1%}] | {c.verdict} | "
-                         + ("n/a" if need != need else f"{need:.0f}") + " |")
+                         f"{c.relative.hi:+.1%}] | {c.verdict} | ±{c.mde:.1%} |")
     return lines
 
 
