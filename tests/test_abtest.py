@@ -10,6 +10,7 @@ from vidrec.abtest import (
     RatioSums,
     bootstrap,
     compare_delta,
+    compare_intervals,
     per_user_variance,
     readout,
     sums_of,
@@ -68,6 +69,12 @@ def test_verdicts() -> None:
     assert same[0].verdict == NOT_DISTINGUISHABLE
     dc = compare_delta("hybrid", "mf_only", "ctr", sums_of(*a), sums_of(*b))
     assert dc.verdict == "better" and dc.relative.lo > 0
+    # From the two intervals alone (what `vidrec stats` gets): the same comparison.
+    ic = compare_intervals("hybrid", "mf_only", "ctr", sums_of(*a).interval(),
+                           sums_of(*b).interval())
+    assert ic.verdict == "better"
+    assert (ic.relative.lo, ic.relative.hi) == pytest.approx(
+        (dc.relative.lo, dc.relative.hi), rel=0.02)
 
 
 def test_users_needed_for_a_5pct_difference() -> None:
@@ -94,3 +101,37 @@ def test_simulation_readout_uses_users_as_the_unit() -> None:
     assert iv.value == pytest.approx(0.1) and iv.lo < 0.05 and iv.hi > 0.15
     assert {c.metric for c in ro.comparisons} >= {"ctr", "true_precision"}
     assert all(c.mde > 0 for c in ro.comparisons if c.metric == "ctr")
+
+
+def test_server_counters_give_the_per_user_interval(redis_client, key_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """The apply script keeps per-user moments, so GetStats' CTR interval is the one the
+    users' own counts give (delta method), also after a redelivery (applied once)."""
+    from vidrec.store.features import FeatureStore
+    from vidrec.v1 import events_pb2
+
+    E = events_pb2
+    store = FeatureStore(redis_client, key_prefix)
+    store.put_videos([{"video_id": f"v{i}"} for i in range(10)])
+    rng = np.random.default_rng(5)
+    events, clicks, shown, completed, watches = [], [], [], [], []
+    for u in range(30):
+        n, c = 10, int(rng.integers(0, 6))
+        done = int(rng.integers(0, c + 1))
+        for i in range(n):
+            for t in ([E.EVENT_TYPE_IMPRESSION] + [E.EVENT_TYPE_CLICK] * (i < c)
+                      + [E.EVENT_TYPE_WATCH] * (i < c)):
+                value = (0.95 if i < done else 0.3) if t == E.EVENT_TYPE_WATCH else 0.0
+                events.append(E.Event(event_id=f"{u}-{i}-{t}", user_id=f"u{u}",
+                                      video_id=f"v{i}", type=t, value=value,
+                                      timestamp=1_700_000_000.0, model_version="m",
+                                      experiment_arm="x"))
+        clicks.append(c), shown.append(n), completed.append(done), watches.append(c)
+    store.apply_events(events)
+    store.apply_events(events[:100])  # redelivered: counted once
+    (row,) = [r for r in store.read_stats() if r["model_version"] == "m"]
+    want = sums_of(clicks, shown).interval()
+    assert row["users"] == 30 and row["ctr"] == pytest.approx(want.value)
+    assert (row["ctr_lo"], row["ctr_hi"]) == pytest.approx((want.lo, want.hi))
+    wc = sums_of(completed, watches).interval()
+    assert (row["completion_rate_lo"], row["completion_rate_hi"]) == pytest.approx(
+        (wc.lo, wc.hi))

@@ -145,6 +145,23 @@ def compare_delta(arm: str, baseline: str, metric: str, a: RatioSums, b: RatioSu
                       verdict(lo, hi), (Z95 + Z80) * se)
 
 
+def compare_intervals(arm: str, baseline: str, metric: str, a: Interval, b: Interval
+                      ) -> Comparison:
+    """The same comparison from two arms' normal 95% intervals (what GetStats returns):
+    each interval's half-width gives its standard error."""
+    def sums(iv: Interval) -> tuple[float, float]:
+        return iv.value, ((iv.hi - iv.lo) / (2 * Z95)) ** 2
+
+    (va, var_a), (vb, var_b) = sums(a), sums(b)
+    if not (va > 0 and vb > 0) or not (var_a > 0 or var_b > 0):
+        nan = Interval(float("nan"), float("nan"), float("nan"))
+        return Comparison(arm, baseline, metric, nan, NOT_DISTINGUISHABLE)
+    d, se = math.log(va / vb), math.sqrt(var_a / va ** 2 + var_b / vb ** 2)
+    lo, hi = math.exp(d - Z95 * se) - 1, math.exp(d + Z95 * se) - 1
+    return Comparison(arm, baseline, metric, Interval(math.exp(d) - 1, lo, hi),
+                      verdict(lo, hi), (Z95 + Z80) * se)
+
+
 def sums_of(num: Sequence[float], den: Sequence[float]) -> RatioSums:
     x, y = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
     return RatioSums(float(len(x)), float(x.sum()), float(y.sum()), float(x @ x),

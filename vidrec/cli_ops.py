@@ -188,17 +188,33 @@ def _trainer_status(redis_url: str, prefix: str) -> str:
 def cmd_stats(a: argparse.Namespace) -> int:
     import grpc
 
+    from vidrec.abtest import Interval, compare_intervals
     from vidrec.v1 import gateway_pb2, gateway_pb2_grpc
 
     with grpc.insecure_channel(a.gateway) as ch:
         resp = gateway_pb2_grpc.GatewayStub(ch).GetStats(gateway_pb2.GetStatsRequest(),
                                                          timeout=5)
-    print(f"{'model':8s} {'arm':12s} {'impr':>8s} {'clicks':>7s} {'CTR':>6s} {'watches':>8s}"
-          f" {'complete':>9s} {'watch h':>8s} {'likes':>6s} {'dislikes':>8s}")
+    print(f"{'model':8s} {'arm':12s} {'users':>6s} {'impr':>8s} {'clicks':>7s} "
+          f"{'CTR [95%]':>21s} {'watches':>8s} {'completion [95%]':>21s} {'watch h':>8s} "
+          f"{'likes':>6s} {'dislikes':>8s}")
+    ivs: dict[tuple[str, str], dict[str, Interval]] = {}
     for r in resp.stats:
-        print(f"{r.model_version:8s} {r.experiment_arm:12s} {r.impressions:8d} {r.clicks:7d} "
-              f"{r.ctr:6.3f} {r.watches:8d} {r.completion_rate:9.3f} "
+        ctr = Interval(r.ctr, r.ctr_lo, r.ctr_hi)
+        comp = Interval(r.completion_rate, r.completion_rate_lo, r.completion_rate_hi)
+        ivs[r.model_version, r.experiment_arm] = {"ctr": ctr, "completion_rate": comp}
+        print(f"{r.model_version:8s} {r.experiment_arm:12s} {r.users:6d} {r.impressions:8d} "
+              f"{r.clicks:7d} {ctr.fmt():>21s} {r.watches:8d} {comp.fmt():>21s} "
               f"{r.watch_time_s / 3600:8.2f} {r.likes:6d} {r.dislikes:8d}")
+    for (version, arm), d in sorted(ivs.items()):
+        base = ivs.get((version, a.baseline))
+        if arm == a.baseline or base is None:
+            continue
+        for metric, iv in d.items():
+            c = compare_intervals(arm, a.baseline, metric, iv, base[metric])
+            print(f"  model {version}: {arm} vs {a.baseline} {metric}: "
+                  f"{c.relative.value:+.1%} [{c.relative.lo:+.1%}, {c.relative.hi:+.1%}] -> "
+                  f"{c.verdict}")
+    print("(95% intervals with users as the unit: delta method over per-user counts)")
     return 0
 
 
@@ -348,6 +364,8 @@ def register(sub: Any) -> None:
     st.set_defaults(fn=cmd_status)
     sa = sub.add_parser("stats", help="online metrics per model version and experiment arm")
     sa.add_argument("--gateway", default="127.0.0.1:50051")
+    sa.add_argument("--baseline", default="mf_only",
+                    help="arm the others are compared with, within each model version")
     sa.set_defaults(fn=cmd_stats)
     sm = sub.add_parser(
         "simulate", help="synthetic users with known tastes use the live system",

@@ -73,6 +73,21 @@ local tkey, rkey, hl = ARGV[6], ARGV[7], tonumber(ARGV[8])
 local now = tonumber(ARGV[9])
 local r_base, r_centred = tonumber(ARGV[10]), tonumber(ARGV[11])
 local okey, done_stem = ARGV[12], ARGV[13]
+-- Per-user moments of the ratio metrics (CTR = clicks / impressions, completion =
+-- completed / watches) for intervals with users as the unit (vidrec.abtest.RatioSums):
+-- a user's own counts live in <counters>:u:<user>; the arm's hash sums x_u^2 (sq:<field>)
+-- and x_u y_u (x:<a>:<b>) as they grow, and counts users.
+local partner = {clicks = 'impressions', impressions = 'clicks', completed = 'watches',
+                 watches = 'completed'}
+local function moment(ck, uk, f)
+  local a = redis.call('HINCRBY', uk, f, 1) - 1
+  redis.call('HINCRBY', ck, 'sq:' .. f, 2 * a + 1)
+  local g = partner[f]
+  if g then
+    local b = tonumber(redis.call('HGET', uk, g) or '0')
+    redis.call('HINCRBY', ck, f < g and ('x:' .. f .. ':' .. g) or ('x:' .. g .. ':' .. f), b)
+  end
+end
 -- Applied ids live in sets by arrival bucket (server time / horizon): the current and the
 -- previous bucket are checked, so an id is remembered at least `horizon` seconds and at
 -- most twice that, and whole buckets expire. (Per-user sets cost 45% more per event:
@@ -139,6 +154,12 @@ for i = 14, #ARGV, n_fields do
     end
     if cf ~= '' then redis.call('HINCRBY', ck, cf, 1) end
     if comp == '1' then redis.call('HINCRBY', ck, 'completed', 1) end
+    if partner[cf] or comp == '1' then
+      local uk = ck .. ':u:' .. uid
+      if redis.call('HSETNX', uk, '_', 1) == 1 then redis.call('HINCRBY', ck, 'users', 1) end
+      if partner[cf] then moment(ck, uk, cf) end
+      if comp == '1' then moment(ck, uk, 'completed') end
+    end
     if wt ~= '0' then redis.call('HINCRBYFLOAT', ck, 'watch_time_s', wt) end
     if not once['m' .. member] then
       once['m' .. member] = true
