@@ -135,3 +135,24 @@ def test_server_counters_give_the_per_user_interval(redis_client, key_prefix: st
     wc = sums_of(completed, watches).interval()
     assert (row["completion_rate_lo"], row["completion_rate_hi"]) == pytest.approx(
         (wc.lo, wc.hi))
+
+
+def test_simulation_report_shows_intervals_and_verdicts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from vidrec.simulate import write_report
+
+    rng = np.random.default_rng(6)
+    res = SimResult()
+    for arm, ctr in (("hybrid", 0.2), ("mf_only", 0.1)):
+        users = {f"{arm}{u}": Window(requests=2, shown=20, clicks=int(rng.binomial(20, ctr)),
+                                     relevant=int(rng.binomial(20, 2 * ctr)))
+                 for u in range(300)}
+        res.users[arm] = users
+        res.window_users = [{a: u for a, u in res.users.items()}] * 2
+        res.windows = [{a: {"ctr": 0.1, "completion_rate": 0.0, "watch_min_per_request": 0.0,
+                            "true_precision": 0.2} for a in res.users}] * 2
+        res.window_versions = [["v1"], ["v1"]]
+        res.totals[arm] = Window(requests=600, shown=6000)
+    report = write_report(res, tmp_path / "sim").read_text()
+    assert "| hybrid vs mf_only | ctr |" in report and "| better |" in report
+    assert "per-user bootstrap" in report
+    assert (tmp_path / "sim" / "simulation.png").stat().st_size > 10_000
