@@ -156,3 +156,4 @@ def test_evaluate_reports_the_served_list_its_ablation_and_tuned_rules(tmp_path)
     assert [r["config"] for r in tuned] == ["in force", "tuned", "no rules"]
     assert tuned[1]["diversity@10"] >= tuned[0]["diversity@10"] - 1e-9
     assert "hybrid + rules (cold)" in res.results
+    assert {"mf_only arm (warm)", "mf_only arm + rules (warm)"} <= set(res.results)

@@ -113,6 +113,13 @@ def served_funnel(bundle: ModelBundle, ds: Dataset, relevant: dict[str, set[str]
     data = funnel_data(bundle, BatchRecommender(bundle), users, _profiles(ds, users),
                        relevant, popularity, now, truth)
     result.results[f"hybrid + rules ({split})"] = data.served_metrics(ks, cfg or rerank_config())
+    if split == "warm":
+        # The A/B's other arm (make run): MF's candidates only, the same ranker and rules.
+        arm = funnel_data(bundle, BatchRecommender(bundle, arm="mf_only"), users,
+                          _profiles(ds, users), relevant, popularity, now, truth)
+        result.results[f"mf_only arm ({split})"] = arm.metrics(arm.ranker_only(max(ks)), ks)
+        result.results[f"mf_only arm + rules ({split})"] = arm.served_metrics(
+            ks, cfg or rerank_config())
     return data
 
 
