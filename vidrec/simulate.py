@@ -239,7 +239,9 @@ def write_report(res: SimResult, out: Path, stats: list[dict[str, Any]] | None =
                 ax.axhspan(tot.lo, tot.hi, color=line[0].get_color(), alpha=0.15)
         prev: list[str] = []
         for i, vs in enumerate(res.window_versions):
-            if prev and vs != prev:
+            # One mark where the newest version first serves (a window spanning a swap
+            # lists both versions; the next one only the new one).
+            if prev and vs and vs[-1] != prev[-1]:
                 ax.axvline(i + 0.5, color="grey", ls="--", lw=0.8)
                 ax.annotate(f"model {vs[-1]}", (i + 0.6, ax.get_ylim()[1]), fontsize=7,
                             va="top", color="grey")
