@@ -326,9 +326,9 @@ def _is_fresh(item: Item, now: float, freshness_days: float) -> bool:
 # top candidates together, so the similarity term decided the list: the ranker appends up
 # to 5 new uploads below its top 50 for the exploration slot (services/ranker/scoring.py),
 # only where the candidates include the fresh source, i.e. in the hybrid arm and not in
-# mf_only. Measured on the live demo stack (400 users, the same ranker lists through the
-# rules): served true precision 0.276 (hybrid) vs 0.300 (mf_only) with the whole-pool
-# scale, 0.3075 vs 0.3068 with this one; 0.357 vs 0.352 with no rules at all.
+# mf_only. benchmarks.arms on fresh demo stacks (400 users through both arms): served true
+# precision 0.296 (hybrid) vs 0.312 (mf_only) with the whole-pool scale although the
+# hybrid's ranker top 10 was better (0.377 vs 0.363); 0.3265 vs 0.3195 with this one.
 RELEVANCE_SPAN = 2
 
 
