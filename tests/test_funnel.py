@@ -14,6 +14,7 @@ from vidrec.evaluation.funnel import (
     FunnelData,
     Objective,
     ablation,
+    frontier,
     new_share,
     settings_env,
     tune_rules,
@@ -106,6 +107,15 @@ def test_tuning_drops_a_cap_that_costs_relevance_unless_the_floor_needs_it() -> 
     assert {int(v[1:]) < 10 for v in served} == {True, False}
 
 
+def test_frontier_prices_each_diversity_floor() -> None:
+    trials = [{"ndcg@4": 1.0, "diversity@4": 0.0, "new_share@4": 0.0, "feasible": True},
+              {"ndcg@4": 0.8, "diversity@4": 0.5, "new_share@4": 0.0, "feasible": True},
+              {"ndcg@4": 0.6, "diversity@4": 0.9, "new_share@4": 0.1, "feasible": True}]
+    rows = frontier(trials, 4, [0.0, 0.4, 0.9, 0.95])
+    assert [r.get("ndcg@4") for r in rows] == [1.0, 0.8, 0.6, None]
+    assert frontier(trials, 4, [0.0], new_floor=0.05)[0]["ndcg@4"] == 0.6
+
+
 def test_settings_round_trip_through_the_environment() -> None:
     """The tuned config's VIDREC_* variables give the reranker that very config."""
     from vidrec.config import load_settings
@@ -155,5 +165,8 @@ def test_evaluate_reports_the_served_list_its_ablation_and_tuned_rules(tmp_path)
     tuned = res.tables["Rules tuned on validation (never test)"]
     assert [r["config"] for r in tuned] == ["in force", "tuned", "no rules"]
     assert tuned[1]["diversity@10"] >= tuned[0]["diversity@10"] - 1e-9
+    (price,) = [r for t, r in res.tables.items() if t.startswith("The price of diversity")]
+    assert price[0]["diversity floor"] <= price[-1]["diversity floor"]
+    assert price[0]["ndcg@10"] >= price[-1]["ndcg@10"]
     assert "hybrid + rules (cold)" in res.results
     assert {"mf_only arm (warm)", "mf_only arm + rules (warm)"} <= set(res.results)

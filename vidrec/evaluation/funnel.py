@@ -282,6 +282,20 @@ def tune_rules(data: FunnelData, start: RerankConfig, objective: Objective,
     return best, trials
 
 
+def frontier(trials: Sequence[Mapping[str, Any]], k: int, floors: Sequence[float],
+             new_floor: float = 0.0) -> list[dict[str, Any]]:
+    """The price of diversity: per diversity floor, the tuning trial with the best NDCG@k
+    whose diversity and new-upload share reach the floors (None where none does)."""
+    out: list[dict[str, Any]] = []
+    for floor in floors:
+        ok = [t for t in trials if t[f"diversity@{k}"] >= floor - 1e-12
+              and t[f"new_share@{k}"] >= new_floor - 1e-12]
+        best = max(ok, key=lambda t: t[f"ndcg@{k}"], default=None)
+        out.append({"diversity floor": floor, **({key: v for key, v in best.items()
+                                                  if key != "feasible"} if best else {})})
+    return out
+
+
 def settings_env(cfg: RerankConfig) -> dict[str, str]:
     """The VIDREC_* variables that select this config in the reranker and the gateway."""
     rules = "" if cfg.rules == DEFAULT_RULES else ",".join(cfg.rules)

@@ -30,6 +30,7 @@ from vidrec.evaluation.funnel import (
     FunnelData,
     Objective,
     ablation,
+    frontier,
     funnel_data,
     new_share,
     settings_env,
@@ -203,6 +204,12 @@ def _tune_rules(ds: Dataset, cfg: PipelineConfig, train: Any, rules: RerankConfi
         {"config": name, **{n: getattr(c, n) for n in FINE}, **{x: m[x] for x in keys}}
         for name, c, m in (("in force", rules, today), ("tuned", best, chosen),
                            ("no rules", replace(rules, rules=()), ranker))]
+    div_today, div_ranker = today[f"diversity@{k}"], ranker[f"diversity@{k}"]
+    floors = sorted({round(div_ranker + f * (div_today - div_ranker), 4)
+                     for f in (0.0, 0.25, 0.5, 0.75, 1.0)})
+    out.tables["The price of diversity (validation: best NDCG per diversity floor, new-upload "
+               "share floor as tuned)"] = frontier(trials, k, floors,
+                                                   objective.min_new_share)
     out.notes.append(
         f"Rule tuning: grid then coordinate ascent over {', '.join(FINE)} "
         f"({len(trials)} settings) on {len(users)} validation users; objective NDCG@{k} "
