@@ -5,10 +5,13 @@
 Same events as benchmarks.trainer (60% impressions, 20,000 users, 300 videos), batches
 of 2,000 against an embedded Redis; prints events/s seen from Python and the script's
 own time per event (Redis INFO commandstats), which is what Kafka and Python do not blur.
+Twice: a memory-only Redis (the tests') and a durable one (make run's: append-only file,
+fsync on every write), so the cost of durability is measured beside its baseline.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 
 import redis
@@ -21,16 +24,21 @@ from vidrec.v1 import events_pb2
 
 def main() -> None:
     evs = [events_pb2.Event.FromString(v) for v in events(100_000, seed=1)]
-    with RedisServer() as rs:
-        store = FeatureStore.from_url(rs.url)
-        store.put_videos({"video_id": v} for v in VIDEOS)
-        t = time.perf_counter()
-        for i in range(0, len(evs), 2000):
-            store.apply_events(evs[i: i + 2000])
-        dt = time.perf_counter() - t
-        stats = redis.Redis.from_url(rs.url).info("commandstats").get("cmdstat_evalsha", {})
-        per_call = float(stats.get("usec_per_call", 0.0))
-        print(f"{len(evs) / dt:,.0f} events/s; script {per_call / 2000:.2f} us per event")
+    for durable in (False, True):
+        with tempfile.TemporaryDirectory() as d, \
+                RedisServer(data_dir=d, durable=durable) as rs:
+            store = FeatureStore.from_url(rs.url)
+            store.put_videos({"video_id": v} for v in VIDEOS)
+            t = time.perf_counter()
+            for i in range(0, len(evs), 2000):
+                store.apply_events(evs[i: i + 2000])
+            dt = time.perf_counter() - t
+            stats = redis.Redis.from_url(rs.url).info("commandstats").get(
+                "cmdstat_evalsha", {})
+            per_call = float(stats.get("usec_per_call", 0.0))
+            mode = "durable (AOF, fsync always)" if durable else "memory only"
+            print(f"{mode:28s} {len(evs) / dt:,.0f} events/s; script {per_call / 2000:.2f} "
+                  "us per event")
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pandas as pd
 
 from vidrec.data.synth import GroundTruth
 from vidrec.rerank import RerankConfig
+from vidrec.security.client import ClientSecurity
 from vidrec.serving.convert import profile_proto
 from vidrec.serving.rerank import apply_rules
 from vidrec.store.features import FeatureStore
@@ -48,8 +48,10 @@ def main() -> None:
     known = set(truth.video_ids)
     users = pd.read_csv(data / "users.csv", dtype=str, keep_default_na=False)["user_id"]
     sample = np.random.default_rng(a.seed).choice(users.to_numpy(), a.users, replace=False)
-    cand = candidate_pb2_grpc.CandidateStub(grpc.insecure_channel(stack["services"]["candidate"]))
-    rank = ranker_pb2_grpc.RankerStub(grpc.insecure_channel(stack["services"]["ranker"]))
+    # The internal services want the stack's client certificate (mTLS), like the gateway.
+    sec = ClientSecurity.from_stack(var)
+    cand = candidate_pb2_grpc.CandidateStub(sec.channel(stack["services"]["candidate"]))
+    rank = ranker_pb2_grpc.RankerStub(sec.channel(stack["services"]["ranker"]))
 
     def hits(uid: str, ids: list[str]) -> float:
         ids = [v for v in ids if v in known]

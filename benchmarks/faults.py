@@ -15,8 +15,13 @@ reports:
   applied event: more than acknowledged means a double, fewer a loss).
 
 Faults: SIGKILL of candidate, ranker, reranker (the supervisor restarts them); SIGSTOP
-(10 s) of the ranker; SIGSTOP (10 s) of Redis; the trainer SIGKILLed 5 times mid-stream;
---overload-rate for the whole row (past capacity).
+(10 s) of the ranker; SIGSTOP (10 s) of Redis; Redis SIGKILLed and restarted from its
+append-only file (the stack is durable, as `make run`'s); the broker stopped (SIGSTOP)
+for 20 s; the broker SIGKILLed and restarted (memory storage: it comes back empty); the
+trainer SIGKILLed 5 times mid-stream; a publish SIGKILLed midway (then one that
+completes); --overload-rate for the whole row (past capacity).
+
+`--only` picks rows; tests/test_faults.py runs a short version of some rows.
 """
 
 from __future__ import annotations
@@ -36,27 +41,29 @@ from pathlib import Path
 
 import grpc
 
+from vidrec.security.client import connect
 from vidrec.stack import Stack
 from vidrec.store.artifacts import ArtifactStore
 from vidrec.store.features import FeatureStore
 from vidrec.store.index import EdgeIndex
 from vidrec.v1 import events_pb2, gateway_pb2, gateway_pb2_grpc
 
-FAULT_AT, FAULT_FOR = 4.0, 10.0
+FAULT_AT, FAULT_FOR, BROKER_STALL_S = 4.0, 10.0, 20.0
+STACK_VAR = "var"  # the stack's directory: its run/stack.json has the key and TLS files
 
 
 def events_client(addr: str, row: str, users: list[str], videos: list[str], stop: threading.Event,
                   acked: list[str]) -> None:
     """Likes at ~40/s, one per call; a call that fails is retried with the same id until
     acknowledged (at-least-once from the client's side)."""
-    with grpc.insecure_channel(addr) as ch:
+    with connect(addr, STACK_VAR) as ch:
         stub = gateway_pb2_grpc.GatewayStub(ch)
         i = 0
         while not stop.is_set():
             e = events_pb2.Event(event_id=f"{row}-{i}", user_id=users[i % len(users)],
                                  video_id=videos[(i * 7) % len(videos)],
                                  type=events_pb2.EVENT_TYPE_LIKE, timestamp=time.time(),
-                                 model_version=row, experiment_arm="faults")
+                                 model_version=row, experiment_arm="hybrid")
             while True:
                 try:
                     stub.LogEvents(gateway_pb2.LogEventsRequest(events=[e]), timeout=2.0)
@@ -72,7 +79,7 @@ def events_client(addr: str, row: str, users: list[str], videos: list[str], stop
 
 def personalised_again(addr: str, user: str, since: float, limit_s: float = 60.0) -> float:
     """Seconds from `since` until a Recommend is answered without a degraded stage."""
-    with grpc.insecure_channel(addr) as ch:
+    with connect(addr, STACK_VAR) as ch:
         stub = gateway_pb2_grpc.GatewayStub(ch)
         while time.monotonic() - since < limit_s:
             try:
@@ -85,7 +92,8 @@ def personalised_again(addr: str, user: str, since: float, limit_s: float = 60.0
     return float("nan")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    global FAULT_AT, FAULT_FOR, BROKER_STALL_S, STACK_VAR
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=float, default=50.0)
@@ -94,10 +102,20 @@ def main() -> int:
                     help="req/s of the overload row (past this small stack's capacity)")
     ap.add_argument("--only", default="", help="comma-separated row names")
     ap.add_argument("--out", default="var/bench/faults")
-    a = ap.parse_args()
+    ap.add_argument("--fault-at", type=float, default=FAULT_AT, help="seconds into a row")
+    ap.add_argument("--fault-for", type=float, default=FAULT_FOR,
+                    help="seconds a process stays stopped (SIGSTOP rows)")
+    ap.add_argument("--broker-stall", type=float, default=BROKER_STALL_S)
+    a = ap.parse_args(argv)
+    FAULT_AT, FAULT_FOR, BROKER_STALL_S = a.fault_at, a.fault_for, a.broker_stall
+    if threading.current_thread() is threading.main_thread():
+        # A SIGTERM (timeout, pkill) must still stop the stack below: its services run in
+        # sessions of their own and would outlive this process.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     var = Path(tempfile.mkdtemp(prefix="vidrec-faults-"))
+    STACK_VAR = str(var)
     data, model = var / "data", var / "model"
     py = sys.executable
     subprocess.run([py, "-m", "vidrec.cli", "data", "synth", "--out", str(data), "--users",
@@ -105,7 +123,7 @@ def main() -> int:
                    capture_output=True)
     subprocess.run([py, "-m", "vidrec.cli", "train", "--data", str(data), "--out", str(model),
                     "--quiet", "--no-tune", "--epochs", "3"], check=True, capture_output=True)
-    stack = Stack(var, extra_env={"VIDREC_EVENTS_DIR": str(var / "events"),
+    stack = Stack(var, durable=True, extra_env={"VIDREC_EVENTS_DIR": str(var / "events"),
                                   "VIDREC_DATA_DIR": str(data)})
     rows = []
     watching = threading.Event()
@@ -131,11 +149,40 @@ def main() -> int:
 
         threading.Thread(target=supervise, daemon=True).start()
 
-        def pause(pid: int | None) -> None:
+        def pause(pid: int | None, seconds: float | None = None) -> None:
             assert pid is not None
             os.killpg(pid, signal.SIGSTOP)
-            time.sleep(FAULT_FOR)
+            time.sleep(FAULT_FOR if seconds is None else seconds)
             os.killpg(pid, signal.SIGCONT)
+
+        def kill_store(server: object) -> None:
+            """SIGKILL an embedded store; the supervisor thread restarts it."""
+            pid = getattr(server, "pid", None)
+            assert pid is not None
+            os.killpg(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            time.sleep(0.5)
+            while not getattr(server, "running", False) and time.monotonic() < deadline:
+                time.sleep(0.1)
+
+        publishes: list[str] = []
+
+        def kill_publish() -> None:
+            """A publish SIGKILLed midway (staged, not switched), then one that completes:
+            serving must go on from the old version, and the next publish must work."""
+            argv = [py, "-m", "vidrec.cli", "publish", "--model", str(model)]
+            before = FeatureStore.from_url(stack.redis_url).serving_version()
+            p = subprocess.Popen(argv, env=stack.env(), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, start_new_session=True)
+            time.sleep(FAULT_FOR / 5)
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            mid = FeatureStore.from_url(stack.redis_url).serving_version()
+            done = subprocess.run(argv, env=stack.env(), capture_output=True, text=True)
+            after = FeatureStore.from_url(stack.redis_url).serving_version()
+            latest = ArtifactStore(stack.artifact_root).latest()
+            publishes.append(f"serving {before} -> killed publish -> {mid} -> publish rc "
+                             f"{done.returncode} -> {after} (LATEST {latest})")
 
         def kill(name: str) -> None:
             stack.services[name].signal(signal.SIGKILL)
@@ -152,27 +199,35 @@ def main() -> int:
             "stop ranker 10s": lambda: pause(stack.services["ranker"].proc.pid  # type: ignore[union-attr]
                                              if stack.services["ranker"].proc else None),
             "stop redis 10s": lambda: pause(stack.redis.pid if stack.redis else None),
+            "restart redis (AOF)": lambda: kill_store(stack.redis),
+            "stop broker 20s": lambda: pause(stack.kafka.pid if stack.kafka else None,
+                                             BROKER_STALL_S),
+            "restart broker": lambda: kill_store(stack.kafka),
             "kill trainer x5": kill_trainer_often,
+            "kill publish": kill_publish,
             "overload": lambda: None,
         }
         only = {x.strip() for x in a.only.split(",") if x.strip()}
         for name, fault in faults.items():
             if only and name not in only:
                 continue
-            row = f"f{uuid.uuid4().hex[:6]}"
+            # A version name of its own per row (the gateway accepts only v<N> names): the
+            # row's likes are counted apart from everything else.
+            row = f"v9{uuid.uuid4().int % 10**8:08d}"
             rate = a.overload_rate if name.startswith("overload") else a.rate
             stop = threading.Event()
             acked: list[str] = []
             producer = threading.Thread(target=events_client,
                                         args=(gw, row, users, videos, stop, acked))
             arg = json.dumps({"addr": gw, "rate": rate, "duration_s": a.seconds,
-                              "users": users, "k": 10, "seed": 1})
+                              "users": users, "k": 10, "seed": 1, "var": str(var)})
             load = subprocess.Popen([py, "-m", "benchmarks.loadgen", arg],
                                     stdout=subprocess.PIPE, text=True)
             producer.start()
             time.sleep(FAULT_AT)
             fault()
             fault_end = time.monotonic()
+            acked_at_fault_end = len(acked)
             recovery = personalised_again(gw, users[0], fault_end)
             stdout, _ = load.communicate(timeout=a.seconds * 4 + 120)
             stop.set()
@@ -182,20 +237,24 @@ def main() -> int:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 try:
-                    applied = int(store.stats_counters(row, "faults").get("likes", 0))
+                    applied = int(store.stats_counters(row, "hybrid").get("likes", 0))
                 except Exception:
                     applied = -1
                 if applied >= len(acked):
                     time.sleep(3)  # a late double would show now
-                    applied = int(store.stats_counters(row, "faults").get("likes", 0))
+                    applied = int(store.stats_counters(row, "hybrid").get("likes", 0))
                     break
                 time.sleep(0.5)
             res = {"fault": name, "rate": rate, "requests": r["sent"], "answered": r["ok"],
                    "errors": sum(r["errors"].values()), "error_codes": r["errors"],
                    "degraded_share": round(r["degraded"] / max(r["ok"], 1), 3),
                    "p99_ms": round(r["p99_ms"], 1), "recovery_s": recovery,
-                   "events_acked": len(acked), "events_applied": applied,
+                   "events_acked": len(acked),
+                   "acked_after_fault": len(acked) - acked_at_fault_end,
+                   "events_applied": applied,
                    "lost": max(0, len(acked) - applied), "doubled": max(0, applied - len(acked))}
+            if name == "kill publish" and publishes:
+                res["publish"] = publishes[-1]
             rows.append(res)
             print(json.dumps(res), flush=True)
             for sp in stack.services.values():  # the next row starts from a healthy stack

@@ -15,11 +15,13 @@ import time
 
 import grpc
 
+from vidrec.security.client import connect
 from vidrec.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 
 def run(addr: str, rate: float, duration_s: float, users: list[str], k: int, seed: int,
-        new_user_share: float = 0.1) -> dict:
+        new_user_share: float = 0.1, var: str | None = None) -> dict:
+    """`var`: the stack's directory, whose run/stack.json holds its key and TLS files."""
     rng = random.Random(seed)
     lat: list[float] = []
     degraded = [0]
@@ -27,7 +29,7 @@ def run(addr: str, rate: float, duration_s: float, users: list[str], k: int, see
     lock = threading.Lock()
     pending = threading.Semaphore(0)
     n = int(rate * duration_s)
-    with grpc.insecure_channel(addr) as ch:
+    with connect(addr, var) as ch:
         stub = gateway_pb2_grpc.GatewayStub(ch)
         stub.Recommend(gateway_pb2.RecommendRequest(user_id=users[0], k=k), timeout=10)
         t0 = time.perf_counter() + 0.1

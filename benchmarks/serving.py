@@ -84,6 +84,8 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--out", default="var/bench/serving")
+    ap.add_argument("--insecure", action="store_true",
+                    help="plaintext, no API keys (the baseline for the cost of security)")
     ap.add_argument("--no-trainer", action="store_true")
     ap.add_argument("--warmup", type=float, default=5.0,
                     help="seconds of load at the first rate before measuring (discarded): "
@@ -92,7 +94,8 @@ def main() -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     var = Path(tempfile.mkdtemp(prefix="vidrec-bench-"))
-    stack = Stack(var)
+    # --insecure: plaintext and no keys, to measure what TLS, mTLS and auth cost.
+    stack = Stack(var, secure=not a.insecure)
     results: dict = {"model": a.model}
     try:
         stack.start_stores()
@@ -118,13 +121,15 @@ def main() -> int:
         rates = [float(r) for r in a.rates.split(",")]
         if a.warmup > 0:
             arg = json.dumps({"addr": stack.services["gateway"].addr, "rate": rates[0],
-                              "duration_s": a.warmup, "users": users, "k": a.k, "seed": 0})
+                              "duration_s": a.warmup, "users": users, "k": a.k, "seed": 0,
+                              "var": str(var)})
             subprocess.run([sys.executable, "-m", "benchmarks.loadgen", arg],
                            capture_output=True, text=True, timeout=a.warmup * 4 + 60)
         for rate in rates:
             before = {n: cpu_seconds(p) for n, p in pids.items()}
             arg = json.dumps({"addr": stack.services["gateway"].addr, "rate": rate,
-                              "duration_s": a.duration, "users": users, "k": a.k, "seed": 1})
+                              "duration_s": a.duration, "users": users, "k": a.k, "seed": 1,
+                              "var": str(var)})
             proc = subprocess.run([sys.executable, "-m", "benchmarks.loadgen", arg],
                                   capture_output=True, text=True, timeout=a.duration * 4 + 60)
             r = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -91,3 +91,26 @@ def test_an_unknown_video_is_reported_on_every_delivery(redis_client, key_prefix
     assert [e.event_id for e in first.unknown_video] == ["bad"]
     again = store.apply_events(batch, positions=pos)
     assert [e.event_id for e in again.unknown_video] == ["bad"] and again.duplicates == 1
+
+
+def test_a_passed_offset_with_a_newer_record_is_judged_by_its_event_id(
+        redis_client, key_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """A broker restarted empty numbers records from 0 again: a record at an offset the
+    trainer passed long ago, but produced after everything it applied, is new (applied
+    unless its id was applied within the horizon), not a redelivery to drop."""
+    store = store_with(redis_client, key_prefix)
+    now = time.time()
+    t0 = 1_800_000_000_000  # record timestamps, ms
+    old = [like(f"o{i}") for i in range(5)]
+    store.apply_events(old, positions=[Position("p:0", 500 + i, t0 + i) for i in range(5)],
+                       now=now)
+    # Genuine redeliveries: passed offsets, record times within what was applied.
+    res = store.apply_events(old[2:], positions=[Position("p:0", 502 + i, t0 + 2 + i)
+                                                 for i in range(3)], now=now + 2 * 86400)
+    assert res.duplicates == 3 and not res.applied
+    # A new log: offsets from 0 again, records produced later. One id already applied.
+    new = [like(f"n{i}") for i in range(3)] + [old[0]]
+    res = store.apply_events(new, positions=[Position("p:0", i, t0 + 60_000 + i)
+                                             for i in range(4)], now=now)
+    assert [e.event_id for e in res.applied] == ["n0", "n1", "n2"] and res.duplicates == 1
+    assert likes(store) == 8

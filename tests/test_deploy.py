@@ -174,7 +174,9 @@ def test_compose_ports_match_listen_addr() -> None:
         exposed = {int(str(p).split(":")[-1]) for p in svc.get("expose", []) + svc.get("ports", [])}
         assert port in exposed, f"{name} does not expose {port}"
     published = [str(p) for p in services["gateway"]["ports"]]
-    assert "50051:50051" in published
+    # Only the gateway is published, and on the host's loopback only.
+    assert published == ["127.0.0.1:50051:50051"]
+    assert not [n for n, x in services.items() if x.get("ports") and n != "gateway"]
 
 
 def test_compose_addresses_point_at_compose_services() -> None:
@@ -371,11 +373,14 @@ def test_k8s_grpc_deployments_probe_their_port() -> None:
     configmaps = _of_kind("ConfigMap")
     for name, port in GRPC_PORTS.items():
         container = _only_container(deployments[name])
-        assert [p["containerPort"] for p in container["ports"]] == [port], name
+        assert [p["containerPort"] for p in container["ports"]] == [port, 8081], name
         env = _container_env(container, configmaps)
         assert env["VIDREC_LISTEN_ADDR"] == f"0.0.0.0:{port}", name
+        # The service port speaks TLS; native gRPC probes cannot, so health has a plaintext
+        # port of its own (VIDREC_HEALTH_ADDR) and the probes ask it.
+        assert env["VIDREC_HEALTH_ADDR"] == "0.0.0.0:8081", name
         for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-            assert container[probe]["grpc"]["port"] == port, f"{name} {probe}"
+            assert container[probe]["grpc"]["port"] == 8081, f"{name} {probe}"
         for kind in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(container["resources"][kind]), f"{name} {kind}"
 
@@ -565,3 +570,49 @@ def test_compose_healthcheck_module_exists() -> None:
     import importlib.util
 
     assert importlib.util.find_spec("vidrec.serving.healthcheck") is not None
+
+
+def test_compose_is_secure_by_default() -> None:
+    """TLS material, keys and store passwords come from the secrets volume that
+    secrets-init fills; every vidrec process gets the TLS settings, the gateway its keys,
+    Redis and Qdrant their passwords."""
+    services = _services()
+    init = services["secrets-init"]
+    assert init["command"][:5] == ["-m", "vidrec.cli", "secrets", "init", "--dir"]
+    for name in ("candidate", "ranker", "reranker", "gateway", "trainer", "bootstrap"):
+        env = _compose_env(services[name])
+        for k in ("VIDREC_TLS_CA", "VIDREC_TLS_CERT", "VIDREC_TLS_KEY",
+                  "VIDREC_TLS_CLIENT_CERT", "VIDREC_TLS_CLIENT_KEY",
+                  "VIDREC_REDIS_PASSWORD_FILE", "VIDREC_QDRANT_API_KEY_FILE"):
+            assert env[k].startswith("/secrets/"), (name, k)
+        assert env.get("VIDREC_AUTH", "true") != "false" and "VIDREC_ALLOW_INSECURE" not in env
+    gw = _compose_env(services["gateway"])
+    assert gw["VIDREC_API_KEYS_FILE"] == "/secrets/api_keys.json"
+    assert gw["VIDREC_TOKEN_SECRET_FILE"] == "/secrets/token.secret"
+    assert "requirepass" in " ".join(services["redis"]["command"])
+    assert "QDRANT__SERVICE__API_KEY" in " ".join(services["qdrant"]["command"])
+
+
+def test_k8s_is_secure_by_default() -> None:
+    """Every workload mounts the vidrec-secrets Secret and gets the TLS and store-password
+    settings; the gateway its keys; NetworkPolicies deny ingress but to the gateway, and to
+    the internal services from the gateway only."""
+    configmaps = _of_kind("ConfigMap")
+    for doc in _workloads():
+        pod = _pod_spec(doc)
+        assert any(v.get("secret", {}).get("secretName") == "vidrec-secrets"
+                   for v in pod["volumes"]), doc["metadata"]["name"]
+        env = _container_env(_only_container(doc), configmaps)
+        for k in ("VIDREC_TLS_CA", "VIDREC_TLS_CERT", "VIDREC_TLS_CLIENT_CERT",
+                  "VIDREC_REDIS_PASSWORD_FILE"):
+            assert env[k].startswith("/secrets/"), (doc["metadata"]["name"], k)
+        assert env.get("VIDREC_AUTH", "true") != "false"
+    gw = _container_env(_only_container(_of_kind("Deployment")["gateway"]), configmaps)
+    assert gw["VIDREC_API_KEYS_FILE"] == "/secrets/api_keys.json"
+    policies = _of_kind("NetworkPolicy")
+    assert policies["default-deny-ingress"]["spec"]["podSelector"] == {}
+    internal = policies["internal-from-gateway"]["spec"]
+    assert internal["ingress"][0]["from"] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gateway"}}}]
+    assert set(internal["podSelector"]["matchExpressions"][0]["values"]) == {
+        "candidate", "ranker", "reranker"}

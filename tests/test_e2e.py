@@ -46,9 +46,46 @@ def stack(small_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         st.stop()
 
 
+def test_no_port_of_the_stack_answers_without_credentials(stack: Stack) -> None:
+    """Secure by default: the gateway wants a key over TLS, the internal services a client
+    certificate from the stack's CA, Redis a password."""
+    import redis as redis_lib
+
+    from vidrec.security.client import ClientSecurity
+    from vidrec.serving.healthcheck import check
+    from vidrec.v1 import candidate_pb2, candidate_pb2_grpc
+
+    sec = stack.client_security
+    gw_addr = stack.services["gateway"].addr
+    req = gateway_pb2.RecommendRequest(user_id="u00001", k=5)
+    for who, codes in ((ClientSecurity(sec.ca), {grpc.StatusCode.UNAUTHENTICATED}),
+                       (ClientSecurity(sec.ca, bearer="vrk_0_wrong"),
+                        {grpc.StatusCode.UNAUTHENTICATED}),
+                       (ClientSecurity(), {grpc.StatusCode.UNAVAILABLE})):  # plaintext
+        with who.channel(gw_addr) as ch, pytest.raises(grpc.RpcError) as err:
+            gateway_pb2_grpc.GatewayStub(ch).Recommend(req, timeout=5)
+        assert err.value.code() in codes
+    for name in ("candidate", "ranker", "reranker"):
+        addr = stack.services[name].addr
+        # TLS without a client certificate, or plaintext: no handshake, no call.
+        assert check(addr, security=ClientSecurity(sec.ca)).startswith("UNREACHABLE")
+        assert check(addr, security=ClientSecurity()).startswith("UNREACHABLE")
+        assert check(addr, security=sec) == "SERVING"
+    with ClientSecurity(sec.ca, bearer=sec.bearer).channel(
+            stack.services["candidate"].addr) as ch, pytest.raises(grpc.RpcError):
+        candidate_pb2_grpc.CandidateStub(ch).Generate(candidate_pb2.GenerateRequest(n=5),
+                                                      timeout=5)
+    port = int(stack.redis_url.rsplit(":", 1)[1].split("/")[0])
+    with pytest.raises(redis_lib.AuthenticationError):
+        redis_lib.Redis(port=port).get("x")
+    state = json.loads((stack.var / "run" / "stack.json").read_text())
+    assert state["api_key"] == sec.bearer and state["tls"]["ca"] == sec.ca
+    assert (stack.var / "run" / "stack.json").stat().st_mode & 0o777 == 0o600
+
+
 @pytest.fixture(scope="module")
 def gw(stack: Stack) -> Iterator[gateway_pb2_grpc.GatewayStub]:
-    with grpc.insecure_channel(stack.services["gateway"].addr) as ch:
+    with stack.client_security.channel(stack.services["gateway"].addr) as ch:
         yield gateway_pb2_grpc.GatewayStub(ch)
 
 
@@ -239,11 +276,11 @@ def test_ranker_reuses_or_rejects_the_candidate_user_vector(stack: Stack) -> Non
     from vidrec.v1 import candidate_pb2, candidate_pb2_grpc, ranker_pb2, ranker_pb2_grpc
 
     user = common_pb2.UserContext(user_id="u00003")
-    with grpc.insecure_channel(stack.services["candidate"].addr) as ch:
+    with stack.client_security.channel(stack.services["candidate"].addr) as ch:
         c = candidate_pb2_grpc.CandidateStub(ch).Generate(
             candidate_pb2.GenerateRequest(user=user, n=50), timeout=10)
     assert len(c.user_vector) > 0 and c.candidates
-    with grpc.insecure_channel(stack.services["ranker"].addr) as ch:
+    with stack.client_security.channel(stack.services["ranker"].addr) as ch:
         ranker = ranker_pb2_grpc.RankerStub(ch)
 
         def score(vec: list[float]) -> ranker_pb2.ScoreResponse:
@@ -258,6 +295,17 @@ def test_ranker_reuses_or_rejects_the_candidate_user_vector(stack: Stack) -> Non
                 score(bad)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "user_vector" in (err.value.details() or "")
+        # The MF vector the gateway forwards from Redis is checked the same way (a wrong
+        # size gave INTERNAL, NaN flowed into the ranking).
+        for bad in ([0.1] * 3, [float("nan")] * 3):
+            u = common_pb2.UserContext(user_id="u00003", mf_vector=bad,
+                                       mf_vector_version=c.model_version)
+            with pytest.raises(grpc.RpcError) as err:
+                ranker.Score(ranker_pb2.ScoreRequest(user=u, candidates=c.candidates, top_m=20,
+                                                     model_version=c.model_version),
+                             timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "mf_vector" in (err.value.details() or "")
 
 
 def test_candidates_mix_every_source(stack: Stack) -> None:
@@ -271,7 +319,7 @@ def test_candidates_mix_every_source(stack: Stack) -> None:
     user = common_pb2.UserContext(user_id="u00003", recent_video_ids=state.history,
                                   seen_video_ids=sorted(state.seen))
     n, mix = 60, Mix()
-    with grpc.insecure_channel(stack.services["candidate"].addr) as ch:
+    with stack.client_security.channel(stack.services["candidate"].addr) as ch:
         c = candidate_pb2_grpc.CandidateStub(ch).Generate(
             candidate_pb2.GenerateRequest(user=user, n=n), timeout=10)
     sources = [common_pb2.CandidateSource.Name(v.source) for v in c.candidates]
@@ -305,7 +353,7 @@ def test_what_trends_now_reaches_new_users(stack: Stack, gw) -> None:  # type: i
     new_user = common_pb2.UserContext(user_id="brand-new-fan")
     deadline = time.monotonic() + 30
     got: dict[str, str] = {}
-    with grpc.insecure_channel(stack.services["candidate"].addr) as ch:
+    with stack.client_security.channel(stack.services["candidate"].addr) as ch:
         stub = candidate_pb2_grpc.CandidateStub(ch)
         while time.monotonic() < deadline:
             c = stub.Generate(candidate_pb2.GenerateRequest(user=new_user, n=60), timeout=10)
@@ -345,13 +393,13 @@ def test_simulation_drives_online_metrics(stack: Stack, gw, small_dataset: Path,
     before = sum(s.impressions for s in gw.GetStats(gateway_pb2.GetStatsRequest(),
                                                     timeout=5).stats)
     res = simulate(stack.services["gateway"].addr, small_dataset, steps=40, k=5, seed=1,
-                   new_user_share=0.25, window=10, progress=False)
+                   new_user_share=0.25, window=10, progress=False, var=stack.var)
     assert sum(w.requests for w in res.totals.values()) == 40
     assert len(res.windows) == 4 and res.versions == {"v1"}
     assert sum(w.clicks for w in res.totals.values()) > 0
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        stats = server_stats(stack.services["gateway"].addr)
+        stats = server_stats(stack.services["gateway"].addr, stack.var)
         if sum(int(r["impressions"]) for r in stats) >= before + 100:
             break
         time.sleep(0.2)
@@ -474,3 +522,80 @@ def test_a_cli_retrain_publishes_and_announces_its_model(stack: Stack, gw,  # ty
     msgs = [events_pb2.ModelPublished.FromString(r.value) for r in records]
     assert [m.version for m in msgs] == [latest]
     assert msgs[0].collection == f"videos_{latest}"
+
+
+def _hostile_inputs() -> list[tuple[str, str, object]]:
+    """(case, method, request): each must be INVALID_ARGUMENT through the real gateway."""
+    G, E = gateway_pb2, events_pb2
+    now = time.time()
+
+    def ev(**kw: object) -> gateway_pb2.LogEventsRequest:
+        e = E.Event(event_id=uuid.uuid4().hex, user_id="u00001", video_id="v00001",
+                    type=E.EVENT_TYPE_CLICK, timestamp=now)
+        for k, v in kw.items():
+            if k == "clear":
+                e.ClearField(str(v))
+            else:
+                setattr(e, k, v)
+        return G.LogEventsRequest(events=[e])
+
+    big_profile = common_pb2.UserProfile(extra={f"k{i}": "v" for i in range(40)})
+    return [
+        ("Recommend k=0", "Recommend", G.RecommendRequest(user_id="u00001", k=0)),
+        ("Recommend k=10000", "Recommend", G.RecommendRequest(user_id="u00001", k=10_000)),
+        ("Recommend user_id with newline", "Recommend",
+         G.RecommendRequest(user_id="u00001\n", k=5)),
+        ("Recommend full-width user_id", "Recommend", G.RecommendRequest(user_id="ｕ１", k=5)),
+        ("Recommend 200-char user_id", "Recommend", G.RecommendRequest(user_id="u" * 200, k=5)),
+        ("Recommend age 500", "Recommend",
+         G.RecommendRequest(k=5, profile=common_pb2.UserProfile(age=500))),
+        ("Recommend control char in country", "Recommend",
+         G.RecommendRequest(k=5, profile=common_pb2.UserProfile(country="U\x07S"))),
+        ("Recommend 40 profile extras", "Recommend", G.RecommendRequest(k=5, profile=big_profile)),
+        ("Recommend 40 filter languages", "Recommend", G.RecommendRequest(
+            k=5, filters=common_pb2.Filters(languages=[f"l{i}" for i in range(40)]))),
+        ("Recommend 100-char profile value", "Recommend", G.RecommendRequest(
+            k=5, profile=common_pb2.UserProfile(extra={"k": "y" * 100}))),
+        ("LogEvents no events", "LogEvents", G.LogEventsRequest()),
+        ("LogEvents no event_id", "LogEvents", ev(event_id="")),
+        ("LogEvents type 42", "LogEvents", ev(type=42)),
+        ("LogEvents rating 7", "LogEvents", ev(type=E.EVENT_TYPE_RATING, value=7.0)),
+        ("LogEvents watched 200%", "LogEvents", ev(type=E.EVENT_TYPE_WATCH, value=2.0)),
+        ("LogEvents NaN value", "LogEvents", ev(value=float("nan"))),
+        ("LogEvents timestamp 1970", "LogEvents", ev(timestamp=1.0)),
+        ("LogEvents timestamp 2036", "LogEvents", ev(timestamp=2_082_758_400.0)),
+        ("LogEvents timestamp 1.7e308", "LogEvents", ev(timestamp=1.7e308)),
+        ("LogEvents negative watch time", "LogEvents", ev(watch_time_s=-1.0)),
+        ("LogEvents model_version /etc/passwd", "LogEvents", ev(model_version="/etc/passwd")),
+        ("LogEvents model_version ../../x", "LogEvents", ev(model_version="../../x")),
+        ("LogEvents 20 KB experiment_arm", "LogEvents", ev(experiment_arm="a" * 20_000)),
+        ("LogEvents unconfigured arm", "LogEvents", ev(experiment_arm="made_up")),
+        ("LogEvents position 1e6", "LogEvents", ev(position=1_000_000)),
+        ("LogEvents request_id with CR/LF", "LogEvents", ev(request_id="a\r\nb")),
+        ("LogEvents video_id with a space", "LogEvents", ev(video_id="v 1")),
+        ("LogEvents empty user_id", "LogEvents", ev(user_id="")),
+        ("LogEvents 6000 events", "LogEvents", G.LogEventsRequest(
+            events=[ev().events[0]] * 6000)),
+    ]
+
+
+def test_hostile_inputs_are_invalid_argument_and_nothing_falls_over(stack: Stack, gw) -> None:  # type: ignore[no-untyped-def]
+    from vidrec.serving.healthcheck import check
+
+    wrong = []
+    for name, method, req in _hostile_inputs():
+        try:
+            getattr(gw, method)(req, timeout=10)
+            wrong.append((name, "OK"))
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                wrong.append((name, exc.code().name))
+            elif "Traceback" in (exc.details() or ""):
+                wrong.append((name, "traceback"))
+    assert not wrong
+    for name in ("candidate", "ranker", "reranker", "gateway"):
+        assert check(stack.services[name].addr, security=stack.client_security) == "SERVING"
+    # No credential ever reaches a log line.
+    logs = "".join(p.read_text(errors="replace") for p in stack.log_dir.glob("*.log"))
+    assert stack.api_key and stack.api_key not in logs
+    assert stack.api_key.split("_")[2] not in logs

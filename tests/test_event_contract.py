@@ -164,3 +164,48 @@ def test_online_fold_in_reproduces_the_offline_user_vector(store: FeatureStore) 
         idx, conf, pref = user_row(store.user_feedback(str(u), W), index, cfg, W)
         online = fold_in(y, idx, conf, pref, cfg.regularization)
         np.testing.assert_allclose(online, offline[i], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("user_id", "u1\n", "characters outside"),          # a trailing newline (log lines)
+    ("user_id", "ｕ１", "characters outside"),           # full-width look-alikes
+    ("video_id", "v1 ", "characters outside"),
+    ("model_version", "/etc/passwd", "not a version name"),
+    ("model_version", "../../x", "not a version name"),
+    ("model_version", "v" + "1" * 20_000, "not a version name"),
+    ("experiment_arm", "x" * 20_000, "not an arm name"),
+    ("experiment_arm", "a\nb", "not an arm name"),
+    ("position", 1_000_000, "past any list"),
+])
+def test_hostile_event_fields_are_refused(field: str, value: object, says: str) -> None:
+    E = events_pb2
+    from vidrec.events import event_problem
+
+    e = E.Event(event_id="e1", user_id="u1", video_id="v1", type=E.EVENT_TYPE_CLICK,
+                model_version="v3", experiment_arm="hybrid")
+    setattr(e, field, value)
+    problem = event_problem(e)
+    assert problem is not None and says in problem
+
+
+def test_the_gateway_refuses_old_events_and_unknown_arms() -> None:
+    E = events_pb2
+    from services.gateway.validation import Invalid, check_events
+    from vidrec.v1 import gateway_pb2
+
+    def req(**kw: object) -> gateway_pb2.LogEventsRequest:
+        e = E.Event(event_id="e1", user_id="u1", video_id="v1", type=E.EVENT_TYPE_CLICK)
+        for k, v in kw.items():
+            setattr(e, k, v)
+        return gateway_pb2.LogEventsRequest(events=[e])
+
+    import time
+
+    now = time.time()
+    check_events(req(timestamp=now - 3600, experiment_arm="hybrid"), ["hybrid"], now=now)
+    with pytest.raises(Invalid, match="days old"):
+        check_events(req(timestamp=1.0), ["hybrid"], now=now)  # 1970
+    with pytest.raises(Invalid, match="ahead of the server clock"):
+        check_events(req(timestamp=now + 10 * 365 * 86400), ["hybrid"], now=now)  # 10 y on
+    with pytest.raises(Invalid, match="not one of this deployment's arms"):
+        check_events(req(experiment_arm="made_up"), ["hybrid", "mf_only"], now=now)

@@ -53,6 +53,13 @@ def test_swap_keep_evict_and_exact_version(tmp_path: Path) -> None:
     assert loads == ["v1", "v2", "v3"]
     with pytest.raises(VersionUnavailable):
         h.get("v9")
+    # A request's model_version never becomes a path: absolute, relative, odd names.
+    (tmp_path / "evil").mkdir()
+    (tmp_path / "evil" / "manifest.json").write_text("{}")
+    for name in (str(tmp_path / "evil"), "../evil", "v1/../../evil", "v1\n", "", "V1"):
+        with pytest.raises(VersionUnavailable):
+            h.get(name)
+    assert loads == ["v1", "v2", "v3"]
     # rollback: LATEST back to v2 is picked up like any other switch
     store.set_latest("v2")
     assert h.refresh() and h.current()[0] == "v2"

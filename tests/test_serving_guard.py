@@ -72,3 +72,15 @@ def test_a_bug_is_internal_without_its_message(servers: tuple[str, str]) -> None
     assert err.value.code() == grpc.StatusCode.INTERNAL
     details = err.value.details() or ""
     assert "internal error" in details and "secret internal detail" not in details
+
+
+def test_a_request_id_cannot_forge_log_lines() -> None:
+    from vidrec.logs import request_id_var, set_request_id
+
+    set_request_id("abc\r\n2026-01-01 INFO gateway [-] forged: admin logged in")
+    got = request_id_var.get()
+    assert "\n" not in got and "\r" not in got and " " not in got and len(got) <= 64
+    set_request_id("")
+    assert request_id_var.get() == "-"
+    set_request_id("0123abcd-ef:9.x")
+    assert request_id_var.get() == "0123abcd-ef:9.x"

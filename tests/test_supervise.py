@@ -24,3 +24,35 @@ def test_a_crash_loop_is_restarted_a_bounded_number_of_times(tmp_path: Path) -> 
     # Out of the window, it gets another chance.
     assert stack.supervise(now=1000.0) == ["x"]
     sp.stop()
+
+
+def test_a_killed_redis_is_restarted_with_everything_it_acknowledged(tmp_path: Path) -> None:
+    """make run's Redis (durable) SIGKILLed: the supervisor brings it back on its port from
+    the append-only file; the stack used to stop altogether, losing the memory-only state."""
+    import signal
+
+    from vidrec.store.features import FeatureStore, UserSeed
+
+    stack = Stack(tmp_path, durable=True)
+    stack.start_stores(kafka=False)
+    try:
+        assert stack.redis is not None
+        store = FeatureStore.from_url(stack.redis_url)
+        store.seed_users([UserSeed("u1", {}, history=["a", "b"], seen=["a", "b", "c"])])
+        port = stack.redis.port
+        assert stack.redis.pid is not None
+        os.killpg(stack.redis.pid, signal.SIGKILL)  # no chance to save anything
+        stack.redis._proc.wait(10)  # type: ignore[union-attr]
+        assert stack.supervise() == ["redis"]
+        assert stack.redis.port == port and stack.redis.running
+        back = FeatureStore.from_url(stack.redis_url).user("u1")
+        assert back.history == ["a", "b"] and back.seen == {"a", "b", "c"}
+    finally:
+        stack.stop()
+    # And a whole new stack on the same var/ (make run again) finds it too.
+    again = Stack(tmp_path, durable=True)
+    again.start_stores(kafka=False)
+    try:
+        assert FeatureStore.from_url(again.redis_url).user("u1").history == ["a", "b"]
+    finally:
+        again.stop()

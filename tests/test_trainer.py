@@ -148,7 +148,9 @@ def trainer_env(bootstrap: str, redis_url: str, key_prefix: str, tmp: Path,
                 "VIDREC_KEY_PREFIX": key_prefix, "VIDREC_EVENTS_DIR": str(tmp / "events"),
                 "VIDREC_ARTIFACT_ROOT": str(tmp / "artifacts"),
                 "VIDREC_GROUP_ID": f"g-{uuid.uuid4().hex[:6]}",
-                "VIDREC_BATCH_SIZE": str(batch_size)})
+                "VIDREC_BATCH_SIZE": str(batch_size),
+                # Every positive moves trending here (the expected counts below assume it).
+                "VIDREC_TRENDING_MIN_SEEN": "0"})
     return env
 
 
@@ -302,3 +304,89 @@ def test_a_paused_redis_does_not_kill_the_trainer_and_loses_nothing(
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
+
+
+def _wait_counters(store: FeatureStore, want: dict, log: Path, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while counters(store) != want:
+        assert time.monotonic() < deadline, (counters(store), log.read_text()[-3000:])
+        time.sleep(0.1)
+
+
+@pytest.mark.timeout(300)
+def test_a_broker_restarted_empty_loses_no_later_event(
+        redis_server, key_prefix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The embedded broker keeps its log in memory: restarted, it numbers records from 0
+    again. The trainer once kept the old log's applied offsets, so every new event at an
+    offset it had already passed was skipped as a "redelivery" (silently lost)."""
+    from vidrec.infra.embedded import KafkaBroker
+    from vidrec.infra.kafka import ALL_TOPICS, EventProducer, ensure_topics
+
+    store = FeatureStore.from_url(redis_server.url, key_prefix)
+    store.put_videos([{"video_id": v} for v in VIDEOS])
+    events = make_events(2400, users=80, seed=11)
+    log = tmp_path / "trainer.log"
+    with KafkaBroker() as broker:
+        env = trainer_env(broker.bootstrap, redis_server.url, key_prefix, tmp_path,
+                          batch_size=200)
+        proc = start_trainer(env, log)
+        try:
+            with EventProducer(broker.bootstrap) as p:
+                p.send_events(events[:1200])
+            _wait_counters(store, expected_state(events[:1200])[2], log)
+            old = broker.cluster_id
+            broker.restart()  # same port, empty log, new cluster id
+            assert broker.cluster_id != old
+            ensure_topics(broker.bootstrap, ALL_TOPICS)
+            with EventProducer(broker.bootstrap) as p:
+                p.send_events(events[1200:])
+            _wait_counters(store, expected_state(events)[2], log)
+            assert proc.poll() is None, log.read_text()[-3000:]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    history, seen, _ = expected_state(events)
+    assert all(store.user(u).history == history[u] for u in history)
+    assert all(store.user(u).seen == seen[u] for u in seen)
+    fields = store._r.hkeys(store.keys.applied_offsets())
+    assert fields and all(f.decode().startswith(f"{broker.cluster_id}/") for f in fields)
+
+
+@pytest.mark.timeout(300)
+def test_redis_killed_comes_back_from_its_append_only_file_with_nothing_lost(
+        private_kafka_broker, key_prefix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A durable Redis (make run's) SIGKILLed mid-stream restarts from its append-only file
+    with every write it acknowledged; the trainer committed Kafka offsets only after those
+    replies, so it resumes where Redis is: every event exactly once."""
+    from vidrec.infra.embedded import RedisServer
+    from vidrec.infra.kafka import EventProducer
+
+    events = make_events(6000, users=120, seed=12)
+    log = tmp_path / "trainer.log"
+    with RedisServer(data_dir=tmp_path / "redis", durable=True) as rs:
+        store = FeatureStore.from_url(rs.url, key_prefix)
+        store.put_videos([{"video_id": v} for v in VIDEOS])
+        env = trainer_env(private_kafka_broker.bootstrap, rs.url, key_prefix, tmp_path,
+                          batch_size=150)
+        proc = start_trainer(env, log)
+        try:
+            with EventProducer(private_kafka_broker.bootstrap) as p:
+                p.send_events(events[:3000])
+                deadline = time.monotonic() + 60
+                while sum(sum(c.values()) for c in counters(store).values()) < 500:
+                    assert time.monotonic() < deadline, log.read_text()[-3000:]
+                    time.sleep(0.01)
+                assert rs.pid is not None
+                os.killpg(rs.pid, signal.SIGKILL)  # no shutdown, no final save
+                p.send_events(events[3000:])
+                time.sleep(1)
+                rs.restart()
+            store = FeatureStore.from_url(rs.url, key_prefix)
+            _wait_counters(store, expected_state(events)[2], log)
+            assert proc.poll() is None, log.read_text()[-3000:]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        history, seen, _ = expected_state(events)
+        assert all(store.user(u).history == history[u] for u in history)
+        assert all(store.user(u).seen == seen[u] for u in seen)

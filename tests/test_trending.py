@@ -90,3 +90,25 @@ def test_one_user_counts_once_per_video(redis_client, key_prefix: str) -> None: 
     assert abs(store.trending_scores(now=now)["a"] - 1.0) < 1e-9
     store.apply_events(likes("a", 1, now, "other-"))  # user u0
     assert abs(store.trending_scores(now=now)["a"] - 2.0) < 1e-9
+
+
+def test_fresh_fake_users_cannot_lift_a_video_into_popular(redis_client, key_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """The attack the first test above shows (six fresh users like c, c tops "popular" for
+    every new user) does nothing with the trainer's rule: a user's likes count once they
+    reacted to more than 5 other videos. Established users still move the list."""
+    store = FeatureStore(redis_client, key_prefix)
+    store.put_videos([{"video_id": v} for v in "abc" + "0123456789"])
+    now = time.time()
+    store.seed_trending(["a", "b", "c"], np.array([10.0, 4.0, 1.0]), now=now - WEEK)
+    fake = likes("c", 200, now, "fake")  # 200 brand-new accounts
+    store.apply_events(fake, trending_min_seen=5)
+    assert store.refresh_trending(now=now) == ["a", "b", "c"]
+    # Six users with a history of six other videos each do lift it, as real viewers should.
+    history = [E.Event(event_id=f"h{u}-{v}", user_id=f"real{u}", video_id=v,
+                       type=E.EVENT_TYPE_WATCH, value=0.9, timestamp=now)
+               for u in range(6) for v in "012345"]
+    store.apply_events(history, trending_min_seen=5)
+    real = [E.Event(event_id=f"r{u}", user_id=f"real{u}", video_id="c",
+                    type=E.EVENT_TYPE_LIKE, timestamp=now) for u in range(6)]
+    store.apply_events(real, trending_min_seen=5)
+    assert store.refresh_trending(now=now)[0] == "c"

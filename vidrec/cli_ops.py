@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vidrec.security.stores import read_secret, store_credentials
+
 if TYPE_CHECKING:
     from vidrec.infra.streams import RecordSink
 
@@ -22,7 +24,9 @@ SERVICES = ("gateway", "candidate", "ranker", "reranker", "trainer")
 def _ops_settings() -> Any:
     from vidrec.config import TrainerSettings, load_settings
 
-    return load_settings(TrainerSettings)
+    s = load_settings(TrainerSettings)
+    store_credentials(s)  # Kafka clients made from here on use the configured SASL/TLS
+    return s
 
 
 def _producer(bootstrap: str) -> RecordSink | None:
@@ -41,11 +45,11 @@ def cmd_publish(a: argparse.Namespace) -> int:
     from vidrec.store.index import open_index
 
     s = _ops_settings()
-    index = open_index(s.qdrant_url, s.index_root)
+    index = open_index(s.qdrant_url, s.index_root, read_secret(s.qdrant_api_key_file))
     producer = _producer(s.kafka_bootstrap)
     try:
         version = publish(Path(a.model), ArtifactStore(s.artifact_root), index,
-                          FeatureStore.from_url(s.redis_url, s.key_prefix), producer,
+                          FeatureStore.from_url(store_credentials(s), s.key_prefix), producer,
                           overwrite_history=a.overwrite_history)
     finally:
         index.close()
@@ -75,7 +79,7 @@ def cmd_rollback(a: argparse.Namespace) -> int:
     except CorruptArtifact as exc:
         print(f"not rolling back to {prev}: {exc}", file=sys.stderr)
         return 1
-    index = open_index(s.qdrant_url, s.index_root)
+    index = open_index(s.qdrant_url, s.index_root, read_secret(s.qdrant_api_key_file))
     try:
         index.set_alias(collection_name(prev))
     finally:
@@ -96,7 +100,7 @@ def cmd_retrain(a: argparse.Namespace) -> int:
     try:
         res = run_retrain(s, EventLog(Path(s.events_dir)), Path(s.events_dir) / "videos.jsonl",
                           ArtifactStore(s.artifact_root),
-                          FeatureStore.from_url(s.redis_url, s.key_prefix), producer,
+                          FeatureStore.from_url(store_credentials(s), s.key_prefix), producer,
                           force=a.force)
     finally:
         if producer is not None:
@@ -123,7 +127,7 @@ def cmd_rebuild(a: argparse.Namespace) -> int:
     if bundle is None:
         print("no loadable published model: videos and trending are not reloaded",
               file=sys.stderr)
-    res = rebuild(FeatureStore.from_url(s.redis_url, s.key_prefix), Path(s.data_dir),
+    res = rebuild(FeatureStore.from_url(store_credentials(s), s.key_prefix), Path(s.data_dir),
                   EventLog(Path(s.events_dir)), Path(s.events_dir) / "videos.jsonl", bundle)
     print(f"rebuilt {res.users} users from {s.data_dir} and {res.events} logged events "
           f"({res.videos} upserted videos); per-arm counters are not rebuilt")
@@ -157,10 +161,14 @@ def cmd_status(a: argparse.Namespace) -> int:
     latest = ArtifactStore(Path(a.var) / "artifacts").latest() or "-"
     stack = json.loads(state.read_text()) if state.exists() else {}
     redis_url, prefix = stack.get("redis", ""), stack.get("key_prefix", "vidrec")
+    from vidrec.security.client import ClientSecurity
+
+    # The stack's CA and client certificate: its internal services require one.
+    sec = ClientSecurity.from_state(stack) if stack else ClientSecurity.from_env()
     print(f"{'service':10s} {'address':22s} {'health':14s} model")
     worst = 0
     for name, addr in addrs.items():
-        status = check(addr) if addr else _trainer_status(redis_url, prefix)
+        status = check(addr, security=sec) if addr else _trainer_status(redis_url, prefix)
         worst |= status not in ("SERVING", "RUNNING")
         model = latest if name in ("candidate", "ranker", "gateway") else "-"
         print(f"{name:10s} {addr or '-':22s} {status:14s} {model}")
@@ -186,12 +194,11 @@ def _trainer_status(redis_url: str, prefix: str) -> str:
 
 
 def cmd_stats(a: argparse.Namespace) -> int:
-    import grpc
-
     from vidrec.abtest import Interval, compare_intervals
+    from vidrec.security.client import connect
     from vidrec.v1 import gateway_pb2, gateway_pb2_grpc
 
-    with grpc.insecure_channel(a.gateway) as ch:
+    with connect(a.gateway, a.var) as ch:
         resp = gateway_pb2_grpc.GatewayStub(ch).GetStats(gateway_pb2.GetStatsRequest(),
                                                          timeout=5)
     print(f"{'model':8s} {'arm':12s} {'users':>6s} {'impr':>8s} {'clicks':>7s} "
@@ -222,9 +229,9 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     from vidrec.simulate import read_out, server_stats, simulate, write_report
 
     res = simulate(a.gateway, Path(a.data), a.steps, a.k, a.seed, a.new_users, a.window,
-                   a.rate)
+                   a.rate, var=a.var)
     try:
-        stats = server_stats(a.gateway)
+        stats = server_stats(a.gateway, a.var)
     except Exception:
         stats = []
     report = write_report(res, Path(a.out), stats, baseline=a.baseline)
@@ -324,6 +331,7 @@ def cmd_dlq(a: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
+    register_keys(sub)
     p = sub.add_parser("publish", help="make a trained model directory live",
                        description="Copy a model directory into the artifact store as the "
                        "next version, load its video vectors into a new index collection and "
@@ -366,6 +374,8 @@ def register(sub: Any) -> None:
     sa.add_argument("--gateway", default="127.0.0.1:50051")
     sa.add_argument("--baseline", default="mf_only",
                     help="arm the others are compared with, within each model version")
+    sa.add_argument("--var", default="var", help="the stack's directory: its "
+                    "run/stack.json has the API key and TLS files")
     sa.set_defaults(fn=cmd_stats)
     sm = sub.add_parser(
         "simulate", help="synthetic users with known tastes use the live system",
@@ -374,6 +384,8 @@ def register(sub: Any) -> None:
         "a Markdown report and a PNG of CTR, completion, watch time and true precision over "
         "time per experiment arm.")
     sm.add_argument("--gateway", default="127.0.0.1:50051")
+    sm.add_argument("--var", default="var", help="the stack's directory: its "
+                    "run/stack.json has the API key and TLS files")
     sm.add_argument("--data", default="var/data/demo", help="synthetic data directory")
     # Power: on the demo stack (2 arms, ~1,100 users each) the CTR difference detectable
     # with 80% power at 5% two-sided (per-user bootstrap standard error x 2.8) was
@@ -394,3 +406,108 @@ def register(sub: Any) -> None:
                          "distinguishable at 95%%)")
     sm.add_argument("--out", default="var/simulation")
     sm.set_defaults(fn=cmd_simulate)
+
+
+def cmd_keys(a: argparse.Namespace) -> int:
+    """`vidrec keys`: API keys for the gateway (hashed at rest) and user tokens."""
+    from vidrec.security import tokens
+    from vidrec.security.keys import KeyFile
+
+    keys = KeyFile(a.file)
+    if a.action == "create":
+        try:
+            rec, plain = keys.create(a.name, [s for x in a.scopes for s in x.split(",") if s])
+        except ValueError as exc:
+            print(f"keys: {exc}", file=sys.stderr)
+            return 2
+        print(plain)
+        print(f"# key {rec.id} ({rec.name}, scopes {' '.join(rec.scopes)}): shown once, "
+              f"stored only as a hash in {keys.path}", file=sys.stderr)
+    elif a.action == "list":
+        print(f"{'id':14s} {'name':20s} {'scopes':40s} state")
+        for k in keys.all():
+            print(f"{k.id:14s} {k.name:20s} {' '.join(k.scopes):40s} "
+                  f"{'revoked' if k.revoked else 'active'}")
+    elif a.action == "revoke":
+        gone = keys.revoke(a.key)
+        if not gone:
+            print(f"keys: no active key {a.key!r}", file=sys.stderr)
+            return 1
+        print(f"revoked {', '.join(k.id for k in gone)} (a running gateway stops accepting it "
+              "within a second)")
+    else:  # token
+        secret = Path(a.secret_file).read_bytes().strip()
+        print(tokens.mint(secret, a.user, a.ttl))
+    return 0
+
+
+def cmd_secrets(a: argparse.Namespace) -> int:
+    """`vidrec secrets init`: everything a deployment needs to be secure, made once."""
+    import os
+    import secrets as sec
+
+    from vidrec.security.keys import KeyFile
+    from vidrec.security.tls import ensure_local_pki
+
+    root = Path(a.dir)
+    root.mkdir(parents=True, exist_ok=True)
+    hosts = tuple(h for h in a.hosts.split(",") if h)
+    pki = ensure_local_pki(root / "tls", hosts=hosts)
+
+    def once(name: str, value: str) -> bool:
+        path = root / name
+        if path.exists():
+            return False
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        with os.fdopen(fd, "w") as f:
+            f.write(value)
+        return True
+
+    for name in ("redis.password", "qdrant.key", "token.secret"):
+        once(name, sec.token_urlsafe(32))
+    keys = KeyFile(root / "api_keys.json")
+    if not (root / "admin.key").exists():
+        _, plain = keys.create(f"admin-{sec.token_hex(3)}", ["admin"])
+        once("admin.key", plain)
+    for p in root.rglob("*"):  # the services run as another user: group-readable
+        if p.is_file():
+            p.chmod(0o640 if p.suffix in ("", ".key", ".secret", ".password", ".json")
+                    else 0o644)
+    print(f"secrets in {root}: CA {pki.ca}, admin key in {root / 'admin.key'}")
+    return 0
+
+
+def register_keys(sub: Any) -> None:
+    sc = sub.add_parser("secrets", help="create a deployment's CA, certificates, admin key, "
+                        "token secret and store passwords (once)",
+                        description="Writes, only where missing: tls/ (CA, server certificate "
+                        "for localhost, 127.0.0.1 and --hosts; client certificate), "
+                        "api_keys.json with an admin key (the key itself in admin.key), "
+                        "token.secret, redis.password, qdrant.key. docker-compose runs it "
+                        "first; for Kubernetes, load the directory into a Secret.")
+    scs = sc.add_subparsers(dest="action", required=True)
+    si = scs.add_parser("init")
+    si.add_argument("--dir", default="var/secrets")
+    si.add_argument("--hosts", default="candidate,ranker,reranker,gateway",
+                    help="comma-separated service names the server certificate must name")
+    sc.set_defaults(fn=cmd_secrets)
+    k = sub.add_parser("keys", help="API keys for the gateway, and user tokens",
+                       description="Manage the gateway's API keys (stored hashed in a JSON "
+                       "file; the key itself is printed once) and mint user-bound tokens. "
+                       "make run keeps its files under var/run/.")
+    k.add_argument("--file", default="var/run/api_keys.json", help="the key file "
+                   "(VIDREC_API_KEYS_FILE of the gateway)")
+    ks = k.add_subparsers(dest="action", required=True)
+    c = ks.add_parser("create", help="create a key; prints it once")
+    c.add_argument("--name", required=True)
+    c.add_argument("--scopes", nargs="+", required=True,
+                   help="recommend, events:write, stats:read, catalog:write, admin")
+    ks.add_parser("list", help="ids, names, scopes, state (never the keys)")
+    r = ks.add_parser("revoke", help="revoke a key by id or name")
+    r.add_argument("key")
+    t = ks.add_parser("token", help="mint a user-bound token (JWT) for one user")
+    t.add_argument("--user", required=True)
+    t.add_argument("--ttl", type=float, default=900.0, help="seconds (max 86400)")
+    t.add_argument("--secret-file", default="var/run/token.secret",
+                   help="VIDREC_TOKEN_SECRET_FILE of the gateway")
+    k.set_defaults(fn=cmd_keys)

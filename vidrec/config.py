@@ -39,6 +39,28 @@ class CommonSettings:
     # gRPC calls served at once before more are refused with RESOURCE_EXHAUSTED (0 = the
     # worker threads minus two kept for health checks; serving/server.py).
     max_in_flight: int = 0
+    # TLS: this process's certificate and key (servers), the CA that signs every vidrec
+    # certificate, and the client certificate presented to services requiring one (mTLS).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    tls_client_cert: str = ""
+    tls_client_key: str = ""
+    # Plaintext on a non-loopback address is refused unless this is on.
+    allow_insecure: bool = False
+    # gRPC server reflection (a map of every method for whoever connects): off by default.
+    reflection: bool = False
+    # host:port for grpc.health.v1 alone, plaintext (Kubernetes' gRPC probes); "" = none.
+    health_addr: str = ""
+    # Store credentials (vidrec/security/stores.py), secrets as mounted files: the Redis
+    # password; Kafka SASL (SCRAM) and TLS; the Qdrant API key.
+    redis_password_file: str = ""
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_username: str = ""
+    kafka_password_file: str = ""
+    kafka_ca_file: str = ""
+    qdrant_api_key_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -46,6 +68,8 @@ class ModelServiceSettings(CommonSettings):
     """Settings shared by services that load a model version (candidate, ranker)."""
 
     listen_addr: str = "127.0.0.1:0"
+    # With TLS on, only clients holding a certificate from VIDREC_TLS_CA get in (mTLS).
+    require_client_cert: bool = True
     # Root of published artifacts: <root>/<version>/ with a LATEST pointer.
     artifact_root: str = "var/artifacts"
     # Seconds between checks of LATEST (hot swap: a new published version is picked up).
@@ -91,6 +115,8 @@ class RerankSettings(CommonSettings):
 @dataclass(frozen=True)
 class RerankerSettings(RerankSettings):
     listen_addr: str = "127.0.0.1:0"
+    # With TLS on, only clients holding a certificate from VIDREC_TLS_CA get in (mTLS).
+    require_client_cert: bool = True
     grace_s: float = 5.0
 
 
@@ -114,6 +140,21 @@ class GatewaySettings(RerankSettings):
     arms: str = "hybrid:1"
     max_k: int = 500
     log_impressions: bool = True
+    # Callers: API keys (hashed, `vidrec keys`) and user tokens (JWT signed with the secret
+    # in this file). Without a key file the gateway refuses to start unless auth is off.
+    auth: bool = True
+    api_keys_file: str = ""
+    token_secret_file: str = ""
+    # External clients authenticate with keys; a client certificate is optional here.
+    require_client_cert: bool = False
+    # Token buckets per caller and method, calls/s sustained and burst: per service key,
+    # and per user token (one device).
+    key_rate: float = 2000.0
+    key_burst: float = 4000.0
+    user_rate: float = 20.0
+    user_burst: float = 60.0
+    # Log user ids as a short SHA-256 prefix instead of the id.
+    hash_user_ids_in_logs: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,6 +177,9 @@ class TrainerSettings(CommonSettings):
     # Seconds an applied event id is remembered to catch a client resending it (Kafka
     # redeliveries are caught by offsets at any age); memory grows with traffic x horizon.
     dedupe_horizon_s: float = 3600.0
+    # A user's likes move the trending ("popular") list only after they reacted to more
+    # than this many videos: fresh fake accounts cannot lift a video for every new user.
+    trending_min_seen: int = 5
 
 
 ALL_SETTINGS: tuple[type, ...] = (

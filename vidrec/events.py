@@ -59,7 +59,13 @@ COMPLETE = 0.9
 MAX_CLOCK_AHEAD_S = 86_400.0
 MAX_ID_LEN = 128
 MAX_RECORD_BYTES = 64 * 1024
-_ID = re.compile(r"^[\w.:@/+=-]+$")
+# ASCII only, matched whole (fullmatch): `\w` would admit full-width and other Unicode
+# letters (look-alike ids), and `$` a trailing newline (log injection).
+_ID = re.compile(r"[A-Za-z0-9_.:@/+=-]+")
+# model_version as events carry it: a published version name, never a path.
+_VERSION = re.compile(r"v[0-9]{1,9}")
+_ARM = re.compile(r"[A-Za-z0-9_-]{1,32}")
+MAX_POSITION = 10_000  # a place in a shown list
 
 
 class Kind(StrEnum):
@@ -92,7 +98,7 @@ def id_problem(name: str, value: str, required: bool = True) -> str | None:
         return f"{name} is required" if required else None
     if len(value) > MAX_ID_LEN:
         return f"{name} is longer than {MAX_ID_LEN} characters"
-    if not _ID.match(value):
+    if not _ID.fullmatch(value):
         return f"{name} {value[:40]!r} has characters outside [A-Za-z0-9_.:@/+=-]"
     return None
 
@@ -125,6 +131,13 @@ def event_problem(e: events_pb2.Event, now: float | None = None) -> str | None:
                 "of the server clock")
     if e.watch_time_s > 7 * 86_400:
         return f"watch_time_s {e.watch_time_s:.0f} is longer than a week"
+    if e.position > MAX_POSITION:
+        return f"position {e.position} is past any list (at most {MAX_POSITION})"
+    if e.model_version and not _VERSION.fullmatch(e.model_version):
+        return f"model_version {e.model_version[:40]!r} is not a version name like v12"
+    if e.experiment_arm and not _ARM.fullmatch(e.experiment_arm):
+        return (f"experiment_arm {e.experiment_arm[:40]!r} is not an arm name "
+                "([A-Za-z0-9_-], 1-32 characters)")
     return None
 
 

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
+
+
+def set_request_id(raw: str) -> None:
+    """The request id a caller sent, made safe for a log line: at most 64 characters of
+    [A-Za-z0-9_.:-], anything else (CR/LF: forged log lines) replaced by '_'."""
+    request_id_var.set(_UNSAFE.sub("_", raw[:64]) or "-")
 
 
 class _RequestIdFilter(logging.Filter):

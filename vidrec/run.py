@@ -18,9 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-import grpc
-
 from vidrec.logs import setup_logging
+from vidrec.security.client import ClientSecurity
 
 log = logging.getLogger("vidrec.run")
 
@@ -62,8 +61,9 @@ def publish_or_reload(stack: object, model: Path) -> str:
     store = FeatureStore.from_url(stack.redis_url)
     latest = artifacts.latest()
     if latest and artifacts.loadable(latest) and (stack.index_root / f"videos_{latest}").exists():
-        # Redis is memory-only: reload the serving version's features, keep its index
-        # (users with live state in Redis keep it; an empty Redis gets the training state).
+        # Restarted: Redis came back from its append-only file (var/redis) with every
+        # user's live state, which the reload keeps; a Redis that lost it (var/redis
+        # removed) gets the training state. The index is reused as it is.
         load_features(store, ModelBundle.load(artifacts.path(latest)), overwrite_history=False)
         store.set_serving_version(latest)
         return latest
@@ -74,10 +74,10 @@ def publish_or_reload(stack: object, model: Path) -> str:
         index.close()
 
 
-def show(addr: str, data: Path) -> None:
+def show(addr: str, data: Path, security: ClientSecurity) -> None:
     from vidrec.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
-    with grpc.insecure_channel(addr) as ch:
+    with security.channel(addr) as ch:
         stub = gateway_pb2_grpc.GatewayStub(ch)
         known = stub.Recommend(gateway_pb2.RecommendRequest(user_id="u00001", k=8), timeout=5)
         new = stub.Recommend(gateway_pb2.RecommendRequest(
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     # Two experiment arms so `vidrec simulate` shows an online comparison: the full hybrid
     # funnel vs MF-only candidates.
-    stack = Stack(var, extra_env={"VIDREC_ARMS": "hybrid:1,mf_only:1",
+    stack = Stack(var, durable=True, extra_env={"VIDREC_ARMS": "hybrid:1,mf_only:1",
                                   "VIDREC_RETRAIN_EVERY_EVENTS": "50000",
                                   "VIDREC_DATA_DIR": str(data),
                                   "VIDREC_EVENTS_DIR": str(var / "events")})
@@ -135,18 +135,26 @@ def main(argv: list[str] | None = None) -> int:
         stack.start_services(ports={"gateway": port},
                              trainer=_has_trainer())
         gw = stack.services["gateway"].addr
-        show(gw, data)
-        print(f"\nvidrec is up. gateway listening on {gw}  (gRPC, package vidrec.v1)")
-        print(f"  logs: {stack.log_dir}/   status: .venv/bin/vidrec status")
-        print(f"  simulate users: .venv/bin/vidrec simulate --gateway {gw} --data {data}")
+        sec = stack.client_security
+        show(gw, data, sec)
+        print(f"\nvidrec is up. gateway listening on {gw}  (gRPC over TLS, package vidrec.v1)")
+        print(f"  admin API key and TLS files: {stack.run_dir}/stack.json (keep it private)")
+        print(f"  call it: grpcurl -cacert {sec.ca} -H \"authorization: Bearer $(cat "
+              f"{stack.run_dir}/admin.key)\" -import-path protos -proto "
+              f"vidrec/v1/gateway.proto -d '{{\"user_id\":\"u00001\",\"k\":5}}' {gw} "
+              "vidrec.v1.Gateway/Recommend")
+        print(f"  more keys: .venv/bin/vidrec keys --file {stack.run_dir}/api_keys.json "
+              "create --name NAME --scopes recommend events:write")
+        print(f"  logs: {stack.log_dir}/   status: .venv/bin/vidrec status --var {var}")
+        print(f"  simulate users: .venv/bin/vidrec simulate --gateway {gw} --data {data} "
+              f"--var {var}")
         print("  Ctrl-C stops everything.", flush=True)
         while not stop.is_set() and not a.no_wait:
             for name in stack.supervise():
-                print(f"{name} exited and was restarted; see {stack.log_dir}/{name}.log",
+                # Services and the embedded Redis/Kafka alike: one crash never takes the
+                # stack (and the state it holds) down.
+                print(f"{name} exited and was restarted; see {stack.log_dir}/",
                       file=sys.stderr, flush=True)
-            if not stack.stores_alive():
-                print("embedded Redis or Kafka exited; stopping", file=sys.stderr)
-                return 1
             stop.wait(1.0)
     finally:
         print("\nstopping ...", flush=True)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from vidrec.abtest import Comparison, Interval, bootstrap, readout
 from vidrec.events import COMPLETE, TYPE_OF
+from vidrec.security.client import connect
 from vidrec.v1 import common_pb2, events_pb2, gateway_pb2, gateway_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,9 @@ def _profile(row: dict[str, Any]) -> common_pb2.UserProfile:
 
 
 def simulate(gateway: str, data: Path, steps: int, k: int, seed: int, new_user_share: float,
-             window: int, rate: float = 0.0, progress: bool = True) -> SimResult:
+             window: int, rate: float = 0.0, progress: bool = True,
+             var: str | Path | None = None) -> SimResult:
+    """`var`: the stack's directory; its run/stack.json has the key and TLS files."""
     from vidrec.data.synth import GroundTruth
 
     truth = GroundTruth.load(data)
@@ -120,7 +123,7 @@ def simulate(gateway: str, data: Path, steps: int, k: int, seed: int, new_user_s
     by_user: dict[str, dict[str, Window]] = defaultdict(lambda: defaultdict(Window))
     cur_users: dict[str, dict[str, Window]] = defaultdict(lambda: defaultdict(Window))
     cur_versions: set[str] = set()
-    with grpc.insecure_channel(gateway) as ch:
+    with connect(gateway, var) as ch:
         stub = gateway_pb2_grpc.GatewayStub(ch)
         for step in tqdm(range(steps), desc="simulate", disable=not progress, mininterval=0.5):
             t_step = time.monotonic()
@@ -308,10 +311,10 @@ def readout_lines(ro: Readout) -> list[str]:
     return lines
 
 
-def server_stats(gateway: str) -> list[dict[str, Any]]:
+def server_stats(gateway: str, var: str | Path | None = None) -> list[dict[str, Any]]:
     from google.protobuf.json_format import MessageToDict
 
-    with grpc.insecure_channel(gateway) as ch:
+    with connect(gateway, var) as ch:
         resp = gateway_pb2_grpc.GatewayStub(ch).GetStats(gateway_pb2.GetStatsRequest(),
                                                          timeout=5)
     return [MessageToDict(s, preserving_proto_field_name=True,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -16,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from vidrec import schema
 from vidrec.infra.embedded import KafkaBroker, RedisServer, free_port
+from vidrec.security.client import ClientSecurity
 from vidrec.serving.healthcheck import check
 
 log = logging.getLogger(__name__)
@@ -62,7 +65,7 @@ class ServiceProcess:
             if not self.alive():
                 raise RuntimeError(f"{self.name} exited; see {self.log_path}:\n"
                                    + self.log_path.read_text()[-2000:])
-            status = check(self.addr, timeout=1.0)
+            status = check(self.addr, timeout=1.0, security=ClientSecurity.from_env(self.env))
             if status == "SERVING":
                 return
             time.sleep(0.1)
@@ -93,6 +96,14 @@ class Stack:
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     redis: RedisServer | None = None
     kafka: KafkaBroker | None = None
+    # make run's: Redis keeps an append-only file under var/redis (fsynced per write), so
+    # a crashed or restarted stack comes back with every user's state; tests keep memory.
+    durable: bool = False
+    # Secure by default, like make run: TLS everywhere, mTLS to the internal services, API
+    # keys at the gateway, a Redis password; material generated once under var/run/.
+    secure: bool = True
+    api_key: str = ""
+    _secrets: dict[str, str] = field(default_factory=dict)
     _restarts: dict[str, list[float]] = field(default_factory=dict)
 
     @property
@@ -107,9 +118,52 @@ class Stack:
     def log_dir(self) -> Path:
         return self.var / "logs"
 
+    @property
+    def run_dir(self) -> Path:
+        return self.var / "run"
+
+    def prepare_security(self) -> None:
+        """CA and certificates, an admin API key, the user-token secret and the Redis
+        password under var/run/ (0600), created on first start and reused after."""
+        if not self.secure or self._secrets:
+            return
+        from vidrec.security.keys import KeyFile
+        from vidrec.security.tls import ensure_local_pki
+
+        pki = ensure_local_pki(self.run_dir / "tls")
+        keys = KeyFile(self.run_dir / "api_keys.json")
+        admin = _private(self.run_dir / "admin.key", "")
+        live = admin and keys.verify(admin) is not None
+        if not live:
+            keys.revoke("admin")
+            _, admin = keys.create("admin", ["admin"])
+            _private(self.run_dir / "admin.key", admin, overwrite=True)
+        self.api_key = admin
+        token_secret = self.run_dir / "token.secret"
+        _private(token_secret, secrets.token_hex(32))
+        self._secrets = {
+            "redis_password": _private(self.run_dir / "redis.password",
+                                       secrets.token_urlsafe(24)),
+            "VIDREC_TLS_CA": str(pki.ca), "VIDREC_TLS_CERT": str(pki.server_cert),
+            "VIDREC_TLS_KEY": str(pki.server_key),
+            "VIDREC_TLS_CLIENT_CERT": str(pki.client_cert),
+            "VIDREC_TLS_CLIENT_KEY": str(pki.client_key),
+            "VIDREC_API_KEYS_FILE": str(keys.path),
+            "VIDREC_TOKEN_SECRET_FILE": str(token_secret),
+        }
+
+    @property
+    def client_security(self) -> ClientSecurity:
+        """How a tool or test calls this stack (the admin key; internal ports too)."""
+        e = self._secrets
+        return ClientSecurity(e.get("VIDREC_TLS_CA", ""), e.get("VIDREC_TLS_CLIENT_CERT", ""),
+                              e.get("VIDREC_TLS_CLIENT_KEY", ""), self.api_key)
+
     def start_stores(self, kafka: bool = True) -> None:
+        self.prepare_security()
         if not self.redis_url:
-            self.redis = RedisServer(data_dir=self.var / "redis").start()
+            self.redis = RedisServer(data_dir=self.var / "redis", durable=self.durable,
+                                     password=self._secrets.get("redis_password", "")).start()
             self.redis_url = self.redis.url
         if kafka and not self.kafka_bootstrap:
             from vidrec.infra.kafka import ALL_TOPICS, ensure_topics
@@ -130,6 +184,9 @@ class Stack:
             "VIDREC_EVENTS_DIR": str(self.var / "events"),
             "PYTHONUNBUFFERED": "1",
         })
+        if not self.secure:
+            env["VIDREC_AUTH"] = "false"
+        env.update({k: v for k, v in self._secrets.items() if k.startswith("VIDREC_")})
         env.update(self.extra_env)
         env.update(extra)
         return env
@@ -192,16 +249,37 @@ class Stack:
         raise TimeoutError(f"trainer owns no partition after {timeout_s:.0f}s; see "
                            f"{sp.log_path}")
 
-    def write_state(self) -> None:
-        state = {"services": {n: s.addr for n, s in self.services.items()},
-                 "redis": self.redis_url, "kafka": self.kafka_bootstrap, "pid": os.getpid(),
-                 "key_prefix": self.extra_env.get("VIDREC_KEY_PREFIX", "vidrec")}
-        (self.var / "run").mkdir(parents=True, exist_ok=True)
-        (self.var / "run" / "stack.json").write_text(json.dumps(state, indent=2))
+    def drain(self, timeout_s: float) -> int:
+        """Wait until the trainer's group has committed every event in Kafka; return how
+        many are left (0: drained)."""
+        from vidrec.infra.kafka import consumer_lag
 
-    def stores_alive(self) -> bool:
-        """The embedded Redis and Kafka this stack started are still running."""
-        return all(x is None or x.running for x in (self.redis, self.kafka))
+        group = self.extra_env.get("VIDREC_GROUP_ID", "vidrec-trainer")
+        deadline = time.monotonic() + timeout_s
+        left = -1
+        while time.monotonic() < deadline:
+            try:
+                left = consumer_lag(self.kafka_bootstrap, group, schema.TOPIC_EVENTS)
+            except Exception as exc:  # broker busy or gone: nothing more to wait for
+                log.warning("cannot read the trainer's lag: %s", exc)
+                return max(left, 0)
+            if left == 0:
+                return 0
+            time.sleep(0.2)
+        return left
+
+    def write_state(self) -> None:
+        state: dict[str, object] = {
+            "services": {n: s.addr for n, s in self.services.items()},
+            "redis": self.redis_url, "kafka": self.kafka_bootstrap, "pid": os.getpid(),
+            "key_prefix": self.extra_env.get("VIDREC_KEY_PREFIX", "vidrec")}
+        if self.secure:
+            c = self.client_security
+            state["api_key"] = self.api_key
+            state["tls"] = {"ca": c.ca, "client_cert": c.cert, "client_key": c.key}
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # It holds the admin key and the Redis password: readable by this user only.
+        _private(self.run_dir / "stack.json", json.dumps(state, indent=2), overwrite=True)
 
     def supervise(self, now: float | None = None) -> list[str]:
         """Restart every service that exited (same address and environment) and return
@@ -213,26 +291,64 @@ class Stack:
         """
         now = time.monotonic() if now is None else now
         restarted = []
+        stores = {"redis": self.redis, "kafka": self.kafka}
+        for name, store in stores.items():
+            # The embedded stores come back on their own ports: Redis from its append-only
+            # file when durable; the broker (memory storage) empty, its topics recreated,
+            # and the trainer reads the new log from its start (services/trainer/loop.py).
+            if store is None or store.running or not self._may_restart(name, now,
+                                                                      store.log_path):
+                continue
+            log.warning("embedded %s exited; restarting it on port %d, see %s", name,
+                        store.port, store.log_path)
+            try:
+                store.restart()
+                if name == "kafka":
+                    from vidrec.infra.kafka import ALL_TOPICS, ensure_topics
+
+                    ensure_topics(self.kafka_bootstrap, ALL_TOPICS)
+            except Exception:
+                log.exception("embedded %s did not come back; retrying", name)
+                continue
+            restarted.append(name)
         for name, sp in self.services.items():
             if sp.alive():
                 continue
-            recent = [t for t in self._restarts.get(name, []) if now - t < RESTART_WINDOW_S]
-            self._restarts[name] = recent
             code = sp.proc.returncode if sp.proc is not None else None
-            if len(recent) >= MAX_RESTARTS:
-                log.error("%s keeps crashing (%d restarts in %.0fs, last exit %s); left "
-                          "down, see %s", name, len(recent), RESTART_WINDOW_S, code,
-                          sp.log_path)
+            if not self._may_restart(name, now, sp.log_path, code):
                 continue
             log.warning("%s exited (code %s); restarting it, see %s", name, code, sp.log_path)
             sp.stop()
             sp.start()
-            recent.append(now)
             restarted.append(name)
         return restarted
 
-    def stop(self) -> None:
-        for name in ("gateway", "trainer", "reranker", "ranker", "candidate"):
+    def _may_restart(self, name: str, now: float, log_path: Path,
+                     code: int | None = None) -> bool:
+        """Count a restart of `name`; False (and say so) once it crashed MAX_RESTARTS times
+        within RESTART_WINDOW_S."""
+        recent = [t for t in self._restarts.get(name, []) if now - t < RESTART_WINDOW_S]
+        self._restarts[name] = recent
+        if len(recent) >= MAX_RESTARTS:
+            log.error("%s keeps crashing (%d restarts in %.0fs, last exit %s); left down, "
+                      "see %s", name, len(recent), RESTART_WINDOW_S, code, log_path)
+            return False
+        recent.append(now)
+        return True
+
+    def stop(self, drain_s: float = 15.0) -> None:
+        """Stop everything, the gateway first: no new event is acknowledged, then the
+        trainer gets up to `drain_s` to apply what Kafka holds (the embedded broker keeps
+        it in memory only), then the rest."""
+        sp = self.services.pop("gateway", None)
+        if sp is not None:
+            sp.stop()
+        trainer = self.services.get("trainer")
+        if trainer is not None and trainer.alive() and self.kafka is not None:
+            left = self.drain(drain_s)
+            if left:
+                log.warning("stopping with %d events not yet applied by the trainer", left)
+        for name in ("trainer", "reranker", "ranker", "candidate"):
             sp = self.services.pop(name, None)
             if sp is not None:
                 sp.stop()
@@ -243,3 +359,18 @@ class Stack:
             self.redis.stop()
             self.redis = None
         (self.var / "run" / "stack.json").unlink(missing_ok=True)
+
+
+def _private(path: Path, default: str, overwrite: bool = False) -> str:
+    """The text of a 0600 file; writes `default` first when it is missing (or always with
+    `overwrite`). Returns "" for a missing file and an empty default."""
+    if path.exists() and not overwrite:
+        return path.read_text().strip()
+    if not default:
+        return ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(default)
+    os.chmod(path, 0o600)
+    return default

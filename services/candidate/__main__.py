@@ -11,6 +11,7 @@ from services.candidate.servicer import CandidateServicer
 from services.candidate.sources import CandidateModel
 from vidrec.config import CandidateSettings, SettingsError, load_settings
 from vidrec.logs import setup_logging
+from vidrec.security.stores import read_secret, store_credentials
 from vidrec.serving.holder import ModelHolder
 from vidrec.serving.server import Server
 from vidrec.store.artifacts import ArtifactStore
@@ -72,8 +73,8 @@ def main() -> int:
         print(f"candidate: {exc}", file=sys.stderr)
         return 2
     setup_logging("candidate", s.log_level)
-    index = open_index(s.qdrant_url, s.index_root)
-    store = FeatureStore.from_url(s.redis_url, s.key_prefix, s.redis_timeout_ms / 1000)
+    index = open_index(s.qdrant_url, s.index_root, read_secret(s.qdrant_api_key_file))
+    store = FeatureStore.from_url(store_credentials(s), s.key_prefix, s.redis_timeout_ms / 1000)
     holder: ModelHolder[CandidateModel] = ModelHolder(
         ArtifactStore(s.artifact_root), lambda v, p: CandidateModel(v, Path(p), index),
         keep=s.keep_versions)
@@ -81,7 +82,7 @@ def main() -> int:
     server = Server("candidate", s.listen_addr,
                     [candidate_pb2.DESCRIPTOR.services_by_name["Candidate"].full_name],
                     lambda g: candidate_pb2_grpc.add_CandidateServicer_to_server(servicer, g),
-                    grace_s=s.grace_s, max_in_flight=s.max_in_flight)
+                    grace_s=s.grace_s, max_in_flight=s.max_in_flight, settings=s)
     server.start()
 
     holder.serve_when_loaded(server.set_serving, s.reload_interval_s, "candidate")

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import grpc
 
 from services.candidate.sources import CandidateModel, generate, user_mf_vector
-from vidrec.logs import request_id_var
+from vidrec.logs import set_request_id
 from vidrec.serving.convert import SOURCE_ENUMS, profile_dict, search_filter
 from vidrec.serving.holder import ModelHolder, VersionUnavailable
 from vidrec.store.features import FeatureStore
@@ -59,7 +59,7 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServicer):
 
     def Generate(self, request: candidate_pb2.GenerateRequest, context: grpc.ServicerContext
                  ) -> candidate_pb2.GenerateResponse:
-        request_id_var.set(request.request_id or "-")
+        set_request_id(request.request_id)
         n = request.n or self.default_n
         if not 0 < n <= MAX_N:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"n must be in 1..{MAX_N}, got {n}")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-
-import grpc
+from pathlib import Path
 
 from services.gateway.arms import parse_arms
 from services.gateway.funnel import Budget, Stubs
@@ -14,6 +13,10 @@ from services.gateway.servicer import GatewayServicer
 from vidrec.config import GatewaySettings, SettingsError, load_settings
 from vidrec.logs import setup_logging
 from vidrec.rerank import RerankConfig
+from vidrec.security.auth import Authenticator, Limits
+from vidrec.security.client import ClientSecurity
+from vidrec.security.keys import KeyFile
+from vidrec.security.stores import store_credentials
 from vidrec.serving.server import Server
 from vidrec.store.features import FeatureStore
 from vidrec.v1 import (
@@ -57,13 +60,19 @@ def main() -> int:
     except (SettingsError, ValueError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
+    if s.auth and not s.api_keys_file:
+        print("gateway: VIDREC_API_KEYS_FILE is required (create keys with `vidrec keys "
+              "create`), or VIDREC_AUTH=false to let anyone call", file=sys.stderr)
+        return 2
     setup_logging("gateway", s.log_level)
-    channels = [grpc.insecure_channel(a, options=CHANNEL_OPTIONS)
+    # The internal services require this process's client certificate when TLS is on.
+    internal = ClientSecurity(s.tls_ca, s.tls_client_cert, s.tls_client_key)
+    channels = [internal.channel(a, CHANNEL_OPTIONS)
                 for a in (s.candidate_addr, s.ranker_addr, s.reranker_addr)]
     stubs = Stubs(candidate_pb2_grpc.CandidateStub(channels[0]),
                   ranker_pb2_grpc.RankerStub(channels[1]),
                   reranker_pb2_grpc.RerankerStub(channels[2]))
-    store = FeatureStore.from_url(s.redis_url, s.key_prefix, s.redis_timeout_ms / 1000)
+    store = FeatureStore.from_url(store_credentials(s), s.key_prefix, s.redis_timeout_ms / 1000)
     producer = None
     if s.kafka_bootstrap:
         from vidrec.infra.kafka import EventProducer
@@ -71,17 +80,31 @@ def main() -> int:
         # Impressions are fire-and-forget, so they may wait for a full batch: at 90 req/s
         # (10 records each) the producer cost 1.85 ms of CPU per request at linger 5 ms and
         # 0.56 ms at 100 ms. LogEvents flushes, so its records never wait for the linger.
+        # Acknowledged events are kept 60 s and sent again if the broker comes back as a
+        # new, empty log (the embedded one keeps records in memory): the trainer drops
+        # those it applied already by event id.
         producer = EventProducer(s.kafka_bootstrap, ack_timeout_s=5.0,
-                                 linger_ms=IMPRESSION_LINGER_MS)
+                                 linger_ms=IMPRESSION_LINGER_MS, replay_window_s=60.0)
     servicer = GatewayServicer(stubs, store, producer, arms,
                                Budget(s.candidate_share, s.ranker_share,
                                       s.candidate_timeout_ms / 1000, s.ranker_timeout_ms / 1000,
                                       s.reranker_timeout_ms / 1000), rules,
-                               s.max_k, s.default_deadline_ms / 1000, s.log_impressions)
+                               s.max_k, s.default_deadline_ms / 1000, s.log_impressions,
+                               s.hash_user_ids_in_logs)
+    door = []
+    if s.auth:
+        secret = Path(s.token_secret_file).read_bytes().strip() if s.token_secret_file else None
+        door.append(Authenticator(KeyFile(s.api_keys_file), secret,
+                                  Limits(s.key_rate, s.key_burst, s.user_rate, s.user_burst),
+                                  s.hash_user_ids_in_logs))
+    else:
+        log.warning("VIDREC_AUTH=false: anyone who reaches %s may call every method",
+                    s.listen_addr)
     server = Server("gateway", s.listen_addr,
                     [gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name],
                     lambda g: gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, g),
-                    workers=32, grace_s=s.grace_s, max_in_flight=s.max_in_flight)
+                    workers=32, grace_s=s.grace_s, max_in_flight=s.max_in_flight,
+                    settings=s, interceptors=door)
     server.start()
     server.set_serving(True)
     server.run_until_signal()

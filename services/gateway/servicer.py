@@ -15,6 +15,7 @@ from services.gateway.validation import Invalid, check_events, check_recommend
 from vidrec.infra.streams import RecordSink
 from vidrec.logs import request_id_var
 from vidrec.rerank import RerankConfig
+from vidrec.security.auth import log_user
 from vidrec.serving.convert import profile_dict, profile_proto
 from vidrec.store.features import FeatureStore, UserState
 from vidrec.v1 import common_pb2, events_pb2, gateway_pb2, gateway_pb2_grpc
@@ -25,8 +26,10 @@ log = logging.getLogger(__name__)
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(self, stubs: Stubs, store: FeatureStore, producer: RecordSink | None,
                  arms: list[tuple[str, float]], budget: Budget, rules: RerankConfig,
-                 max_k: int, default_deadline_s: float, log_impressions: bool = True) -> None:
+                 max_k: int, default_deadline_s: float, log_impressions: bool = True,
+                 hash_user_ids: bool = False) -> None:
         self.stubs = stubs
+        self.hash_user_ids = hash_user_ids  # VIDREC_HASH_USER_IDS_IN_LOGS
         self.store = store
         self.producer = producer  # None: LogEvents answers UNAVAILABLE
         self.arms = arms
@@ -84,7 +87,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                                                  reason=v.reason, source=v.source)
                     for v in res.videos])
         log.info("recommend user=%s k=%d -> %d videos, model=%s arm=%s degraded=%s",
-                 request.user_id or "<new>", request.k, len(resp.videos), res.model_version,
+                 log_user(request.user_id, self.hash_user_ids) if request.user_id else "<new>",
+                 request.k, len(resp.videos), res.model_version,
                  arm, ",".join(res.degraded) or "-")
         if self.impressions is not None and request.user_id:
             self.impressions.log(request.user_id, request_id, resp)
@@ -96,7 +100,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                   ) -> gateway_pb2.LogEventsResponse:
         request_id_var.set(uuid.uuid4().hex[:16])
         try:
-            check_events(request)
+            check_events(request, [name for name, _ in self.arms])
         except Invalid as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         producer = self.producer

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+
 from vidrec.events import event_problem, id_problem
 from vidrec.v1 import common_pb2, gateway_pb2
 
@@ -58,7 +61,14 @@ def check_recommend(req: gateway_pb2.RecommendRequest, max_k: int) -> None:
             check_text(name, v)
 
 
-def check_events(req: gateway_pb2.LogEventsRequest) -> None:
+# Events older than this are refused at the door (a device may send late, not years late).
+MAX_EVENT_AGE_S = 30 * 86_400.0
+
+
+def check_events(req: gateway_pb2.LogEventsRequest, arms: Sequence[str] = (),
+                 now: float | None = None) -> None:
+    """`arms`: the configured experiment arms; an event naming another is refused (it
+    would become a Redis key and a GetStats row)."""
     if req.ByteSize() > MAX_EVENTS_BYTES:
         raise Invalid(f"request is {req.ByteSize()} bytes; the limit is {MAX_EVENTS_BYTES}")
     if not req.events:
@@ -70,3 +80,10 @@ def check_events(req: gateway_pb2.LogEventsRequest) -> None:
         problem = event_problem(e)
         if problem:
             raise Invalid(f"events[{i}]: {problem}")
+        oldest = (time.time() if now is None else now) - MAX_EVENT_AGE_S
+        if e.timestamp and e.timestamp < oldest:
+            raise Invalid(f"events[{i}]: timestamp {e.timestamp:.0f} is more than "
+                          f"{MAX_EVENT_AGE_S / 86400:.0f} days old")
+        if arms and e.experiment_arm and e.experiment_arm not in arms:
+            raise Invalid(f"events[{i}]: experiment_arm {e.experiment_arm!r} is not one of "
+                          f"this deployment's arms ({', '.join(arms)})")

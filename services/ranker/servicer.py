@@ -6,7 +6,7 @@ import grpc
 import numpy as np
 
 from services.ranker.scoring import score_candidates
-from vidrec.logs import request_id_var
+from vidrec.logs import set_request_id
 from vidrec.models.online import OnlineModel
 from vidrec.serving.convert import profile_dict
 from vidrec.serving.holder import ModelHolder, VersionUnavailable
@@ -25,7 +25,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
 
     def Score(self, request: ranker_pb2.ScoreRequest, context: grpc.ServicerContext
               ) -> ranker_pb2.ScoreResponse:
-        request_id_var.set(request.request_id or "-")
+        set_request_id(request.request_id)
         if len(request.candidates) > MAX_CANDIDATES:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"at most {MAX_CANDIDATES} candidates, got {len(request.candidates)}")
@@ -43,6 +43,13 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
         u = request.user
         mf = (np.asarray(u.mf_vector, dtype=np.float32)
               if u.mf_vector and u.mf_vector_version == version else None)
+        if mf is not None:
+            mf_dim = model.b.mf_video.shape[1]
+            if mf.shape != (mf_dim,) or not np.all(np.isfinite(mf)):
+                # A wrong size gave INTERNAL and NaN flowed into the ranking.
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"mf_vector must be {mf_dim} finite numbers for model "
+                              f"{version}, got {len(mf)}")
         cands = [(c.video_id, c.source, c.anchor_video_id) for c in request.candidates]
         fresh = np.fromiter((c[1] == common_pb2.CANDIDATE_SOURCE_FRESH for c in cands),
                             dtype=bool, count=len(cands))

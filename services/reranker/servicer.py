@@ -7,7 +7,7 @@ import time
 
 import grpc
 
-from vidrec.logs import request_id_var
+from vidrec.logs import set_request_id
 from vidrec.rerank import RerankConfig
 from vidrec.serving.rerank import VideoMetadata, apply_rules
 from vidrec.v1 import reranker_pb2, reranker_pb2_grpc
@@ -23,7 +23,7 @@ class RerankerServicer(reranker_pb2_grpc.RerankerServicer):
 
     def Rerank(self, request: reranker_pb2.RerankRequest, context: grpc.ServicerContext
                ) -> reranker_pb2.RerankResponse:
-        request_id_var.set(request.request_id or "-")
+        set_request_id(request.request_id)
         if not 0 < request.k <= MAX_K:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"k must be in 1..{MAX_K}")
         if len(request.videos) > MAX_ITEMS:

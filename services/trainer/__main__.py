@@ -18,6 +18,7 @@ from vidrec.config import SettingsError, TrainerSettings, load_settings
 from vidrec.events import FeedbackWeights
 from vidrec.infra.streams import RecordSource
 from vidrec.logs import setup_logging
+from vidrec.security.stores import store_credentials
 from vidrec.store import trending
 from vidrec.store.artifacts import ArtifactStore
 from vidrec.store.eventlog import EventLog
@@ -38,10 +39,17 @@ def main() -> int:
         print(f"trainer: {exc}", file=sys.stderr)
         return 2
     setup_logging("trainer", s.log_level)
-    from vidrec.infra.kafka import ALL_TOPICS, EventProducer, ensure_topics, make_consumer
+    from vidrec.infra.kafka import (
+        ALL_TOPICS,
+        EventProducer,
+        ensure_topics,
+        log_id,
+        make_consumer,
+    )
 
+    redis_url = store_credentials(s)  # first: it configures every Kafka client below
     ensure_topics(s.kafka_bootstrap, ALL_TOPICS)
-    store = FeatureStore.from_url(s.redis_url, s.key_prefix)
+    store = FeatureStore.from_url(redis_url, s.key_prefix)
     producer = EventProducer(s.kafka_bootstrap)
     consumer = make_consumer(s.kafka_bootstrap, s.group_id,
                              [schema.TOPIC_EVENTS, schema.TOPIC_VIDEOS])
@@ -54,7 +62,9 @@ def main() -> int:
 
     artifacts = ArtifactStore(s.artifact_root)
     loop = TrainerLoop(consumer, store, producer, events, s.batch_size, on_video=on_video,
-                       weights=serving_weights(artifacts), dedupe_horizon_s=s.dedupe_horizon_s)
+                       weights=serving_weights(artifacts), dedupe_horizon_s=s.dedupe_horizon_s,
+                       log_id=lambda: log_id(consumer),
+                       trending_min_seen=s.trending_min_seen)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

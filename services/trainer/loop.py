@@ -68,8 +68,15 @@ class TrainerLoop:
                  event_log: EventLog, batch_size: int = 2000,
                  on_video: Callable[[dict[str, Any]], None] | None = None,
                  linger_s: float = 0.1, weights: FeedbackWeights | None = None,
-                 dedupe_horizon_s: float = DEDUPE_HORIZON_S) -> None:
+                 dedupe_horizon_s: float = DEDUPE_HORIZON_S,
+                 log_id: Callable[[], str] | None = None, trending_min_seen: int = 0) -> None:
         self.consumer = consumer
+        self.trending_min_seen = trending_min_seen
+        # Which Kafka log the offsets belong to (vidrec.infra.kafka.log_id): positions are
+        # stored as "<log>/<topic>:<partition>", so a broker that restarted empty (offsets
+        # from 0 again) is not mistaken for redeliveries of the old log.
+        self.log_id = log_id or (lambda: "")
+        self._log = ""
         self.store = store
         self.producer = producer
         self.weights = weights
@@ -83,6 +90,9 @@ class TrainerLoop:
     def run_once(self, timeout_ms: int = 500) -> int:
         records = self._gather(timeout_ms)
         if not records:
+            return 0
+        prefix = self._log_prefix()
+        if prefix is None:  # a new log: dropped, read again from its start
             return 0
         t0 = time.perf_counter()
         good: list[tuple[Record, events_pb2.Event]] = []
@@ -99,8 +109,10 @@ class TrainerLoop:
         events = [e for _, e in good]
         self.log.append(events)
         res = self.store.apply_events(
-            events, self.weights, [Position(f"{r.topic}:{r.partition}", r.offset) for r, _ in good],
-            self.dedupe_horizon_s)
+            events, self.weights,
+            [Position(f"{prefix}{r.topic}:{r.partition}", r.offset,
+                      int(getattr(r, "timestamp", -1) or -1)) for r, _ in good],
+            self.dedupe_horizon_s, trending_min_seen=self.trending_min_seen)
         unknown = {id(e) for e in res.unknown_video}
         dead += [(f"unknown video {e.video_id!r}", r) for r, e in good if id(e) in unknown]
         if dead:
@@ -120,6 +132,26 @@ class TrainerLoop:
             log.warning("batch: %d applied, %d duplicates, %d to DLQ", len(res.applied),
                         res.duplicates, len(dead))
         return len(records)
+
+    def _log_prefix(self) -> str | None:
+        """The applied-offset prefix of the log this batch came from; None when the broker
+        turned out to hold a new log (the batch is dropped and the log read again from its
+        start: the consumer may have fetched the new log at the old log's positions,
+        skipping its first records; event ids catch what was applied already)."""
+        current = self.log_id()
+        if current and current != self._log:
+            previous, self._log = self._log, current
+            # The marks of other logs can never match a record again.
+            dropped = self.store.forget_positions(keep_prefix=f"{current}/")
+            if previous:
+                log.warning("Kafka log changed (%s -> %s: the broker restarted empty); "
+                            "reading it from the start, %d old position marks dropped, "
+                            "event ids still dedupe", previous, current, dropped)
+                parts = list(self.consumer.assignment())
+                if parts:
+                    self.consumer.seek_to_beginning(*parts)
+                return None
+        return f"{self._log}/" if self._log else ""
 
     def _gather(self, timeout_ms: int) -> list[Record]:
         """A batch: up to batch_size records, waiting at most linger_s after the first one.

@@ -220,6 +220,19 @@ class _ServerProcess:
             shutil.rmtree(self._tmp_dir, ignore_errors=True)
             self._tmp_dir = None
 
+    def restart(self) -> Self:
+        """Stop (if still running) and start again on the same port: clients that know the
+        address reconnect to it, as to a restarted server in production."""
+        if self.port:
+            self._fixed_port = self.port
+        self.stop()
+        deadline = time.monotonic() + 10
+        # A server that outlived its watchdog gets the stop signal from the watcher on
+        # stop(): give it the time to exit and free the port.
+        while self.port and _port_open(self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.start()
+
     def __enter__(self) -> Self:
         return self.start()
 
@@ -255,10 +268,15 @@ def redis_server_binary() -> str:
 
 
 class RedisServer(_ServerProcess):
-    """A memory-only redis-server on 127.0.0.1 (no RDB, no AOF).
+    """A redis-server on 127.0.0.1: memory-only by default (no RDB, no AOF).
 
     Without `data_dir` it runs in a temp dir removed on stop; `make run` passes a fixed
-    `port` and a `data_dir` that keeps redis.log for inspection.
+    `port`, a `data_dir` and `durable=True`: an append-only file fsynced on every write
+    (`appendfsync always`), so a reply from Redis means the write is on disk and a
+    restarted server (a crash, SIGKILL, `make run` again) comes back with every write it
+    acknowledged. The trainer commits Kafka offsets only after such a reply. Cost: one
+    fsync per write command; the trainer writes one script call per batch of events
+    (benchmarks/apply.py measures both modes).
     """
 
     name = "redis"
@@ -269,16 +287,23 @@ class RedisServer(_ServerProcess):
         data_dir: str | os.PathLike[str] | None = None,
         *,
         binary: str | None = None,
-        start_timeout_s: float = 10.0,
+        start_timeout_s: float = 60.0,
+        durable: bool = False,
+        password: str = "",
     ) -> None:
         super().__init__(port, start_timeout_s)
+        self.password = password  # requirepass, given in a config file: never in argv
+        if durable and data_dir is None:
+            raise ValueError("a durable Redis needs a data_dir to keep its append-only file")
+        self.durable = durable
         self._data_dir = Path(data_dir) if data_dir is not None else None
         self.data_dir = self._data_dir
         self.binary = binary or redis_server_binary()
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def _prepare(self) -> Path:
         self.data_dir = self._data_dir if self._data_dir is not None else self._temp_dir()
@@ -287,12 +312,17 @@ class RedisServer(_ServerProcess):
 
     def _argv(self, port: int) -> list[str]:
         assert self.data_dir is not None
+        conf = self.data_dir / "vidrec-redis.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"requirepass {self.password}\n" if self.password else "")
         return [
-            self.binary,
+            self.binary, str(conf),
             "--port", str(port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.durable else "no",
+            "--appendfsync", "always",
             "--dir", str(self.data_dir),
             "--daemonize", "no",
         ]  # fmt: skip
@@ -304,7 +334,8 @@ class RedisServer(_ServerProcess):
 
         # redis-py retries a refused connection with backoff by default (seconds): probe once.
         client = redis.Redis(
-            port=port, socket_connect_timeout=0.2, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
+            port=port, socket_connect_timeout=0.2, socket_timeout=0.5, retry=Retry(NoBackoff(), 0),
+            password=self.password or None,
         )
         try:
             served_dir = client.config_get("dir").get("dir")
@@ -349,8 +380,7 @@ class KafkaBroker(_ServerProcess):
     ) -> None:
         super().__init__(port, start_timeout_s)
         self._log_arg = Path(log_path) if log_path is not None else None
-        # A cluster id of our own lets the readiness probe tell this broker from another.
-        self.cluster_id = f"vidrec-{uuid.uuid4().hex[:12]}"
+        self.cluster_id = ""
         self.binary = binary or tansu_binary()
 
     @property
@@ -358,6 +388,10 @@ class KafkaBroker(_ServerProcess):
         return f"127.0.0.1:{self.port}"
 
     def _prepare(self) -> Path:
+        # A cluster id of our own lets the readiness probe tell this broker from another,
+        # and a new one per start tells consumers that this is a new, empty log (memory
+        # storage): offsets restart at 0 (the trainer keys its applied offsets by it).
+        self.cluster_id = f"vidrec-{uuid.uuid4().hex[:12]}"
         return self._log_arg if self._log_arg is not None else self._temp_dir() / "tansu.log"
 
     def _argv(self, port: int) -> list[str]:

@@ -7,7 +7,9 @@ The same settings work against the embedded Tansu broker and a deployed Apache K
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, Self
@@ -39,6 +41,14 @@ GROUP_TIMING: Mapping[str, int] = MappingProxyType(
 )
 
 
+# SASL / TLS settings every client of this process uses (vidrec.security.stores sets them
+# from the process's settings at start; empty: plaintext, as the embedded broker speaks).
+CLIENT_SECURITY: dict[str, Any] = {}
+
+# The most records a producer keeps for a replay (bounds its memory whatever the rate).
+REPLAY_MAX_RECORDS = 200_000
+
+
 class PublishError(RuntimeError):
     """Kafka did not acknowledge every record; none of the batch may be taken as logged."""
 
@@ -59,6 +69,7 @@ def ensure_topics(
         bootstrap_servers=bootstrap,
         client_id="vidrec-admin",
         request_timeout_ms=int(timeout_s * 1000),
+        **CLIENT_SECURITY,
     )
     try:
         existing = {t["name"]: len(t["partitions"]) for t in admin.describe_topics()}
@@ -112,6 +123,7 @@ def make_producer(bootstrap: str, **kw: Any) -> KafkaProducer:
         "delivery_timeout_ms": 30_000,
         "max_block_ms": 10_000,
     }
+    config.update(CLIENT_SECURITY)
     config.update(kw)
     return KafkaProducer(**config)
 
@@ -129,11 +141,44 @@ class EventProducer:
         *,
         topic: str = TOPIC_EVENTS,
         ack_timeout_s: float = 30.0,
+        replay_window_s: float = 0.0,
         **producer_kw: Any,
     ) -> None:
         self.topic = topic
         self.ack_timeout_s = ack_timeout_s
-        self.producer = make_producer(bootstrap, **producer_kw)
+        # What was acknowledged in the last replay_window_s, to send again if the broker
+        # turns out to be a new, empty log (vidrec.infra.kafka.log_id): the embedded broker
+        # keeps records in memory only, so a crash loses what no consumer had read yet.
+        # Consumers dedupe by event id (the trainer within its horizon, >= this window).
+        self.replay_window_s = replay_window_s
+        self._sent: deque[tuple[float, str, bytes | None, bytes]] = deque()
+        self._log = ""
+        self._replay_due = False
+        self._make = lambda: make_producer(bootstrap, **producer_kw)
+        self.producer = self._make()
+        self._lock = threading.Lock()
+
+    def _heal(self) -> None:
+        """Replace a producer that can never send again. An idempotent producer whose
+        broker restarted empty (the embedded broker after a crash) gets a fatal
+        InitProducerId error and fails every later send; a new producer (a new producer
+        id) works at once."""
+        p = self.producer
+        tm = getattr(p, "_transaction_manager", None)
+        sender = getattr(p, "_sender", None)
+        fatal = (tm is not None and tm.has_fatal_error()) or (
+            sender is not None and not sender.is_alive())
+        if not fatal:
+            return
+        with self._lock:
+            if self.producer is not p:
+                return  # another thread replaced it already
+            log.warning("Kafka producer in a fatal state; replacing it")
+            self.producer = self._make()
+        try:
+            p.close(timeout=0)
+        except Exception:  # it is broken already; nothing more to release
+            log.debug("closing the broken producer failed", exc_info=True)
 
     def send_events(self, events: Sequence[events_pb2.Event],
                     timeout_s: float | None = None) -> None:
@@ -152,27 +197,64 @@ class EventProducer:
         wait = self.ack_timeout_s if timeout_s is None else min(timeout_s, self.ack_timeout_s)
         deadline = time.monotonic() + wait
         futures = []
+        batch = list(records)
         try:
-            for key, value in records:
-                futures.append(self.producer.send(topic, key=key, value=value))
+            replay = self._replay_if_new_log()
+            for t, k, v in replay + [(topic, k, v) for k, v in batch]:
+                futures.append(self.producer.send(t, key=k, value=v))
             self.producer.flush(timeout=max(0.0, deadline - time.monotonic()))
         except KafkaError as exc:
+            self._heal()
             raise PublishError(
                 f"{topic}: {len(futures)} record(s) not confirmed by Kafka: {exc}"
             ) from exc
         failed = [f for f in futures if not f.succeeded()]
         if failed:
+            self._heal()
             first = failed[0].exception
+            if replay and any(not f.succeeded() for f in futures[:len(replay)]):
+                self._replay_due = True  # not done: again with the next send
             raise PublishError(
                 f"{topic}: {len(failed)} of {len(futures)} record(s) not acknowledged: {first!r}"
             ) from first
-        return len(futures)
+        if self.replay_window_s > 0:
+            now = time.monotonic()
+            self._sent.extend((now, topic, k, v) for k, v in batch)
+            while self._sent and (now - self._sent[0][0] > self.replay_window_s
+                                  or len(self._sent) > REPLAY_MAX_RECORDS):
+                self._sent.popleft()
+        return len(batch)
+
+    def _replay_if_new_log(self) -> list[tuple[str, bytes | None, bytes]]:
+        """The window's records when the broker's log id changed since the last send (or
+        when such a replay failed and is still due)."""
+        if self.replay_window_s <= 0:
+            return []
+        current = log_id(self.producer)
+        with self._lock:
+            previous = self._log
+            if current and current != previous:
+                self._log = current
+                self._replay_due = self._replay_due or bool(previous)
+                if previous:
+                    log.warning("Kafka log changed (%s -> %s): sending what was acknowledged "
+                                "in the last %.0fs again", previous, current,
+                                self.replay_window_s)
+            if not self._replay_due:
+                return []
+            self._replay_due = False
+            cutoff = time.monotonic() - self.replay_window_s
+            return [(t, k, v) for ts, t, k, v in self._sent if ts >= cutoff]
 
     def send_nowait(self, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> None:
         """Hand records to the producer's buffer without waiting for acknowledgements: for
         what may be lost (impressions), never for events a caller was told are logged."""
-        for key, value in records:
-            self.producer.send(topic, key=key, value=value)
+        try:
+            for key, value in records:
+                self.producer.send(topic, key=key, value=value)
+        except KafkaError:
+            self._heal()
+            raise
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Flush and close; records still unacknowledged after `timeout_s` are dropped."""
@@ -218,6 +300,7 @@ def make_consumer(
         "auto_offset_reset": "earliest",
         **GROUP_TIMING,
     }
+    config.update(CLIENT_SECURITY)
     config.update(kw)
     return KafkaConsumer(*topics, **config)
 
@@ -248,3 +331,42 @@ def wait_for_assignment(consumer: KafkaConsumer, timeout_s: float = 30.0) -> set
         if consumer.assignment():
             return set(consumer.assignment())
     raise TimeoutError(f"no partitions assigned within {timeout_s:.0f}s")
+
+
+def log_id(consumer: Any) -> str:
+    """The id of the log a consumer (or producer) talks to: the broker cluster's id from
+    its last metadata.
+
+    Offsets only mean something within one log. A broker with memory storage (the embedded
+    Tansu) restarts empty under a new cluster id and numbers records from 0 again, so the
+    trainer keys its applied offsets by this id: old marks must not turn new records into
+    "duplicates". "" when the client has no metadata yet.
+    """
+    cluster = getattr(getattr(consumer, "_manager", None), "cluster", None) or getattr(
+        consumer, "_metadata", None)
+    return str(getattr(cluster, "cluster_id", None) or "")
+
+
+def consumer_lag(bootstrap: str, group: str, topic: str) -> int:
+    """Records in `topic` that `group` has not committed yet (summed over partitions; a
+    partition the group never committed counts from its start). Reads the group's offsets
+    without joining it."""
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    probe = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                          client_id="vidrec-lag", enable_auto_commit=False,
+                          request_timeout_ms=5000, **CLIENT_SECURITY)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(probe.partitions_for_topic(topic)
+                                                          or ())]
+        if not parts:
+            return 0
+        ends, starts = probe.end_offsets(parts), probe.beginning_offsets(parts)
+        left = 0
+        for tp in parts:
+            done = probe.committed(tp)
+            left += max(0, ends[tp] - (done if done is not None else starts[tp]))
+        return left
+    finally:
+        probe.close(autocommit=False)

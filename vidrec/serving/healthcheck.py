@@ -7,9 +7,15 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from vidrec.security.client import ClientSecurity
 
-def check(addr: str, service: str = "", timeout: float = 2.0) -> str:
-    with grpc.insecure_channel(addr) as ch:
+
+def check(addr: str, service: str = "", timeout: float = 2.0,
+          security: ClientSecurity | None = None) -> str:
+    """The health status; over TLS (with this process's client certificate: the internal
+    services require one) when `security`, or VIDREC_TLS_CA in the environment, says so."""
+    sec = security if security is not None else ClientSecurity.from_env()
+    with sec.with_bearer("").channel(addr) as ch:
         try:
             resp = health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout)

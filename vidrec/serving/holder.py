@@ -80,8 +80,12 @@ class ModelHolder(Generic[T]):
             m = self._models.get(version)
         if m is not None:
             return m
-        if not (self.store.path(version) / "manifest.json").exists():
-            raise VersionUnavailable(f"model version {version!r} is not published")
+        try:
+            published = (self.store.path(version) / "manifest.json").exists()
+        except ValueError:  # not a version name: '../x', an absolute path
+            published = False
+        if not published:
+            raise VersionUnavailable(f"model version {version[:40]!r} is not published")
         return self._ensure(version, make_current=False)
 
     def _ensure(self, version: str, make_current: bool) -> T:

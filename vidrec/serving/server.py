@@ -1,4 +1,4 @@
-"""gRPC server lifecycle shared by every service: health, reflection, graceful shutdown.
+"""gRPC server lifecycle shared by every service: TLS, health, admission, graceful shutdown.
 
 Health starts NOT_SERVING and turns SERVING only when the service says it is ready (model
 and index loaded). SIGTERM/SIGINT -> NOT_SERVING (load balancers stop sending) -> stop
@@ -12,6 +12,7 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -130,12 +131,42 @@ def _is_unavailable(exc: BaseException) -> bool:
                       ConnectionError | TimeoutError)
 
 
+class InsecureListen(RuntimeError):
+    """Plaintext on an address other machines can reach, without VIDREC_ALLOW_INSECURE."""
+
+
+def server_credentials(settings: Any) -> grpc.ServerCredentials | None:
+    """TLS from a service's settings (VIDREC_TLS_CERT/KEY, VIDREC_TLS_CA), mTLS when its
+    VIDREC_REQUIRE_CLIENT_CERT is on (the internal services' default); None: plaintext."""
+    cert = getattr(settings, "tls_cert", "")
+    if not cert:
+        return None
+    from vidrec.security.tls import server_credentials as creds
+
+    return creds(cert, settings.tls_key, settings.tls_ca,
+                 bool(getattr(settings, "require_client_cert", False)))
+
+
 class Server:
     def __init__(self, name: str, listen_addr: str, service_names: Sequence[str],
                  register: Callable[[grpc.Server], None], workers: int = 16,
-                 grace_s: float = 5.0, max_in_flight: int | None = None) -> None:
+                 grace_s: float = 5.0, max_in_flight: int | None = None,
+                 settings: Any = None, interceptors: Sequence[grpc.ServerInterceptor] = ()
+                 ) -> None:
         """`max_in_flight` calls at once (default: workers - HEALTH_WORKERS); beyond it a
-        call is refused at once with RESOURCE_EXHAUSTED (_Admission)."""
+        call is refused at once with RESOURCE_EXHAUSTED (_Admission). `settings` brings
+        TLS (server_credentials), VIDREC_ALLOW_INSECURE and VIDREC_REFLECTION;
+        `interceptors` run first (the gateway's Authenticator: a caller without
+        credentials never takes an admission slot)."""
+        from vidrec.security.tls import is_loopback
+
+        tls = server_credentials(settings)
+        if tls is None and not is_loopback(listen_addr) and not getattr(
+                settings, "allow_insecure", False):
+            raise InsecureListen(
+                f"{name}: refusing plaintext on {listen_addr}, reachable from other machines: "
+                "set VIDREC_TLS_CERT/VIDREC_TLS_KEY (and VIDREC_TLS_CA), or "
+                "VIDREC_ALLOW_INSECURE=true on a network you trust")
         self.name = name
         self.grace_s = grace_s
         opts = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -145,18 +176,32 @@ class Server:
         workers = max(workers, limit + HEALTH_WORKERS)
         self.admission = _Admission(name, limit)
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=opts,
-                                interceptors=[self.admission, _Guard(name)])
+                                interceptors=[*interceptors, self.admission, _Guard(name)])
         register(self.grpc)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         self._services = list(service_names)
-        reflection.enable_server_reflection(
-            [*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc)
-        self.port = self.grpc.add_insecure_port(listen_addr)
+        if getattr(settings, "reflection", False):  # off by default: a map for attackers
+            reflection.enable_server_reflection(
+                [*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc)
+        self.tls = tls is not None
+        self.port = (self.grpc.add_secure_port(listen_addr, tls) if tls is not None
+                     else self.grpc.add_insecure_port(listen_addr))
         if self.port == 0:
             raise RuntimeError(f"{name}: cannot listen on {listen_addr}")
         host = listen_addr.rsplit(":", 1)[0]
         self.address = f"{host}:{self.port}"
+        # VIDREC_HEALTH_ADDR: grpc.health.v1 alone on a plaintext port of its own, with its
+        # own threads: Kubernetes' native gRPC probes speak no TLS, and a saturated request
+        # pool never delays a probe. It says SERVING or not, nothing else.
+        self.health_server: grpc.Server | None = None
+        health_addr = getattr(settings, "health_addr", "")
+        if health_addr:
+            self.health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_port = self.health_server.add_insecure_port(health_addr)
+            if self.health_port == 0:
+                raise RuntimeError(f"{name}: cannot listen on {health_addr} (health)")
         self.set_serving(False)
         self._stopped = threading.Event()
 
@@ -171,7 +216,9 @@ class Server:
 
         freeze_heap()  # what start-up built (modules, stubs, caches) stays out of GC walks
         self.grpc.start()
-        log.info("%s listening on %s", self.name, self.address)
+        if self.health_server is not None:
+            self.health_server.start()
+        log.info("%s listening on %s%s", self.name, self.address, " (TLS)" if self.tls else "")
 
     def stop(self) -> None:
         """NOT_SERVING, then drain in-flight calls for up to grace_s."""
@@ -181,6 +228,8 @@ class Server:
         self.set_serving(False)
         log.info("%s stopping: draining for up to %.1fs", self.name, self.grace_s)
         self.grpc.stop(self.grace_s).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0)
         log.info("%s stopped", self.name)
 
     def run_until_signal(self) -> None:

@@ -5,9 +5,12 @@ applied, so a trainer killed at any point either applied a batch completely or n
 The caller commits Kafka offsets only after the script returns. Two marks make a
 redelivered event a duplicate:
 
-- the Kafka position: per partition, the highest offset applied (one hash field per
-  partition, written in the same script): a redelivery after a crash or a rebalance is
-  skipped whatever its age;
+- the Kafka position: per partition, the highest offset applied and the latest record
+  timestamp up to it (two hash fields per partition, written in the same script): a
+  record at or below that offset and no newer than that timestamp is a redelivery after a
+  crash or a rebalance, skipped whatever its age. A record at a passed offset but newer
+  than everything applied comes from a log that restarted empty (a memory broker
+  restarted): it is judged by its event id instead, never silently dropped;
 - the event id, for at least DEDUPE_HORIZON_S of server time (sets by arrival bucket that
   expire whole): a client resending an event, with the same id and any timestamp, through
   LogEvents (a new Kafka record) is skipped too.
@@ -66,7 +69,7 @@ class ApplyResult:
 # recency rank; a user's events arrive in order, their partition keeps it): the fold-in
 # rebuilds the user's MF row from it.
 _APPLY = """
-local n_fields = 15
+local n_fields = 16
 local hist_len, neg_len, horizon = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local dirty, stats_index = ARGV[4], ARGV[5]
 local tkey, rkey, hl = ARGV[6], ARGV[7], tonumber(ARGV[8])
@@ -105,6 +108,9 @@ local function moment(ck, uid, f)
     if y == 1 and f == 'impressions' then bump(ck, 'users', 1) end
   end
 end
+-- A user moves trending only once they have reacted to this many other videos: a crowd of
+-- fresh (fake) users liking one video cannot lift it into everyone's "popular" list.
+local min_seen = tonumber(ARGV[14])
 -- Applied ids live in sets by arrival bucket (server time / horizon): the current and the
 -- previous bucket are checked, so an id is remembered at least `horizon` seconds and at
 -- most twice that, and whole buckets expire. (Per-user sets cost 45% more per event:
@@ -121,19 +127,20 @@ end
 local applied, dup, unknown = {}, 0, {}
 -- batch: ids seen in this call; once: per-call marks, so a user's dirty flag, an arm's
 -- index entry and a set's expiry cost one call per batch, not one per event.
-local batch, offsets, once = {}, {}, {}
-for i = 14, #ARGV, n_fields do
+local batch, offsets, stamps, once = {}, {}, {}, {}
+for i = 15, #ARGV, n_fields do
   local eid, part, off, vkey, kind = ARGV[i], ARGV[i+1], tonumber(ARGV[i+2]), ARGV[i+3], ARGV[i+4]
   local ukey, uid, ck, member = ARGV[i+5], ARGV[i+6], ARGV[i+7], ARGV[i+8]
   local cf, comp, wt, vid = ARGV[i+9], ARGV[i+10], ARGV[i+11], ARGV[i+12]
-  local ts, w = ARGV[i+13], ARGV[i+14]
+  local ts, w, rts = ARGV[i+13], ARGV[i+14], tonumber(ARGV[i+15])
   if part ~= '' and offsets[part] == nil then
-    offsets[part] = tonumber(redis.call('HGET', okey, part) or '-1')
+    local o = redis.call('HMGET', okey, part, part .. '@t')
+    offsets[part], stamps[part] = tonumber(o[1] or '-1'), tonumber(o[2] or '-1')
   end
   if redis.call('EXISTS', vkey) == 0 then
     -- Reported on every delivery (never skipped as a duplicate): the caller dead-letters it.
     table.insert(unknown, eid)
-  elseif batch[eid] or (part ~= '' and off <= offsets[part])
+  elseif batch[eid] or (part ~= '' and off <= offsets[part] and rts <= stamps[part])
       or redis.call('SISMEMBER', done, eid) == 1
       or redis.call('SISMEMBER', done_prev, eid) == 1 then
     dup = dup + 1
@@ -164,7 +171,8 @@ for i = 14, #ARGV, n_fields do
       if not redis.call('LPOS', lkey, vid) then
         redis.call('LPUSH', lkey, vid)
         redis.call('LTRIM', lkey, 0, (kind == 'p' and hist_len or neg_len) - 1)
-        if kind == 'p' then
+        if kind == 'p' and (min_seen <= 0
+            or redis.call('SCARD', ukey .. ':seen') > min_seen) then
           redis.call('ZINCRBY', tkey, tostring(2 ^ ((tonumber(ts) - ref) / hl)), vid)
         end
       end
@@ -183,10 +191,13 @@ for i = 14, #ARGV, n_fields do
     redis.call('SADD', done, eid)
     table.insert(applied, eid)
   end
-  if part ~= '' and off > offsets[part] then offsets[part] = off end
+  if part ~= '' and off > offsets[part] then
+    offsets[part] = off
+    if rts > stamps[part] then stamps[part] = rts end
+  end
 end
 for part, off in pairs(offsets) do
-  if off >= 0 then redis.call('HSET', okey, part, off) end
+  if off >= 0 then redis.call('HSET', okey, part, off, part .. '@t', stamps[part]) end
 end
 for ck, t in pairs(sums) do
   for f, by in pairs(t) do
@@ -205,10 +216,12 @@ KIND_CODE = {ev.Kind.POSITIVE: "p", ev.Kind.NEGATIVE: "n", ev.Kind.SEEN: "s",
 
 @dataclass(frozen=True)
 class Position:
-    """Where a record sits in Kafka: offsets at or below the applied one are redeliveries."""
+    """Where a record sits in Kafka: at or below the applied offset, and no newer than the
+    records applied up to it, is a redelivery."""
 
     partition: str  # "topic:partition"
     offset: int
+    timestamp_ms: int = -1  # the record's Kafka timestamp; -1: unknown (offset alone)
 
 
 class Applier:
@@ -216,8 +229,9 @@ class Applier:
 
     def __init__(self, client: redis.Redis, keys: schema.Keys,
                  weights: ev.FeedbackWeights | None = None,
-                 horizon_s: float = DEDUPE_HORIZON_S) -> None:
+                 horizon_s: float = DEDUPE_HORIZON_S, trending_min_seen: int = 0) -> None:
         self.keys = keys
+        self.trending_min_seen = trending_min_seen
         self.weights = weights or ev.FeedbackWeights()
         self.horizon_s = horizon_s
         self._script = client.register_script(_APPLY)
@@ -237,7 +251,8 @@ class Applier:
         args: list[str | int | float] = [
             hist_len, neg_len, self.horizon_s, k.dirty_users(), k.stats_index(),
             k.trending(), k.trending_ref(), half_life_s, repr(now), w.rating_base,
-            w.rating_centred, k.applied_offsets(), k.processed_events()]
+            w.rating_centred, k.applied_offsets(), k.processed_events(),
+            self.trending_min_seen]
         pos = positions if positions is not None else [None] * len(events)
         for e, p in zip(events, pos, strict=True):
             name = ev.NAME_OF[e.type]
@@ -254,7 +269,8 @@ class Applier:
                      f"{version}|{arm}", COUNTER_FIELD.get(e.type, ""),
                      "1" if watch and e.value >= ev.COMPLETE else "0",
                      repr(e.watch_time_s) if watch and e.watch_time_s else "0", e.video_id,
-                     repr(min(e.timestamp or now, now + TRENDING_CLOCK_AHEAD_S)), repr(weight)]
+                     repr(min(e.timestamp or now, now + TRENDING_CLOCK_AHEAD_S)), repr(weight),
+                     p.timestamp_ms if p else -1]
         applied, dup, unknown = self._script(args=args)
         done = {_s(x) for x in applied}
         bad = {_s(x) for x in unknown}

@@ -35,7 +35,7 @@ CHECKSUMS = "CHECKSUMS.json"
 PUBLISH = "publish"
 ROLLBACK = "rollback"
 _ACTIONS = (PUBLISH, ROLLBACK)
-_VERSION = re.compile(r"^v(\d+)$")
+_VERSION = re.compile(r"^v(\d+)\Z")
 _STAGING = re.compile(r"^\.v(\d+)\.")  # stage()'s temp dirs: `.v{N}.<random>`
 _CHUNK = 1 << 20
 
@@ -109,6 +109,10 @@ class ArtifactStore:
         return [name for _, name in sorted(found)]
 
     def path(self, version: str) -> Path:
+        """The directory of `version`; a name that is not v<N> (an absolute path, '../x',
+        a request's model_version) never reaches the filesystem."""
+        if not _VERSION.match(version):
+            raise ValueError(f"not a version name: {version[:40]!r}")
         return self.root / version
 
     def _on_disk(self, version: str) -> bool:

@@ -157,16 +157,28 @@ class FeatureStore:
     def apply_events(self, events: Sequence[events_pb2.Event],
                      weights: FeedbackWeights | None = None,
                      positions: Sequence[Position | None] | None = None,
-                     horizon_s: float = DEDUPE_HORIZON_S, now: float | None = None
-                     ) -> ApplyResult:
+                     horizon_s: float = DEDUPE_HORIZON_S, now: float | None = None,
+                     trending_min_seen: int = 0) -> ApplyResult:
         """Apply a batch exactly once (store/apply.py): by Kafka position when given, and
-        by event id within `horizon_s`."""
+        by event id within `horizon_s`. A user's positives move trending only once the user
+        has reacted to more than `trending_min_seen` other videos."""
         a = self._applier
         if a is None or (weights is not None and weights != a.weights) or \
-                a.horizon_s != horizon_s:
-            a = self._applier = Applier(self._r, self.keys, weights, horizon_s)
+                a.horizon_s != horizon_s or a.trending_min_seen != trending_min_seen:
+            a = self._applier = Applier(self._r, self.keys, weights, horizon_s,
+                                        trending_min_seen)
         return a.apply(events, schema.HISTORY_LEN, NEG_LEN, trending.HALF_LIFE_S, positions,
                        now)
+
+    def forget_positions(self, keep_prefix: str) -> int:
+        """Drop the applied-offset marks of every Kafka log but the one named; returns how
+        many were dropped (a broker that restarted empty numbers its records from 0)."""
+        key = self.keys.applied_offsets()
+        stale = [f for f in self._r.hkeys(key)
+                 if not (f.decode() if isinstance(f, bytes) else f).startswith(keep_prefix)]
+        if stale:
+            self._r.hdel(key, *stale)
+        return len(stale)
 
     def remembered_ids(self, horizon_s: float = DEDUPE_HORIZON_S,
                        now: float | None = None) -> int:
@@ -237,6 +249,11 @@ class FeatureStore:
 
     def set_serving_version(self, version: str) -> None:
         self._r.set(self.keys.serving_version(), version)
+
+    def serving_version(self) -> str | None:
+        """The version the last completed publish (or rollback) switched to."""
+        v = self._r.get(self.keys.serving_version())
+        return v.decode() if isinstance(v, bytes) else v
 
     # --- videos ----------------------------------------------------------------------
 

@@ -79,9 +79,9 @@ class VectorIndex(Protocol):
     def close(self) -> None: ...
 
 
-def open_index(qdrant_url: str, index_root: str | Path) -> VectorIndex:
+def open_index(qdrant_url: str, index_root: str | Path, api_key: str = "") -> VectorIndex:
     if qdrant_url:
-        return ServerIndex(qdrant_url)
+        return ServerIndex(qdrant_url, api_key)
     return EdgeIndex(Path(index_root))
 
 
@@ -251,10 +251,10 @@ def _edge_filter(flt: SearchFilter | None) -> Any:
 class ServerIndex:
     """A Qdrant server (deployed shape)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, api_key: str = "") -> None:
         from qdrant_client import QdrantClient
 
-        self.client = QdrantClient(url=url, timeout=5)
+        self.client = QdrantClient(url=url, timeout=5, api_key=api_key or None)
 
     def create_collection(self, name: str, dims: Mapping[str, int]) -> None:
         from qdrant_client import models

@@ -25,6 +25,7 @@ from vidrec.data.splits import relevant_sets
 from vidrec.infra.streams import RecordSink
 from vidrec.metrics import evaluate
 from vidrec.models.bundle import BatchRecommender, ModelBundle
+from vidrec.security.stores import read_secret
 from vidrec.store.artifacts import ArtifactStore
 from vidrec.store.eventlog import EventLog
 from vidrec.store.features import FeatureStore
@@ -150,7 +151,7 @@ def run_retrain(s: TrainerSettings, events: EventLog, videos_log: Path,
     vids = read_videos_log(videos_log)
 
     def publish_fn(out: Path) -> str:
-        index = open_index(s.qdrant_url, s.index_root)
+        index = open_index(s.qdrant_url, s.index_root, read_secret(s.qdrant_api_key_file))
         try:
             return publish(out, artifacts, index, store, producer)
         finally:
