@@ -559,11 +559,48 @@ def test_dockerignore_keeps_host_state_out() -> None:
     assert "vidrec/v1/*_pb2*.py" in ignored  # generated in the image by `make setup`
 
 
-def test_bootstrap_commands_are_shell_safe() -> None:
-    # The compose bootstrap is one `sh -c` string: it must split into three vidrec calls.
-    command = _services()["bootstrap"]["command"][0]
-    steps = [shlex.split(step)[:2] for step in command.split("&&")]
-    assert steps == [["vidrec", "data"], ["vidrec", "train"], ["vidrec", "publish"]]
+def _vidrec_calls(command: str) -> list[list[str]]:
+    """The `vidrec ...` invocations in a shell command line."""
+    parts = re.split(r"&&|\|\||;|\{|\}", command.replace("/app/.venv/bin/vidrec", "vidrec"))
+    return [shlex.split(p) for p in parts if p.strip().startswith("vidrec ")]
+
+
+def test_deployment_commands_parse_with_the_real_cli() -> None:
+    """Every `vidrec` call the deployments make (compose bootstrap and kafka-init, the
+    demo bootstrap Job, the retrain CronJob) is accepted by the CLI as it is today: the
+    bootstraps once passed `vidrec publish --data`, an option publish no longer has, so
+    neither deployment could publish its first model."""
+    from vidrec.cli import _register_extras, build_parser
+
+    _register_extras()
+    parser = build_parser()
+    commands = [" ".join(_services()["bootstrap"]["command"])]
+    commands += [" ".join(_only_container(d).get("command", []) + _only_container(d).get(
+        "args", [])) for d in _workloads() if d["kind"] in ("Job", "CronJob")]
+    calls = [c for cmd in commands for c in _vidrec_calls(cmd)]
+    assert {tuple(c[:2]) for c in calls} >= {("vidrec", "data"), ("vidrec", "train"),
+                                              ("vidrec", "publish"), ("vidrec", "retrain")}
+    for call in calls:
+        try:
+            parser.parse_args(call[1:])
+        except SystemExit:
+            pytest.fail(f"the CLI rejects: {' '.join(call)}")
+    init = _services()["kafka-init"]["command"]
+    parser.parse_args(init[init.index("vidrec.cli") + 1:])
+
+
+def test_compose_bootstrap_is_idempotent_and_state_is_on_volumes() -> None:
+    services = _services()
+    assert _services()["bootstrap"]["command"][0].lstrip().startswith(
+        "test -f /data/artifacts/LATEST")
+    kafka = services["kafka"]
+    assert kafka["environment"]["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"
+    assert "kafka-data:/var/lib/kafka/data" in kafka["volumes"]
+    assert kafka["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    for name in ("trainer", "bootstrap"):
+        assert _compose_env(services[name])["VIDREC_EVENTS_DIR"] == "/data/events"
+    test = services["trainer"]["healthcheck"]["test"]
+    assert test[-3:] == ["vidrec.serving.healthcheck", "--trainer", "30"]
 
 
 def test_compose_healthcheck_module_exists() -> None:
@@ -616,3 +653,19 @@ def test_k8s_is_secure_by_default() -> None:
         {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gateway"}}}]
     assert set(internal["podSelector"]["matchExpressions"][0]["values"]) == {
         "candidate", "ranker", "reranker"}
+
+
+def test_k8s_trainer_probe_is_its_progress_and_the_retrain_sees_its_log() -> None:
+    configmaps = _of_kind("ConfigMap")
+    trainer = _only_container(_of_kind("Deployment")["trainer"])
+    for probe in ("startupProbe", "livenessProbe"):
+        cmd = trainer[probe]["exec"]["command"]
+        assert cmd[2:4] == ["vidrec.serving.healthcheck", "--trainer"], probe
+    cron = _of_kind("CronJob")["vidrec-retrain"] if "vidrec-retrain" in _of_kind(
+        "CronJob") else next(iter(_of_kind("CronJob").values()))
+    for doc in (_of_kind("Deployment")["trainer"], cron):
+        env = _container_env(_only_container(doc), configmaps)
+        assert env["VIDREC_EVENTS_DIR"] == "/data/events"
+        mounts = {m["name"]: m for m in _only_container(doc)["volumeMounts"]}
+        assert mounts["artifacts"]["mountPath"] == "/data"
+        assert not mounts["artifacts"].get("readOnly"), "the log must be writable/readable"

@@ -84,3 +84,28 @@ def test_a_request_id_cannot_forge_log_lines() -> None:
     assert request_id_var.get() == "-"
     set_request_id("0123abcd-ef:9.x")
     assert request_id_var.get() == "0123abcd-ef:9.x"
+
+
+def test_json_logs_carry_the_request_id_and_tracebacks(capsys) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import logging
+
+    from vidrec.logs import set_request_id, setup_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    setup_logging("gateway", "INFO", "json")
+    try:
+        set_request_id("req-42")
+        logging.getLogger("t").info("hello %s", "world")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("t").exception("failed")
+        lines = [json.loads(x) for x in capsys.readouterr().err.splitlines()]
+        assert lines[0]["msg"] == "hello world" and lines[0]["request_id"] == "req-42"
+        assert lines[0]["service"] == "gateway" and lines[0]["level"] == "INFO"
+        assert "ValueError: boom" in lines[1]["exc"]
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])

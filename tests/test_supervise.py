@@ -56,3 +56,28 @@ def test_a_killed_redis_is_restarted_with_everything_it_acknowledged(tmp_path: P
         assert FeatureStore.from_url(again.redis_url).user("u1").history == ["a", "b"]
     finally:
         again.stop()
+
+
+def test_the_trainer_probe_reads_its_progress(redis_server, key_prefix: str,  # type: ignore[no-untyped-def]
+                                              monkeypatch) -> None:
+    import json
+    import time
+
+    from vidrec.serving.healthcheck import trainer_status
+    from vidrec.store.features import FeatureStore
+
+    for k in [k for k in os.environ if k.startswith("VIDREC_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("VIDREC_REDIS_URL", redis_server.url)
+    monkeypatch.setenv("VIDREC_KEY_PREFIX", key_prefix)
+    store = FeatureStore.from_url(redis_server.url, key_prefix)
+    assert trainer_status() == "NO_HEARTBEAT"
+    store.beat({"partitions": 0})
+    assert trainer_status() == "NO_PARTITIONS"
+    store.beat({"partitions": 4})
+    assert trainer_status() == "SERVING"
+    store._r.set(store.keys.trainer_heartbeat(), json.dumps({"t": time.time() - 90,
+                                                             "partitions": 4}))
+    assert trainer_status(30).startswith("STALLED")
+    monkeypatch.setenv("VIDREC_REDIS_URL", "redis://127.0.0.1:1/0")
+    assert trainer_status().startswith("UNREACHABLE")

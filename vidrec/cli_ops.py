@@ -477,7 +477,28 @@ def cmd_secrets(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_topics(a: argparse.Namespace) -> int:
+    """`vidrec topics ensure`: the one place topics and partition counts come from."""
+    from vidrec.infra.kafka import ALL_TOPICS, ensure_topics
+
+    s = _ops_settings()
+    if not s.kafka_bootstrap:
+        print("topics: VIDREC_KAFKA_BOOTSTRAP is empty", file=sys.stderr)
+        return 2
+    created = ensure_topics(s.kafka_bootstrap, ALL_TOPICS, timeout_s=a.timeout)
+    for name, parts in ALL_TOPICS.items():
+        print(f"{name:20s} {parts} partition(s){'  (created)' if name in created else ''}")
+    return 0
+
+
 def register_keys(sub: Any) -> None:
+    tp = sub.add_parser("topics", help="create vidrec's Kafka topics (idempotent)",
+                        description="Create every topic vidrec uses with its partition count "
+                        "(vidrec/infra/kafka.py ALL_TOPICS); existing topics are left alone.")
+    tps = tp.add_subparsers(dest="action", required=True)
+    te = tps.add_parser("ensure")
+    te.add_argument("--timeout", type=float, default=60.0)
+    tp.set_defaults(fn=cmd_topics)
     sc = sub.add_parser("secrets", help="create a deployment's CA, certificates, admin key, "
                         "token secret and store passwords (once)",
                         description="Writes, only where missing: tls/ (CA, server certificate "

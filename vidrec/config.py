@@ -27,6 +27,8 @@ class SettingsError(ValueError):
 @dataclass(frozen=True)
 class CommonSettings:
     log_level: str = "INFO"
+    # "text" or "json" (one object per line, with the request id: for log collectors).
+    log_format: str = "text"
     # Redis URL, e.g. redis://127.0.0.1:6379/0.
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Prefix of every Redis key (schema.Keys); lets two deployments share one Redis.

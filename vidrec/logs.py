@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import re
 import sys
@@ -23,12 +24,33 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
-def setup_logging(service: str, level: str = "INFO") -> None:
-    """Configure the root logger; safe to call more than once (replaces handlers)."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (VIDREC_LOG_FORMAT=json), for log collectors: time,
+    level, service, request id, logger, message, and the traceback when there is one."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+               "level": record.levelname, "service": self.service,
+               "request_id": getattr(record, "request_id", "-"), "logger": record.name,
+               "msg": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(service: str, level: str = "INFO", fmt: str = "text") -> None:
+    """Configure the root logger; safe to call more than once (replaces handlers).
+    `fmt`: "text" (a line a person reads) or "json" (one object per line)."""
+    if fmt not in ("text", "json"):
+        raise ValueError(f"log format must be text or json, not {fmt!r}")
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RequestIdFilter())
     handler.setFormatter(
-        logging.Formatter(
+        JsonFormatter(service) if fmt == "json" else logging.Formatter(
             f"%(asctime)s %(levelname)s {service} [%(request_id)s] %(name)s: %(message)s"
         )
     )

@@ -72,7 +72,7 @@ def main() -> int:
     except SettingsError as exc:
         print(f"candidate: {exc}", file=sys.stderr)
         return 2
-    setup_logging("candidate", s.log_level)
+    setup_logging("candidate", s.log_level, s.log_format)
     index = open_index(s.qdrant_url, s.index_root, read_secret(s.qdrant_api_key_file))
     store = FeatureStore.from_url(store_credentials(s), s.key_prefix, s.redis_timeout_ms / 1000)
     holder: ModelHolder[CandidateModel] = ModelHolder(

@@ -64,7 +64,7 @@ def main() -> int:
         print("gateway: VIDREC_API_KEYS_FILE is required (create keys with `vidrec keys "
               "create`), or VIDREC_AUTH=false to let anyone call", file=sys.stderr)
         return 2
-    setup_logging("gateway", s.log_level)
+    setup_logging("gateway", s.log_level, s.log_format)
     # The internal services require this process's client certificate when TLS is on.
     internal = ClientSecurity(s.tls_ca, s.tls_client_cert, s.tls_client_key)
     channels = [internal.channel(a, CHANNEL_OPTIONS)

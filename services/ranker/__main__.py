@@ -34,7 +34,7 @@ def main() -> int:
     except SettingsError as exc:
         print(f"ranker: {exc}", file=sys.stderr)
         return 2
-    setup_logging("ranker", s.log_level)
+    setup_logging("ranker", s.log_level, s.log_format)
     store = FeatureStore.from_url(store_credentials(s), s.key_prefix, s.redis_timeout_ms / 1000)
     holder: ModelHolder[OnlineModel] = ModelHolder(ArtifactStore(s.artifact_root), load_model,
                                                    keep=s.keep_versions)

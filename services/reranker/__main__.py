@@ -21,7 +21,7 @@ def main() -> int:
     except (SettingsError, ValueError) as exc:
         print(f"reranker: {exc}", file=sys.stderr)
         return 2
-    setup_logging("reranker", s.log_level)
+    setup_logging("reranker", s.log_level, s.log_format)
     store = FeatureStore.from_url(store_credentials(s), s.key_prefix, s.redis_timeout_ms / 1000)
     servicer = RerankerServicer(store, cfg)
     server = Server("reranker", s.listen_addr,

@@ -38,7 +38,7 @@ def main() -> int:
     except SettingsError as exc:
         print(f"trainer: {exc}", file=sys.stderr)
         return 2
-    setup_logging("trainer", s.log_level)
+    setup_logging("trainer", s.log_level, s.log_format)
     from vidrec.infra.kafka import (
         ALL_TOPICS,
         EventProducer,

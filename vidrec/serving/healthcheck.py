@@ -1,8 +1,10 @@
-"""`python -m vidrec.serving.healthcheck ADDR [SERVICE]`: exit 0 iff SERVING (compose probes)."""
+"""`python -m vidrec.serving.healthcheck ADDR [SERVICE]`: exit 0 iff SERVING (compose probes);
+`... --trainer [MAX_AGE_S]`: exit 0 iff the trainer's heartbeat is fresh and owns partitions."""
 
 from __future__ import annotations
 
 import sys
+import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -24,9 +26,39 @@ def check(addr: str, service: str = "", timeout: float = 2.0,
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
 
+def trainer_status(max_age_s: float = 30.0) -> str:
+    """The trainer's health from its progress: its heartbeat in Redis (written every 2 s
+    by the consuming loop, with the partitions it owns) must be younger than `max_age_s`
+    and name at least one partition. Settings (Redis URL, password file, key prefix) come
+    from the environment, as the trainer's own do."""
+    from vidrec.config import TrainerSettings, load_settings
+    from vidrec.security.stores import store_credentials
+    from vidrec.store.features import FeatureStore
+
+    s = load_settings(TrainerSettings)
+    try:
+        beat = FeatureStore.from_url(store_credentials(s), s.key_prefix, 2.0).heartbeat()
+    except Exception as exc:  # Redis unreachable: the trainer cannot be applying events
+        return f"UNREACHABLE (Redis: {type(exc).__name__})"
+    if beat is None:
+        return "NO_HEARTBEAT"
+    age = time.time() - float(beat.get("t", 0))
+    if age > max_age_s:
+        return f"STALLED ({age:.0f}s since the last heartbeat)"
+    if not beat.get("partitions"):
+        return "NO_PARTITIONS"
+    return "SERVING"
+
+
 def main() -> int:
+    if len(sys.argv) >= 2 and sys.argv[1] == "--trainer":
+        max_age = float(sys.argv[2]) if len(sys.argv) > 2 else 30.0
+        status = trainer_status(max_age)
+        print(status)
+        return 0 if status == "SERVING" else 1
     if len(sys.argv) < 2:
-        print("usage: python -m vidrec.serving.healthcheck HOST:PORT [SERVICE]")
+        print("usage: python -m vidrec.serving.healthcheck HOST:PORT [SERVICE]\n"
+              "       python -m vidrec.serving.healthcheck --trainer [MAX_AGE_S]")
         return 2
     status = check(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "")
     print(status)
