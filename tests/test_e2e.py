@@ -201,6 +201,8 @@ def test_stats_count_impressions_and_watches(gw) -> None:  # type: ignore[no-unt
     assert row is not None and row.impressions >= 10 and row.watches >= 1
     assert row.completed >= 1 and row.watch_time_s >= 120
     assert 0 < row.ctr <= 1 or row.clicks == 0
+    # Intervals with users as the unit come with the counters.
+    assert row.users >= 1 and row.ctr_lo <= row.ctr <= row.ctr_hi
 
 
 def test_poison_messages_go_to_dlq_and_good_events_flow(stack: Stack) -> None:

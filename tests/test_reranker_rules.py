@@ -360,3 +360,20 @@ def test_custom_rule_plugs_in_through_registry() -> None:
     out = rerank(items, USER, 5, cfg("seen_filter", "no_shorts"), NOW, registry=registry)
     assert ids(out) == ["long1"]
 
+
+
+def test_mmr_trade_off_ignores_low_scored_tail_of_the_pool() -> None:
+    """New uploads the ranker appends far below its top list (for the exploration slot)
+    must not change how MMR trades score against similarity for the rest: with the pool's
+    whole score range as the scale they squeezed the top candidates together and the
+    similarity term alone picked the list (the hybrid arm lost to mf_only online)."""
+    cats = ["music", "news", "sports", "food"]
+    top = [item(f"v{i}", 3.0 - 0.05 * i, category=cats[0] if i < 8 else cats[1 + i % 3],
+                creator_id=f"c{i}") for i in range(20)]
+    tail = [item(f"new{i}", -6.0 - i, category=cats[1 + i % 3], creator_id=f"n{i}",
+                 source="fresh") for i in range(5)]
+    c = cfg("mmr", mmr_lambda=0.8)
+    alone = ids(rerank(top, USER, 10, c, NOW))
+    assert ids(rerank(top + tail, USER, 10, c, NOW)) == alone
+    # MMR still diversifies: not simply the 10 best scores.
+    assert alone != [f"v{i}" for i in range(10)]

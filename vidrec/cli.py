@@ -176,18 +176,20 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     ds = load_dataset(Path(a.data), on_bad_rows=a.on_bad_rows)
     ks = [int(k) for k in a.ks.split(",")]
-    res = evaluate_dataset(ds, offline_config(), ks=ks, seed=a.seed, progress=not a.quiet)
+    res = evaluate_dataset(ds, offline_config(), ks=ks, seed=a.seed, progress=not a.quiet,
+                           tune_rules_on_validation=a.tune_rules)
     paths = write_report(Path(a.out), res.results, f"vidrec offline evaluation: {a.data}",
                          res.tables, res.notes)
     k = 10 if 10 in ks else ks[-1]
     cols = [f"precision@{k}", f"recall@{k}", f"map@{k}", f"ndcg@{k}", f"coverage@{k}",
             f"diversity@{k}", f"novelty@{k}"]
+    cols.append(f"new_share@{k}")
     extra = {c for m in res.results.values() for c in m if c.startswith("true_")}
     cols += sorted(extra, key=lambda c: (c.split("@")[0], int(c.split("@")[1])))
     width = [max(12, len(c) + 2) for c in cols]
-    print(f"{'model':24s}" + "".join(f"{c:>{w}s}" for c, w in zip(cols, width, strict=True)))
+    print(f"{'model':28s}" + "".join(f"{c:>{w}s}" for c, w in zip(cols, width, strict=True)))
     for name, m in res.results.items():
-        print(f"{name:24s}" + "".join(f"{m.get(c, float('nan')):{w}.4f}"
+        print(f"{name:28s}" + "".join(f"{m.get(c, float('nan')):{w}.4f}"
                                        for c, w in zip(cols, width, strict=True)))
     for title, rows in res.tables.items():
         print(f"\n{title}")
@@ -277,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ks", default="1,5,10,20")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--on-bad-rows", choices=["fail", "skip"], default="fail")
+    e.add_argument("--tune-rules", action="store_true",
+                   help="also choose the rerank rules' knobs on a validation split carved "
+                        "from the warm training side (one more model trained) and score "
+                        "them on test")
     e.add_argument("--quiet", action="store_true")
 
     for extra in _EXTRA_PARSERS:

@@ -111,6 +111,7 @@ class RerankSettings(CommonSettings):
     freshness_days: float = _RC.freshness_days
     freshness_boost: float = _RC.freshness_boost
     exploration_slots: int = _RC.exploration_slots
+    exploration_pool: int = _RC.exploration_pool
     # Enabled rules in order, comma-separated; empty = all (vidrec.rerank.RULES).
     rules: str = ""
 

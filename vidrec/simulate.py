@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from vidrec.abtest import Comparison, Interval, bootstrap, readout
 from vidrec.events import COMPLETE, TYPE_OF
 from vidrec.security.client import connect
 from vidrec.v1 import common_pb2, events_pb2, gateway_pb2, gateway_pb2_grpc
@@ -61,12 +62,38 @@ class Window:
         }
 
 
+# Ratio metrics read out with intervals: name -> (numerator, denominator) of a Window.
+RATIOS: dict[str, tuple[str, str]] = {
+    "ctr": ("clicks", "shown"),
+    "true_precision": ("relevant", "shown"),
+    "completion_rate": ("completed", "watches"),
+    "watch_min_per_request": ("watch_min", "requests"),
+    "likes_per_request": ("likes", "requests"),
+}
+
+
+def _part(w: Window, name: str) -> float:
+    return w.watch_time_s / 60 if name == "watch_min" else float(getattr(w, name))
+
+
+def per_user_ratios(users: dict[str, Window]
+                    ) -> dict[str, tuple[list[float], list[float]]]:
+    """Per metric, every user's numerator and denominator (users are the independent unit
+    of the A/B readout, vidrec.abtest)."""
+    ws = list(users.values())
+    return {m: ([_part(w, a) for w in ws], [_part(w, b) for w in ws])
+            for m, (a, b) in RATIOS.items()}
+
+
 @dataclass
 class SimResult:
     windows: list[dict[str, dict[str, float]]] = field(default_factory=list)  # per arm
     window_versions: list[list[str]] = field(default_factory=list)
     totals: dict[str, Window] = field(default_factory=dict)
     versions: set[str] = field(default_factory=set)
+    # arm -> user -> that user's totals (the readout's unit); and the same per window.
+    users: dict[str, dict[str, Window]] = field(default_factory=dict)
+    window_users: list[dict[str, dict[str, Window]]] = field(default_factory=list)
 
 
 def _profile(row: dict[str, Any]) -> common_pb2.UserProfile:
@@ -93,6 +120,8 @@ def simulate(gateway: str, data: Path, steps: int, k: int, seed: int, new_user_s
     res = SimResult()
     cur: dict[str, Window] = defaultdict(Window)
     tot: dict[str, Window] = defaultdict(Window)
+    by_user: dict[str, dict[str, Window]] = defaultdict(lambda: defaultdict(Window))
+    cur_users: dict[str, dict[str, Window]] = defaultdict(lambda: defaultdict(Window))
     cur_versions: set[str] = set()
     with connect(gateway, var) as ch:
         stub = gateway_pb2_grpc.GatewayStub(ch)
@@ -131,7 +160,10 @@ def simulate(gateway: str, data: Path, steps: int, k: int, seed: int, new_user_s
                     stub.LogEvents(gateway_pb2.LogEventsRequest(events=events), timeout=5.0)
                 except grpc.RpcError as exc:
                     log.warning("LogEvents failed: %s", exc.code().name)
-            for w in (cur[arm], tot[arm]):
+            # A new user's requests are hashed to arms one by one (no user id), so the
+            # same profile may appear in both arms: the unit is the user within the arm.
+            unit = uid if not new else f"new:{uid}"
+            for w in (cur[arm], tot[arm], by_user[arm][unit], cur_users[arm][unit]):
                 w.requests += 1
                 w.shown += len(resp.videos)
                 w.relevant += int(np.sum(rel))
@@ -147,34 +179,72 @@ def simulate(gateway: str, data: Path, steps: int, k: int, seed: int, new_user_s
             if (step + 1) % window == 0:
                 res.windows.append({a: w.row() for a, w in cur.items()})
                 res.window_versions.append(sorted(cur_versions))
+                res.window_users.append({a: dict(u) for a, u in cur_users.items()})
                 cur, cur_versions = defaultdict(Window), set()
+                cur_users = defaultdict(lambda: defaultdict(Window))
             if rate > 0:
                 time.sleep(max(0.0, 1 / rate - (time.monotonic() - t_step)))
     if any(w.requests for w in cur.values()):
         res.windows.append({a: w.row() for a, w in cur.items()})
         res.window_versions.append(sorted(cur_versions))
+        res.window_users.append({a: dict(u) for a, u in cur_users.items()})
     res.totals = dict(tot)
+    res.users = {a: dict(u) for a, u in by_user.items() if a != "?"}
     return res
 
 
-def write_report(res: SimResult, out: Path, stats: list[dict[str, Any]] | None = None) -> Path:
+@dataclass
+class Readout:
+    """Per-arm 95% intervals (per-user bootstrap) and each arm against the baseline."""
+
+    intervals: dict[str, dict[str, Interval]]
+    comparisons: list[Comparison]
+    users: dict[str, int]
+
+
+def read_out(res: SimResult, baseline: str = "mf_only", replicates: int = 2000,
+             seed: int = 0) -> Readout:
+    per = {a: per_user_ratios(u) for a, u in res.users.items()}
+    ints, comps = readout(per, baseline, replicates, seed)
+    return Readout(ints, comps, {a: len(u) for a, u in res.users.items()})
+
+
+def _window_interval(users: dict[str, Window], metric: str, seed: int) -> Interval:
+    x, y = per_user_ratios(users)[metric]
+    return bootstrap(x, y, replicates=400, seed=seed)[0]
+
+
+def write_report(res: SimResult, out: Path, stats: list[dict[str, Any]] | None = None,
+                 baseline: str = "mf_only") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
+    ro = read_out(res, baseline)
     metrics = ("ctr", "completion_rate", "watch_min_per_request", "true_precision")
-    arms = sorted({a for w in res.windows for a in w})
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4))
+    arms = sorted({a for w in res.windows for a in w} - {"?"})
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6))
     for ax, m in zip(axes, metrics, strict=True):
-        for a in arms:
-            xs = [i + 1 for i, w in enumerate(res.windows) if a in w]
-            ys = [w[a][m] for w in res.windows if a in w]
-            ax.plot(xs, ys, marker="o", ms=3, label=a)
+        for j, a in enumerate(arms):
+            # Per window, the per-user bootstrap's 95% interval as an error bar; the whole
+            # run's interval as a band (what the verdict is read from).
+            idx = [i for i, w in enumerate(res.window_users) if a in w]
+            ivs = [_window_interval(res.window_users[i][a], m, 7 * i + j) for i in idx]
+            xs = np.array([i + 1 for i in idx], dtype=float) + (j - 0.5) * 0.15
+            ys = np.array([iv.value for iv in ivs])
+            err = np.array([[iv.value - iv.lo for iv in ivs], [iv.hi - iv.value for iv in ivs]])
+            line = ax.errorbar(xs, ys, yerr=np.nan_to_num(err), marker="o", ms=3, capsize=2,
+                               lw=1, label=a)
+            tot = ro.intervals.get(a, {}).get(m)
+            if tot is not None and len(xs):
+                ax.axhspan(tot.lo, tot.hi, color=line[0].get_color(), alpha=0.15)
         prev: list[str] = []
         for i, vs in enumerate(res.window_versions):
-            if prev and vs != prev:
+            # One mark where the newest version first serves (a window spanning a swap
+            # lists both versions; the next one only the new one).
+            if prev and vs and vs[-1] != prev[-1]:
                 ax.axvline(i + 0.5, color="grey", ls="--", lw=0.8)
                 ax.annotate(f"model {vs[-1]}", (i + 0.6, ax.get_ylim()[1]), fontsize=7,
                             va="top", color="grey")
@@ -182,8 +252,9 @@ def write_report(res: SimResult, out: Path, stats: list[dict[str, Any]] | None =
         ax.set_title(m.replace("_", " "))
         ax.set_xlabel("window")
         ax.grid(alpha=0.3)
-    axes[0].legend(title="arm")
-    fig.suptitle("vidrec simulation: online metrics over time, per experiment arm")
+    axes[0].legend(title="arm", fontsize=8)
+    fig.suptitle("vidrec simulation: online metrics per window, per experiment arm "
+                 "(bars: 95% per-user bootstrap intervals; bands: whole run)", fontsize=10)
     fig.tight_layout()
     png = out / "simulation.png"
     fig.savefig(png, dpi=110)
@@ -191,6 +262,13 @@ def write_report(res: SimResult, out: Path, stats: list[dict[str, Any]] | None =
     totals = {a: w.row() for a, w in res.totals.items()}
     (out / "metrics.json").write_text(json.dumps(
         {"totals": totals, "windows": res.windows, "window_versions": res.window_versions,
+         "intervals": {a: {m: [iv.value, iv.lo, iv.hi] for m, iv in d.items()}
+                       for a, d in ro.intervals.items()},
+         "comparisons": [{"arm": c.arm, "baseline": c.baseline, "metric": c.metric,
+                          "relative": [c.relative.value, c.relative.lo, c.relative.hi],
+                          "verdict": c.verdict} for c in ro.comparisons],
+         "users": ro.users, "mde": {f"{c.arm} vs {c.baseline} {c.metric}": c.mde
+                                     for c in ro.comparisons},
          "server_stats": stats or [],
          "model_versions": sorted(res.versions)}, indent=2))
     lines = ["# vidrec simulation", "", "![metrics over time](simulation.png)", "",
@@ -201,6 +279,7 @@ def write_report(res: SimResult, out: Path, stats: list[dict[str, Any]] | None =
         lines.append(f"| {a} | {r['requests']:.0f} | {r['ctr']:.3f} | {r['completion_rate']:.3f}"
                      f" | {r['watch_min_per_request']:.2f} | {r['likes_per_request']:.3f} | "
                      f"{r['dislikes_per_request']:.3f} | {r['true_precision']:.3f} |")
+    lines += ["", *readout_lines(ro)]
     if stats:
         lines += ["", "## Server side (Gateway.GetStats, from the event stream)", "",
                   "| model | arm | impressions | CTR | completion | watch h |",
@@ -212,6 +291,24 @@ def write_report(res: SimResult, out: Path, stats: list[dict[str, Any]] | None =
     lines += ["", f"Model versions seen: {', '.join(sorted(res.versions))}", ""]
     (out / "report.md").write_text("\n".join(lines))
     return out / "report.md"
+
+
+def readout_lines(ro: Readout) -> list[str]:
+    """The A/B readout as Markdown: intervals per arm, then each arm against the baseline."""
+    lines = ["## A/B readout (95% intervals, users resampled: per-user bootstrap)", "",
+             "| arm | users | " + " | ".join(RATIOS) + " |",
+             "|---|---|" + "---|" * len(RATIOS)]
+    for a, d in sorted(ro.intervals.items()):
+        lines.append(f"| {a} | {ro.users.get(a, 0)} | "
+                     + " | ".join(d[m].fmt() if m in d else "" for m in RATIOS) + " |")
+    if ro.comparisons:
+        lines += ["", "| arm vs baseline | metric | relative difference [95%] | verdict | "
+                  "detectable at 80% power |", "|---|---|---|---|---|"]
+        for c in ro.comparisons:
+            lines.append(f"| {c.arm} vs {c.baseline} | {c.metric} | "
+                         f"{c.relative.value:+.1%} [{c.relative.lo:+.1%}, "
+                         f"{c.relative.hi:+.1%}] | {c.verdict} | ±{c.mde:.1%} |")
+    return lines
 
 
 def server_stats(gateway: str, var: str | Path | None = None) -> list[dict[str, Any]]:

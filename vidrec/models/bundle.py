@@ -236,10 +236,13 @@ class BatchRecommender:
     """
 
     def __init__(self, bundle: ModelBundle, n_candidates: int = N_CANDIDATES,
-                 mix: Mix = DEFAULT_MIX) -> None:
+                 mix: Mix = DEFAULT_MIX, arm: str = "hybrid") -> None:
         self.b = bundle
         self.n_candidates = n_candidates
         self.mix = mix
+        # "mf_only": the experiment arm whose candidates are MF's nearest only (for users
+        # MF knows; services/candidate/sources.generate), so offline can predict the A/B.
+        self.arm = arm
         self.mf_row = {u: i for i, u in enumerate(bundle.mf_user_ids)}
         self.vid = {v: i for i, v in enumerate(bundle.video_ids)}
         self.video_array = np.array(bundle.video_ids, dtype=object)
@@ -320,29 +323,54 @@ class BatchRecommender:
         score = np.where(c.seen, -np.inf, np.array(score, dtype=np.float64))
         return self._best(score, np.broadcast_to(np.arange(nv), (n, nv)), k)
 
-    def _top_k_hybrid(self, c: Components, k: int, w: RankerWeights) -> list[list[str]]:
-        """The blended second-stage score over each user's candidates (never seen ones:
-        the candidate stage skips them)."""
+    def _hybrid_score(self, c: Components, w: RankerWeights) -> tuple[np.ndarray, np.ndarray]:
+        """The blended second-stage score at each user's candidates (never seen ones: the
+        candidate stage skips them), -inf at padding; and the candidates' video indices."""
         idx = c.cand_idx
         score = (w.tt * c.at_cand("tt_z", c.tt_z) + w.mf * c.at_cand("mf_z", c.mf_z)
                  + np.where(c.no_hist, w.cold_pop, w.pop) * self.pop_z[np.maximum(idx, 0)])
         wd = np.where(c.no_hist, w.cold_demo, w.demo)
         if c.demo_z is not None and np.any(wd != 0):
             score = score + wd * c.at_cand("demo_z", c.demo_z)
-        return self._best(np.where(idx >= 0, score, -np.inf), np.maximum(idx, 0), k)
+        return np.where(idx >= 0, score, -np.inf), np.maximum(idx, 0)
 
-    def _best(self, score: np.ndarray, video_idx: np.ndarray, k: int) -> list[list[str]]:
-        """Per row, the ids of the k best finite scores, best first (score[i, j] belongs to
-        video video_idx[i, j])."""
+    def _top_k_hybrid(self, c: Components, k: int, w: RankerWeights) -> list[list[str]]:
+        score, idx = self._hybrid_score(c, w)
+        return self._best(score, idx, k)
+
+    def ranked(self, user_ids: Sequence[str], m: int,
+               profiles: Sequence[Mapping[str, Any]] | None = None,
+               weights: RankerWeights | None = None) -> list[list[tuple[str, float]]]:
+        """The ranker stage's answer per user: its top m (video_id, blended score), best
+        first; what the reranker's rules receive (vidrec.evaluation.funnel)."""
+        out: list[list[tuple[str, float]]] = []
+        chunk = self.chunk_size()
+        for s in range(0, len(user_ids), chunk):
+            ids = list(user_ids[s: s + chunk])
+            profs = list(profiles[s: s + chunk]) if profiles is not None else [{}] * len(ids)
+            score, idx = self._hybrid_score(self.components(ids, profs), weights or self.b.ranker)
+            top, vals = self._top(score, idx, m)
+            out += [list(zip(t, v, strict=True)) for t, v in zip(top, vals, strict=True)]
+        return out
+
+    def _top(self, score: np.ndarray, video_idx: np.ndarray, k: int
+             ) -> tuple[list[list[str]], list[list[float]]]:
+        """Per row, the ids and scores of the k best finite scores, best first (score[i, j]
+        belongs to video video_idx[i, j])."""
         kk = min(k, score.shape[1])
         if kk == 0:
-            return [[] for _ in range(len(score))]
+            return [[] for _ in range(len(score))], [[] for _ in range(len(score))]
         top = np.argpartition(-score, kk - 1, axis=1)[:, :kk]
         order = np.take_along_axis(score, top, 1).argsort(axis=1)[:, ::-1]
         top = np.take_along_axis(top, order, 1)
-        finite = np.isfinite(np.take_along_axis(score, top, 1))
+        vals = np.take_along_axis(score, top, 1)
+        finite = np.isfinite(vals)
         ids = self.video_array[np.take_along_axis(video_idx, top, 1)]
-        return [row[keep].tolist() for row, keep in zip(ids, finite, strict=True)]
+        return ([row[keep].tolist() for row, keep in zip(ids, finite, strict=True)],
+                [row[keep].tolist() for row, keep in zip(vals, finite, strict=True)])
+
+    def _best(self, score: np.ndarray, video_idx: np.ndarray, k: int) -> list[list[str]]:
+        return self._top(score, video_idx, k)[0]
 
     def _candidates(self, tt: np.ndarray, mf: np.ndarray, has_mf: np.ndarray,
                     hist: Sequence[Sequence[str]], seen: np.ndarray) -> np.ndarray:
@@ -370,16 +398,18 @@ class BatchRecommender:
             cand[rows[keep], top[keep]] = True
             taken[rows[keep], top[keep]] = True
 
-        take(mf, np.where(has_mf, mix.quota(mix.mf, total), 0))
+        # mf_only: users MF knows get MF's nearest only; the others the hybrid's mix.
+        mixed = ~has_mf if self.arm == "mf_only" else np.ones(n, dtype=bool)
+        take(mf, np.where(has_mf, np.where(mixed, mix.quota(mix.mf, total), total), 0))
         cv = self.b.content_vectors
         for a in range(mix.content_anchors):
             anchor = np.array([self.vid.get(h[a], -1) if len(h) > a else -1 for h in hist])
-            has = anchor >= 0
+            has = (anchor >= 0) & mixed
             if has.any():
                 sims = np.zeros((n, nv), dtype=np.float32)
                 sims[has] = cv[anchor[has]] @ cv.T
                 take(sims, np.where(has, mix.quota(mix.content_per_anchor, total), 0))
         pop = np.broadcast_to(self.b.popularity.astype(np.float64), (n, nv))
-        take(pop, np.full(n, mix.quota(mix.popular, total)))
+        take(pop, np.where(mixed, mix.quota(mix.popular, total), 0))
         take(tt, total - cand.sum(axis=1))
         return cand

@@ -76,6 +76,38 @@ local tkey, rkey, hl = ARGV[6], ARGV[7], tonumber(ARGV[8])
 local now = tonumber(ARGV[9])
 local r_base, r_centred = tonumber(ARGV[10]), tonumber(ARGV[11])
 local okey, done_stem = ARGV[12], ARGV[13]
+-- Per-user moments of the ratio metrics (CTR = clicks / impressions, completion =
+-- completed / watches) for intervals with users as the unit (vidrec.abtest.RatioSums).
+-- One field per user and ratio in <counters>:u:<user> packs both counts (numerator *
+-- 2^26 + denominator), so an event costs one call; the arm's sums of x_u^2 (sq:<field>),
+-- x_u y_u (x:<num>:<den>) and its user count are added up here and written once per batch.
+local ratio = {impressions = {'ctr', false, 'x:clicks:impressions'},
+               clicks = {'ctr', true, 'x:clicks:impressions'},
+               watches = {'comp', false, 'x:completed:watches'},
+               completed = {'comp', true, 'x:completed:watches'}}
+local shift = 67108864
+local sums = {}
+local function bump(ck, f, by)
+  local t = sums[ck]
+  if not t then t = {}; sums[ck] = t end
+  t[f] = (t[f] or 0) + by
+end
+local function moment(ck, uid, f)
+  local r = ratio[f]
+  local v = redis.call('HINCRBY', ck .. ':u:' .. uid, r[1], r[2] and shift or 1)
+  local x = math.floor(v / shift)
+  local y = v - x * shift
+  if r[2] then
+    bump(ck, 'sq:' .. f, 2 * x - 1)
+    bump(ck, r[3], y)
+  else
+    bump(ck, 'sq:' .. f, 2 * y - 1)
+    bump(ck, r[3], x)
+    -- A user enters an arm's readout with their first impression (the gateway logs one
+    -- per shown video before any click or watch can follow).
+    if y == 1 and f == 'impressions' then bump(ck, 'users', 1) end
+  end
+end
 -- A user moves trending only once they have reacted to this many other videos: a crowd of
 -- fresh (fake) users liking one video cannot lift it into everyone's "popular" list.
 local min_seen = tonumber(ARGV[14])
@@ -147,6 +179,8 @@ for i = 15, #ARGV, n_fields do
     end
     if cf ~= '' then redis.call('HINCRBY', ck, cf, 1) end
     if comp == '1' then redis.call('HINCRBY', ck, 'completed', 1) end
+    if ratio[cf] then moment(ck, uid, cf) end
+    if comp == '1' then moment(ck, uid, 'completed') end
     if wt ~= '0' then redis.call('HINCRBYFLOAT', ck, 'watch_time_s', wt) end
     if not once['m' .. member] then
       once['m' .. member] = true
@@ -164,6 +198,11 @@ for i = 15, #ARGV, n_fields do
 end
 for part, off in pairs(offsets) do
   if off >= 0 then redis.call('HSET', okey, part, off, part .. '@t', stamps[part]) end
+end
+for ck, t in pairs(sums) do
+  for f, by in pairs(t) do
+    if by ~= 0 then redis.call('HINCRBY', ck, f, by) end
+  end
 end
 return {applied, dup, unknown}
 """

@@ -261,7 +261,7 @@ class FeatureStore:
         p = self._r.pipeline(transaction=False)
         n = 0
         for r in rows:
-            mapping: dict[Any, Any] = {f: _field(r.get(f)) for f in VIDEO_FIELDS}
+            mapping: dict[Any, Any] = video_record(r)
             p.hset(self.keys.video_features(str(r["video_id"])), mapping=mapping)
             n += 1
             if n % 2000 == 0:
@@ -332,6 +332,12 @@ class FeatureStore:
 
     def _get_list(self, key: str, n: int) -> list[str]:
         return [_s(v) for v in self._r.lrange(key, 0, n - 1)]  # type: ignore[union-attr]
+
+
+def video_record(row: Mapping[str, Any]) -> dict[str, str]:
+    """A catalog row as Redis holds it (and FeatureStore.videos reads it back, less the
+    video_id): the offline funnel feeds the rules exactly what serving feeds them."""
+    return {f: _field(row.get(f)) for f in VIDEO_FIELDS}
 
 
 def _field(v: Any) -> str:

@@ -2,19 +2,23 @@
 
 Counters are HINCRBY'd by the trainer once per event id (idempotent via the processed
 set), so replays do not double count. CTR = clicks / impressions; completion rate =
-completed watches (fraction >= COMPLETE) / watches.
+completed watches (fraction >= COMPLETE) / watches. Their 95% intervals take users as the
+unit (the delta method over per-user moments the apply script keeps; vidrec.abtest): one
+user's many impressions are not independent draws.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import redis
 
+from vidrec.abtest import RatioSums
 from vidrec.events import COMPLETE
 from vidrec.schema import Keys
 
-__all__ = ["COMPLETE", "FIELDS", "read_stats"]
+__all__ = ["COMPLETE", "FIELDS", "RATIOS", "ratio_sums", "read_stats"]
 FIELDS = ("impressions", "clicks", "watches", "completed", "likes", "dislikes")
 
 
@@ -35,5 +39,25 @@ def read_stats(r: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
         row["watch_time_s"] = d.get("watch_time_s", 0.0)
         row["ctr"] = row["clicks"] / row["impressions"] if row["impressions"] else 0.0
         row["completion_rate"] = row["completed"] / row["watches"] if row["watches"] else 0.0
+        row["users"] = int(d.get("users", 0))
+        for name, (x, y) in RATIOS.items():
+            iv = ratio_sums(d, x, y).interval()
+            row[f"{name}_lo"], row[f"{name}_hi"] = _finite(iv.lo), _finite(iv.hi)
         rows.append(row)
     return rows
+
+
+# Ratio metrics with intervals: name -> (numerator, denominator) counter fields.
+RATIOS = {"ctr": ("clicks", "impressions"), "completion_rate": ("completed", "watches")}
+
+
+def ratio_sums(d: dict[str, float], x: str, y: str) -> RatioSums:
+    """The per-user moments the apply script keeps for x / y (users as the unit)."""
+    cross = f"x:{x}:{y}" if x < y else f"x:{y}:{x}"
+    return RatioSums(users=d.get("users", 0.0), x=d.get(x, 0.0), y=d.get(y, 0.0),
+                     xx=d.get(f"sq:{x}", 0.0), yy=d.get(f"sq:{y}", 0.0),
+                     xy=d.get(cross, 0.0))
+
+
+def _finite(v: float) -> float:
+    return v if math.isfinite(v) else 0.0
