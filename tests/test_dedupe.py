@@ -114,3 +114,15 @@ def test_a_passed_offset_with_a_newer_record_is_judged_by_its_event_id(
                                              for i in range(4)], now=now)
     assert [e.event_id for e in res.applied] == ["n0", "n1", "n2"] and res.duplicates == 1
     assert likes(store) == 8
+
+
+def test_per_user_stats_keys_expire(redis_client, key_prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """The per-user counts behind the A/B intervals are kept 30 days, not forever (they
+    grew with users x arms x versions)."""
+    store = store_with(redis_client, key_prefix)
+    e = E.Event(event_id="i1", user_id="u7", video_id="a", type=E.EVENT_TYPE_IMPRESSION,
+                timestamp=1_700_000_000.0, model_version="m", experiment_arm="x")
+    store.apply_events([e])
+    key = store.keys.counters("m", "x") + ":u:u7"
+    assert redis_client.exists(key)
+    assert 29 * 86400 < redis_client.ttl(key) <= 30 * 86400

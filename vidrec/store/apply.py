@@ -94,7 +94,13 @@ local function bump(ck, f, by)
 end
 local function moment(ck, uid, f)
   local r = ratio[f]
-  local v = redis.call('HINCRBY', ck .. ':u:' .. uid, r[1], r[2] and shift or 1)
+  local ukey, by = ck .. ':u:' .. uid, r[2] and shift or 1
+  local v = redis.call('HINCRBY', ukey, r[1], by)
+  -- Bounded memory: a user's counts under one version and arm live 30 days from their
+  -- first click or watch there (a version is replaced long before; a longer-lived one
+  -- counts a user who returns after that as new). Without it the keys grew with users x
+  -- versions forever.
+  if v == by then redis.call('EXPIRE', ukey, 2592000) end
   local x = math.floor(v / shift)
   local y = v - x * shift
   if r[2] then
