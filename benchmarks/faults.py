@@ -15,11 +15,12 @@ reports:
   applied event: more than acknowledged means a double, fewer a loss).
 
 Faults: SIGKILL of candidate, ranker, reranker (the supervisor restarts them); SIGSTOP
-(10 s) of the ranker; SIGSTOP (10 s) of Redis; Redis SIGKILLed and restarted from its
+(10 s) of each of them; SIGSTOP (10 s) of Redis; Redis SIGKILLed and restarted from its
 append-only file (the stack is durable, as `make run`'s); the broker stopped (SIGSTOP)
 for 20 s; the broker SIGKILLed and restarted (memory storage: it comes back empty); the
-trainer SIGKILLed 5 times mid-stream; a publish SIGKILLed midway (then one that
-completes); --overload-rate for the whole row (past capacity).
+trainer SIGKILLed 20 times mid-stream; a publish SIGKILLed midway (then one that
+completes); 2x and 3x --capacity for --overload-seconds (goodput, how fast the excess is
+refused, and how fast health answers meanwhile).
 
 `--only` picks rows; tests/test_faults.py runs a short version of some rows.
 """
@@ -98,8 +99,11 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=float, default=50.0)
     ap.add_argument("--seconds", type=float, default=18.0)
-    ap.add_argument("--overload-rate", type=float, default=600.0,
-                    help="req/s of the overload row (past this small stack's capacity)")
+    ap.add_argument("--capacity", type=float, default=250.0,
+                    help="req/s this stack answers at most (measured: overload rows offer 2x "
+                    "and 3x of it)")
+    ap.add_argument("--overload-seconds", type=float, default=30.0)
+    ap.add_argument("--trainer-kills", type=int, default=20)
     ap.add_argument("--only", default="", help="comma-separated row names")
     ap.add_argument("--out", default="var/bench/faults")
     ap.add_argument("--fault-at", type=float, default=FAULT_AT, help="seconds into a row")
@@ -166,6 +170,21 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.1)
 
         publishes: list[str] = []
+        health_ms: list[float] = []
+
+        def probe_health() -> None:
+            """Under overload: the gateway's health answers (a probe never waits behind
+            requests: workers are kept for it). The slowest of 10 checks, 0.5 s apart."""
+            from vidrec.serving.healthcheck import check
+
+            worst = 0.0
+            for _ in range(10):
+                t = time.perf_counter()
+                status = check(gw, timeout=5.0, security=stack.client_security)
+                ms = (time.perf_counter() - t) * 1000
+                worst = max(worst, ms if status == "SERVING" else float("inf"))
+                time.sleep(0.5)
+            health_ms.append(round(worst, 1))
 
         def kill_publish() -> None:
             """A publish SIGKILLed midway (staged, not switched), then one that completes:
@@ -188,24 +207,30 @@ def main(argv: list[str] | None = None) -> int:
             stack.services[name].signal(signal.SIGKILL)
 
         def kill_trainer_often() -> None:
-            for _ in range(5):
+            """SIGKILLs, each once the restarted trainer owns partitions again (mid-batch:
+            events arrive at ~40/s, batches every 0.1 s)."""
+            for _ in range(a.trainer_kills):
                 kill("trainer")
-                time.sleep(FAULT_FOR / 5)
+                time.sleep(0.5)
+                stack.wait_trainer(60)
+                time.sleep(0.2)
 
         faults = {
             "kill candidate": lambda: kill("candidate"),
             "kill ranker": lambda: kill("ranker"),
             "kill reranker": lambda: kill("reranker"),
-            "stop ranker 10s": lambda: pause(stack.services["ranker"].proc.pid  # type: ignore[union-attr]
-                                             if stack.services["ranker"].proc else None),
+            **{f"stop {n} 10s": (lambda n=n: pause(stack.services[n].proc.pid  # type: ignore[union-attr]
+                                                  if stack.services[n].proc else None))
+               for n in ("candidate", "ranker", "reranker")},
             "stop redis 10s": lambda: pause(stack.redis.pid if stack.redis else None),
             "restart redis (AOF)": lambda: kill_store(stack.redis),
             "stop broker 20s": lambda: pause(stack.kafka.pid if stack.kafka else None,
                                              BROKER_STALL_S),
             "restart broker": lambda: kill_store(stack.kafka),
-            "kill trainer x5": kill_trainer_often,
+            f"kill trainer x{a.trainer_kills}": kill_trainer_often,
             "kill publish": kill_publish,
-            "overload": lambda: None,
+            "overload 2x": probe_health,
+            "overload 3x": probe_health,
         }
         only = {x.strip() for x in a.only.split(",") if x.strip()}
         for name, fault in faults.items():
@@ -214,12 +239,14 @@ def main(argv: list[str] | None = None) -> int:
             # A version name of its own per row (the gateway accepts only v<N> names): the
             # row's likes are counted apart from everything else.
             row = f"v9{uuid.uuid4().int % 10**8:08d}"
-            rate = a.overload_rate if name.startswith("overload") else a.rate
+            rate = a.capacity * (3 if name == "overload 3x" else 2) \
+                if name.startswith("overload") else a.rate
+            seconds = a.overload_seconds if name.startswith("overload") else a.seconds
             stop = threading.Event()
             acked: list[str] = []
             producer = threading.Thread(target=events_client,
                                         args=(gw, row, users, videos, stop, acked))
-            arg = json.dumps({"addr": gw, "rate": rate, "duration_s": a.seconds,
+            arg = json.dumps({"addr": gw, "rate": rate, "duration_s": seconds,
                               "users": users, "k": 10, "seed": 1, "var": str(var)})
             load = subprocess.Popen([py, "-m", "benchmarks.loadgen", arg],
                                     stdout=subprocess.PIPE, text=True)
@@ -229,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             fault_end = time.monotonic()
             acked_at_fault_end = len(acked)
             recovery = personalised_again(gw, users[0], fault_end)
-            stdout, _ = load.communicate(timeout=a.seconds * 4 + 120)
+            stdout, _ = load.communicate(timeout=seconds * 4 + 120)
             stop.set()
             producer.join(30)
             r = json.loads(stdout.strip().splitlines()[-1])
@@ -255,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
                    "lost": max(0, len(acked) - applied), "doubled": max(0, applied - len(acked))}
             if name == "kill publish" and publishes:
                 res["publish"] = publishes[-1]
+            if name.startswith("overload"):
+                res["goodput_rps"] = round(r["ok"] / seconds, 1)
+                res["refused_p99_ms"] = round(r["refused_p99_ms"], 1)
+                res["health_ms_max"] = health_ms[-1] if health_ms else None
             rows.append(res)
             print(json.dumps(res), flush=True)
             for sp in stack.services.values():  # the next row starts from a healthy stack

@@ -24,6 +24,7 @@ def run(addr: str, rate: float, duration_s: float, users: list[str], k: int, see
     """`var`: the stack's directory, whose run/stack.json holds its key and TLS files."""
     rng = random.Random(seed)
     lat: list[float] = []
+    refused: list[float] = []  # RESOURCE_EXHAUSTED answers: how fast the excess is told
     degraded = [0]
     errors: dict[str, int] = {}
     lock = threading.Lock()
@@ -55,6 +56,8 @@ def run(addr: str, rate: float, duration_s: float, users: list[str], k: int, see
                     else:
                         code = exc.code().name if hasattr(exc, "code") else repr(exc)
                         errors[code] = errors.get(code, 0) + 1
+                        if code == "RESOURCE_EXHAUSTED":
+                            refused.append(t * 1000)
                 pending.release()
 
             fut.add_done_callback(done)
@@ -62,15 +65,17 @@ def run(addr: str, rate: float, duration_s: float, users: list[str], k: int, see
             pending.acquire(timeout=10)
         wall = time.perf_counter() - t0
     lat.sort()
+    refused.sort()
 
-    def pct(p: float) -> float:
-        return lat[min(len(lat) - 1, int(p / 100 * len(lat)))] if lat else float("nan")
+    def pct(p: float, xs: list[float] = lat) -> float:
+        return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
 
     return {"rate": rate, "sent": n, "ok": len(lat), "errors": errors,
             "degraded": degraded[0],
             "achieved_rps": len(lat) / wall if wall > 0 else 0.0,
             "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99),
-            "max_ms": lat[-1] if lat else float("nan")}
+            "max_ms": lat[-1] if lat else float("nan"),
+            "refused_p99_ms": pct(99, refused)}
 
 
 if __name__ == "__main__":
