@@ -211,7 +211,12 @@ def main(argv: list[str] | None = None) -> int:
             events arrive at ~40/s, batches every 0.1 s)."""
             for _ in range(a.trainer_kills):
                 kill("trainer")
-                time.sleep(0.5)
+                deadline = time.monotonic() + 30
+                time.sleep(0.3)
+                while not stack.services["trainer"].alive():  # the supervisor restarts it
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the supervisor did not restart the trainer")
+                    time.sleep(0.05)
                 stack.wait_trainer(60)
                 time.sleep(0.2)
 
@@ -244,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds = a.overload_seconds if name.startswith("overload") else a.seconds
             stop = threading.Event()
             acked: list[str] = []
-            producer = threading.Thread(target=events_client,
+            producer = threading.Thread(target=events_client, daemon=True,
                                         args=(gw, row, users, videos, stop, acked))
             arg = json.dumps({"addr": gw, "rate": rate, "duration_s": seconds,
                               "users": users, "k": 10, "seed": 1, "var": str(var)})
@@ -252,7 +257,12 @@ def main(argv: list[str] | None = None) -> int:
                                     stdout=subprocess.PIPE, text=True)
             producer.start()
             time.sleep(FAULT_AT)
-            fault()
+            try:
+                fault()
+            except BaseException:
+                stop.set()  # the event client must not keep the process alive
+                load.kill()
+                raise
             fault_end = time.monotonic()
             acked_at_fault_end = len(acked)
             recovery = personalised_again(gw, users[0], fault_end)

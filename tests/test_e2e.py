@@ -465,6 +465,34 @@ def test_rollback_returns_to_previous_version(stack: Stack, gw) -> None:  # type
     assert rec(gw, user_id="u00001", k=5).model_version == prev
 
 
+def test_versions_status_and_rollback_to_a_named_version(stack: Stack, gw) -> None:  # type: ignore[no-untyped-def]
+    """`vidrec versions --json` lists what was served; `rollback --to` goes to a named one
+    (and refuses one never served); `status --json` and `stats --json` are machine-read."""
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "vidrec.cli", *args], env=stack.env(),
+                              capture_output=True, text=True, timeout=60)
+
+    versions = json.loads(cli("versions", "--json").stdout)
+    served = [v["version"] for v in versions]
+    current = [v["version"] for v in versions if v["serving"]]
+    assert len(served) >= 2 and len(current) == 1
+    target = next(v for v in served if v != current[0])
+    assert cli("rollback", "--to", "v999").returncode == 1
+    assert cli("rollback", "--to", target).returncode == 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and rec(gw, user_id="u00001", k=5).model_version != target:
+        time.sleep(0.2)
+    assert rec(gw, user_id="u00001", k=5).model_version == target
+    status = json.loads(cli("status", "--var", str(stack.var), "--json").stdout)
+    assert {r["service"]: r["health"] for r in status}["gateway"] == "SERVING"
+    stats = json.loads(cli("stats", "--var", str(stack.var), "--gateway",
+                           stack.services["gateway"].addr, "--json").stdout)
+    assert stats and {"model_version", "experiment_arm", "impressions"} <= set(stats[0])
+
+
 def _hostile_inputs() -> list[tuple[str, str, object]]:
     """(case, method, request): each must be INVALID_ARGUMENT through the real gateway."""
     G, E = gateway_pb2, events_pb2

@@ -15,8 +15,8 @@ import pytest
 def test_killed_stores_and_trainer_lose_nothing_and_double_nothing(tmp_path: Path) -> None:
     from benchmarks.faults import main
 
-    rows = ["restart redis (AOF)", "restart broker", "kill trainer x5"]
-    assert main(["--only", ",".join(rows), "--rate", "10", "--seconds", "8", "--trainer-kills", "5",
+    rows = ["restart redis (AOF)", "restart broker", "kill trainer x3"]
+    assert main(["--only", ",".join(rows), "--rate", "10", "--seconds", "8", "--trainer-kills", "3",
                  "--fault-at", "2", "--fault-for", "4", "--out", str(tmp_path)]) == 0
     got = {r["fault"]: r for r in json.loads((tmp_path / "faults.json").read_text())}
     assert set(got) == set(rows)

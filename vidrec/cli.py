@@ -208,6 +208,15 @@ def _add(sub: Any, name: str, fn: Handler, help_: str) -> argparse.ArgumentParse
     return p
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vidrec")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vidrec",
@@ -215,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         "`vidrec train` -> `vidrec evaluate` / `vidrec recommend`; `make run` starts the "
         "whole online stack.")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--version", action="version", version=f"vidrec {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="create, import and validate data directories")

@@ -60,6 +60,31 @@ def cmd_publish(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_versions(a: argparse.Namespace) -> int:
+    """`vidrec versions`: what was served when (the artifact store's HISTORY)."""
+    import json
+    import time
+
+    from vidrec.store.artifacts import ArtifactStore
+
+    store = ArtifactStore(_ops_settings().artifact_root)
+    cur = store.latest()
+    last: dict[str, tuple[float, str]] = {}
+    for e in store.history():
+        last[e.version] = (e.at, e.action)
+    rows: list[dict[str, Any]] = [
+        {"version": v, "serving": v == cur, "switched_at": last.get(v, (0.0, ""))[0],
+         "action": last.get(v, (0.0, ""))[1]} for v in store.published()]
+    if a.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["switched_at"])) \
+            if r["switched_at"] else "-"
+        print(f"{'*' if r['serving'] else ' '} {r['version']:8s} {at}  {r['action']}")
+    return 0
+
+
 def cmd_rollback(a: argparse.Namespace) -> int:
     """Back to the version that was LATEST before this one (from HISTORY, never a version
     a killed publish only staged); refused when its files fail their checksums, since
@@ -71,6 +96,12 @@ def cmd_rollback(a: argparse.Namespace) -> int:
     s = _ops_settings()
     store = ArtifactStore(s.artifact_root)
     cur, prev = store.latest(), store.previous()
+    if a.to:
+        if a.to not in store.published():
+            print(f"{a.to} was never served (or is gone); served versions: "
+                  f"{', '.join(store.published()) or '-'}", file=sys.stderr)
+            return 1
+        prev = a.to
     if prev is None:
         print(f"nothing to roll back to (serving {cur}, no earlier served version kept)",
               file=sys.stderr)
@@ -144,6 +175,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 def cmd_status(a: argparse.Namespace) -> int:
     import json
+    import os
 
     from vidrec.serving.healthcheck import check
 
@@ -151,29 +183,53 @@ def cmd_status(a: argparse.Namespace) -> int:
     state = Path(a.var) / "run" / "stack.json"
     if state.exists():
         addrs = json.loads(state.read_text()).get("services", {})
+    else:
+        # Any deployment: the addresses its gateway is configured with (VIDREC_*_ADDR),
+        # and the trainer judged by its heartbeat (Redis settings from the environment).
+        for name in ("candidate", "ranker", "reranker"):
+            if os.environ.get(f"VIDREC_{name.upper()}_ADDR"):
+                addrs[name] = os.environ[f"VIDREC_{name.upper()}_ADDR"]
+        if addrs and os.environ.get("VIDREC_REDIS_URL"):
+            addrs["trainer"] = ""
     for item in a.addr or []:
         name, _, addr = item.partition("=")
         addrs[name] = addr
     if not addrs:
-        print(f"no running stack found ({state} missing); pass --addr name=host:port",
+        print(f"no running stack found ({state} missing); pass --addr name=host:port or "
+              "set VIDREC_CANDIDATE_ADDR, VIDREC_RANKER_ADDR, VIDREC_RERANKER_ADDR (the "
+              "gateway's settings; the gateway itself with --addr gateway=host:port)",
               file=sys.stderr)
         return 1
     from vidrec.store.artifacts import ArtifactStore
 
-    latest = ArtifactStore(Path(a.var) / "artifacts").latest() or "-"
+    root = os.environ.get("VIDREC_ARTIFACT_ROOT") if not state.exists() else None
+    latest = ArtifactStore(Path(root or Path(a.var) / "artifacts")).latest() or "-"
     stack = json.loads(state.read_text()) if state.exists() else {}
     redis_url, prefix = stack.get("redis", ""), stack.get("key_prefix", "vidrec")
     from vidrec.security.client import ClientSecurity
 
     # The stack's CA and client certificate: its internal services require one.
     sec = ClientSecurity.from_state(stack) if stack else ClientSecurity.from_env()
-    print(f"{'service':10s} {'address':22s} {'health':14s} model")
-    worst = 0
+    rows = []
     for name, addr in addrs.items():
-        status = check(addr, security=sec) if addr else _trainer_status(redis_url, prefix)
-        worst |= status not in ("SERVING", "RUNNING")
+        if addr:
+            status = check(addr, security=sec)
+        elif redis_url:
+            status = _trainer_status(redis_url, prefix)
+        else:
+            from vidrec.serving.healthcheck import trainer_status
+
+            status = trainer_status()
         model = latest if name in ("candidate", "ranker", "gateway") else "-"
-        print(f"{name:10s} {addr or '-':22s} {status:14s} {model}")
+        rows.append({"service": name, "address": addr or "-", "health": status,
+                     "model": model})
+    worst = any(r["health"] not in ("SERVING", "RUNNING") for r in rows)
+    if a.json:
+        print(json.dumps(rows, indent=2))
+        return int(worst)
+    print(f"{'service':10s} {'address':22s} {'health':14s} model")
+    for r in rows:
+        print(f"{r['service']:10s} {r['address']:22s} {r['health']:14s} {r['model']}")
     return int(worst)
 
 
@@ -203,6 +259,15 @@ def cmd_stats(a: argparse.Namespace) -> int:
     with connect(a.gateway, a.var) as ch:
         resp = gateway_pb2_grpc.GatewayStub(ch).GetStats(gateway_pb2.GetStatsRequest(),
                                                          timeout=5)
+    if a.json:
+        import json
+
+        from google.protobuf.json_format import MessageToDict
+
+        print(json.dumps([MessageToDict(r, preserving_proto_field_name=True,
+                                        always_print_fields_with_no_presence=True)
+                          for r in resp.stats], indent=2))
+        return 0
     print(f"{'model':8s} {'arm':12s} {'users':>6s} {'impr':>8s} {'clicks':>7s} "
           f"{'CTR [95%]':>21s} {'watches':>8s} {'completion [95%]':>21s} {'watch h':>8s} "
           f"{'likes':>6s} {'dislikes':>8s}")
@@ -343,7 +408,12 @@ def register(sub: Any) -> None:
                    help="replace users' Redis history with the training history")
     p.set_defaults(fn=cmd_publish)
     r = sub.add_parser("rollback", help="serve the previous published version again")
+    r.add_argument("--to", default="", help="a version served before (see `vidrec "
+                   "versions`) instead of the previous one")
     r.set_defaults(fn=cmd_rollback)
+    vs = sub.add_parser("versions", help="published versions and when each was switched to")
+    vs.add_argument("--json", action="store_true")
+    vs.set_defaults(fn=cmd_versions)
     rt = sub.add_parser("retrain", help="retrain on base data + the event log; publish if "
                         "not worse than serving (the trainer also does this periodically)")
     rt.add_argument("--force", action="store_true", help="publish even without enough "
@@ -371,6 +441,7 @@ def register(sub: Any) -> None:
     st = sub.add_parser("status", help="health, address and model version of every service")
     st.add_argument("--var", default="var", help="the directory `make run` uses")
     st.add_argument("--addr", action="append", help="name=host:port (repeatable)")
+    st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_status)
     sa = sub.add_parser("stats", help="online metrics per model version and experiment arm")
     sa.add_argument("--gateway", default="127.0.0.1:50051")
@@ -378,6 +449,7 @@ def register(sub: Any) -> None:
                     help="arm the others are compared with, within each model version")
     sa.add_argument("--var", default="var", help="the stack's directory: its "
                     "run/stack.json has the API key and TLS files")
+    sa.add_argument("--json", action="store_true")
     sa.set_defaults(fn=cmd_stats)
     sm = sub.add_parser(
         "simulate", help="synthetic users with known tastes use the live system",
