@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             """SIGKILLs, each once the restarted trainer owns partitions again (mid-batch:
             events arrive at ~40/s, batches every 0.1 s)."""
             for _ in range(a.trainer_kills):
+                stack.forget_restarts("trainer")  # deliberate kills, not a crash loop
                 kill("trainer")
                 deadline = time.monotonic() + 30
                 time.sleep(0.3)

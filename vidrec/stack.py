@@ -328,6 +328,11 @@ class Stack:
             restarted.append(name)
         return restarted
 
+    def forget_restarts(self, name: str) -> None:
+        """Forget `name`'s recent restarts: a deliberate kill (fault injection, an operator)
+        is not a crash loop."""
+        self._restarts.pop(name, None)
+
     def _may_restart(self, name: str, now: float, log_path: Path,
                      code: int | None = None) -> bool:
         """Count a restart of `name`; False (and say so) once it crashed MAX_RESTARTS times
