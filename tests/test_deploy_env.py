@@ -1,0 +1,130 @@
+"""docker-compose.yml, run as written: every vidrec process started with exactly the
+environment compose gives it, with only what this machine cannot have mapped (service host
+names -> 127.0.0.1 and free ports, /data and /secrets -> temp dirs, the Qdrant server ->
+the embedded engine: no server here). The secrets come from the same `vidrec secrets init`
+command compose's secrets-init runs; the topics from kafka-init's command; each process's
+health from its compose healthcheck command. Then an event through the gateway must reach
+the trainer. A setting that only works on a developer's machine fails here."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from vidrec.infra.embedded import KafkaBroker, RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES = ("candidate", "ranker", "reranker", "gateway", "trainer")
+PORTS = {"candidate": 50052, "ranker": 50053, "reranker": 50054, "gateway": 50051}
+
+
+def _compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+
+
+def _argv(svc: dict[str, Any]) -> list[str]:
+    return [str(x) for x in svc["command"]]
+
+
+@pytest.mark.timeout(600)
+def test_compose_services_start_with_their_own_environment(small_model: Path,
+                                                           tmp_path: Path) -> None:
+    services = _compose()
+    data, secrets, app = tmp_path / "data", tmp_path / "secrets", tmp_path / "app"
+    for d in (data, secrets, app):
+        d.mkdir()
+    py = sys.executable
+    base = {k: v for k, v in os.environ.items() if not k.startswith("VIDREC_")}
+    base["PYTHONPATH"] = str(ROOT)
+    # secrets-init, as compose runs it (paths mapped).
+    init = _argv(services["secrets-init"])
+    init[init.index("/secrets")] = str(secrets)
+    subprocess.run([py, *init], env=base, cwd=app, check=True, capture_output=True)
+    password = (secrets / "redis.password").read_text().strip()
+    ports = {name: free_port() for name in PORTS}
+    with RedisServer(password=password) as redis_srv, KafkaBroker() as kafka:
+        def env_of(name: str) -> dict[str, str]:
+            raw = {str(k): str(v) for k, v in services[name].get("environment", {}).items()}
+            raw.pop("VIDREC_QDRANT_URL", None)  # no Qdrant server here: the embedded engine
+            out = dict(base)
+            for k, v in raw.items():
+                v = v.replace("redis://redis:6379", f"redis://127.0.0.1:{redis_srv.port}")
+                v = v.replace("kafka:9092", kafka.bootstrap)
+                v = re.sub(r"^/data", str(data), v)
+                v = re.sub(r"^/secrets", str(secrets), v)
+                for peer, port in PORTS.items():
+                    v = v.replace(f"{peer}:{port}", f"127.0.0.1:{ports[peer]}")
+                    v = v.replace(f"0.0.0.0:{port}", f"127.0.0.1:{ports[peer]}")
+                out[k] = v
+            return out
+
+        subprocess.run([py, *_argv(services["kafka-init"])], env=env_of("kafka-init"),
+                       cwd=app, check=True, capture_output=True, timeout=120)
+        # The bootstrap's publish step with its own environment (training is the demo's).
+        pub = subprocess.run([py, "-m", "vidrec.cli", "publish", "--model", str(small_model)],
+                             env=env_of("bootstrap"), cwd=app, capture_output=True, text=True,
+                             timeout=300)
+        assert pub.returncode == 0, pub.stderr[-2000:]
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        try:
+            for name in SERVICES:
+                log = (tmp_path / f"{name}.log").open("wb")
+                procs[name] = subprocess.Popen([py, *_argv(services[name])], env=env_of(name),
+                                               cwd=app, stdout=log, stderr=subprocess.STDOUT,
+                                               start_new_session=True)
+            for name in SERVICES:
+                test = [str(x) for x in services[name]["healthcheck"]["test"]][1:]
+                test[0] = py  # the image's python is this venv's
+                test = [t.replace(f"127.0.0.1:{PORTS.get(name, 0)}",
+                                  f"127.0.0.1:{ports.get(name, 0)}") for t in test]
+                deadline = time.monotonic() + 180
+                while True:
+                    log_text = (tmp_path / f"{name}.log").read_text()[-3000:]
+                    assert procs[name].poll() is None, log_text
+                    r = subprocess.run(test, env=env_of(name), cwd=app, capture_output=True,
+                                       text=True)
+                    if r.returncode == 0:
+                        break
+                    assert time.monotonic() < deadline, (name, r.stdout, r.stderr[-500:])
+                    time.sleep(1)
+            # An event through the gateway, with the admin key secrets-init made, reaches the
+            # trainer's state in Redis.
+            from vidrec.security.client import ClientSecurity
+            from vidrec.store.features import FeatureStore
+            from vidrec.v1 import events_pb2, gateway_pb2, gateway_pb2_grpc
+
+            tls = secrets / "tls"
+            sec = ClientSecurity(str(tls / "ca.pem"), bearer=(secrets / "admin.key").read_text())
+            store = FeatureStore.from_url(
+                f"redis://:{password}@127.0.0.1:{redis_srv.port}/0")
+            video = store.popular_list(1)[0]
+            with sec.channel(f"127.0.0.1:{ports['gateway']}") as ch:
+                stub = gateway_pb2_grpc.GatewayStub(ch)
+                assert stub.Recommend(gateway_pb2.RecommendRequest(user_id="env-test", k=5),
+                                      timeout=10).videos
+                stub.LogEvents(gateway_pb2.LogEventsRequest(events=[events_pb2.Event(
+                    event_id="env-1", user_id="env-test", video_id=video,
+                    type=events_pb2.EVENT_TYPE_LIKE, timestamp=time.time())]), timeout=10)
+            deadline = time.monotonic() + 60
+            while video not in store.user("env-test").history:
+                assert time.monotonic() < deadline, (tmp_path / "trainer.log").read_text()[-3000:]
+                time.sleep(0.2)
+            # The event log is where compose's volume is: retrain and rebuild read it there.
+            assert any((data / "events").iterdir())
+        finally:
+            for p in procs.values():
+                if p.poll() is None:
+                    p.terminate()
+            for p in procs.values():
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
