@@ -594,6 +594,9 @@ def test_every_process_exposes_prometheus_metrics(stack: Stack, gw) -> None:  # 
     while 'vidrec_trainer_events_total{outcome="applied"}' not in scrape("trainer"):
         assert time.monotonic() < deadline
         time.sleep(0.5)
+    t = scrape("trainer")
+    assert 'vidrec_arm_events_total{arm="hybrid",type="impression"}' in t
+    assert "vidrec_trainer_consumer_lag_records " in t
 
 
 def test_a_killed_service_is_restarted_by_the_supervisor(stack: Stack, gw) -> None:  # type: ignore[no-untyped-def]

@@ -96,12 +96,13 @@ def cmd_rollback(a: argparse.Namespace) -> int:
     s = _ops_settings()
     store = ArtifactStore(s.artifact_root)
     cur, prev = store.latest(), store.previous()
-    if a.to:
-        if a.to not in store.published():
-            print(f"{a.to} was never served (or is gone); served versions: "
+    target = getattr(a, "to", "")
+    if target:
+        if target not in store.published():
+            print(f"{target} was never served (or is gone); served versions: "
                   f"{', '.join(store.published()) or '-'}", file=sys.stderr)
             return 1
-        prev = a.to
+        prev = target
     if prev is None:
         print(f"nothing to roll back to (serving {cur}, no earlier served version kept)",
               file=sys.stderr)

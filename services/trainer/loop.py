@@ -17,11 +17,19 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from vidrec import events as ev
 from vidrec import schema
 from vidrec.events import MAX_RECORD_BYTES, FeedbackWeights, event_problem
 from vidrec.infra.streams import Record, RecordSink, RecordSource
 from vidrec.serving.convert import video_row
-from vidrec.serving.metrics import BATCH_SECONDS, EVENTS, HEARTBEAT
+from vidrec.serving.metrics import (
+    ARM_EVENTS,
+    ARM_WATCH_SECONDS,
+    BATCH_SECONDS,
+    EVENTS,
+    HEARTBEAT,
+    LAG,
+)
 from vidrec.store.apply import DEDUPE_HORIZON_S, Position
 from vidrec.store.eventlog import EventLog
 from vidrec.store.features import FeatureStore
@@ -134,10 +142,32 @@ class TrainerLoop:
         EVENTS.labels("dead_letter").inc(len(dead))
         BATCH_SECONDS.observe(s.last_batch_s)
         HEARTBEAT.set_to_current_time()
+        for e in res.applied:
+            arm = e.experiment_arm or "-"
+            ARM_EVENTS.labels(arm, ev.NAME_OF.get(e.type, "other")).inc()
+            if e.watch_time_s:
+                ARM_WATCH_SECONDS.labels(arm).inc(e.watch_time_s)
+        self._record_lag()
         if dead:
             log.warning("batch: %d applied, %d duplicates, %d to DLQ", len(res.applied),
                         res.duplicates, len(dead))
         return len(records)
+
+    def _record_lag(self) -> None:
+        """Consumer lag from what the last fetches said (no request to the broker)."""
+        highwater = getattr(self.consumer, "highwater", None)
+        position = getattr(self.consumer, "position", None)
+        if highwater is None or position is None:
+            return
+        try:
+            lag = 0
+            for tp in self.consumer.assignment():
+                hw = highwater(tp)
+                if hw is not None:
+                    lag += max(0, hw - position(tp))
+            LAG.set(lag)
+        except Exception:  # a rebalance under way: the next batch says it
+            log.debug("lag unknown", exc_info=True)
 
     def _log_prefix(self) -> str | None:
         """The applied-offset prefix of the log this batch came from; None when the broker

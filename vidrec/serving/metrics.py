@@ -34,6 +34,18 @@ BATCH_SECONDS = Histogram("vidrec_trainer_batch_seconds",
                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 HEARTBEAT = Gauge("vidrec_trainer_last_batch_timestamp_seconds",
                   "Unix time of the trainer's last applied batch")
+LAG = Gauge("vidrec_trainer_consumer_lag_records",
+            "Records in the trainer's partitions not consumed yet (from the last fetch)")
+ARM_EVENTS = Counter("vidrec_arm_events_total",
+                     "Applied events per experiment arm and type (online metrics)",
+                     ["arm", "type"])
+ARM_WATCH_SECONDS = Counter("vidrec_arm_watch_time_seconds_total",
+                            "Watch time per experiment arm", ["arm"])
+FOLDIN_SECONDS = Histogram("vidrec_trainer_foldin_seconds",
+                           "One fold-in pass over the users whose events changed",
+                           buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+PUBLISH_SECONDS = Histogram("vidrec_publish_seconds", "One publish of a model version",
+                            buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1200))
 
 
 def serve(addr: str) -> int:

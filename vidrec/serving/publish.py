@@ -102,6 +102,15 @@ def publish(model_dir: Path, artifacts: ArtifactStore, index: VectorIndex,
             store: FeatureStore, producer: RecordSink | None = None,
             overwrite_history: bool = False) -> str:
     """Publish and return the new version (e.g. "v3")."""
+    from vidrec.serving.metrics import PUBLISH_SECONDS
+
+    with PUBLISH_SECONDS.time():
+        return _publish(model_dir, artifacts, index, store, producer, overwrite_history)
+
+
+def _publish(model_dir: Path, artifacts: ArtifactStore, index: VectorIndex,
+             store: FeatureStore, producer: RecordSink | None,
+             overwrite_history: bool) -> str:
     version = artifacts.stage(Path(model_dir))
     bundle = ModelBundle.load(artifacts.path(version))
     name = collection_name(version)

@@ -48,6 +48,13 @@ def user_row(feedback: Mapping[str, tuple[float, float]], index: Mapping[str, in
 def fold_in_dirty(store: FeatureStore, model: OnlineModel, version: str,
                   max_users: int = 5000) -> int:
     """Refresh the MF vectors of up to `max_users` users marked dirty; returns how many."""
+    from vidrec.serving.metrics import FOLDIN_SECONDS
+
+    with FOLDIN_SECONDS.time():
+        return _fold_in(store, model, version, max_users)
+
+
+def _fold_in(store: FeatureStore, model: OnlineModel, version: str, max_users: int) -> int:
     users = store.pop_dirty_users(max_users)
     if not users:
         return 0
