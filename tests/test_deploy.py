@@ -174,9 +174,13 @@ def test_compose_ports_match_listen_addr() -> None:
         exposed = {int(str(p).split(":")[-1]) for p in svc.get("expose", []) + svc.get("ports", [])}
         assert port in exposed, f"{name} does not expose {port}"
     published = [str(p) for p in services["gateway"]["ports"]]
-    # Only the gateway is published, and on the host's loopback only.
+    # Only the gateway is published (besides the opt-in monitoring profile's UIs), and on
+    # the host's loopback only.
     assert published == ["127.0.0.1:50051:50051"]
-    assert not [n for n, x in services.items() if x.get("ports") and n != "gateway"]
+    assert not [n for n, x in services.items()
+                if x.get("ports") and n != "gateway" and not x.get("profiles")]
+    assert all(str(p).startswith("127.0.0.1:") for x in services.values()
+               for p in x.get("ports", []))
 
 
 def test_compose_addresses_point_at_compose_services() -> None:
@@ -373,7 +377,7 @@ def test_k8s_grpc_deployments_probe_their_port() -> None:
     configmaps = _of_kind("ConfigMap")
     for name, port in GRPC_PORTS.items():
         container = _only_container(deployments[name])
-        assert [p["containerPort"] for p in container["ports"]] == [port, 8081], name
+        assert [p["containerPort"] for p in container["ports"]] == [port, 8081, 9100], name
         env = _container_env(container, configmaps)
         assert env["VIDREC_LISTEN_ADDR"] == f"0.0.0.0:{port}", name
         # The service port speaks TLS; native gRPC probes cannot, so health has a plaintext
@@ -686,3 +690,38 @@ def test_k8s_trainer_probe_is_its_progress_and_the_retrain_sees_its_log() -> Non
         mounts = {m["name"]: m for m in _only_container(doc)["volumeMounts"]}
         assert mounts["artifacts"]["mountPath"] == "/data"
         assert not mounts["artifacts"].get("readOnly"), "the log must be writable/readable"
+
+
+def test_monitoring_rules_and_dashboard_use_exported_metrics() -> None:
+    """Every series the alert rules and the Grafana dashboard query is one vidrec exports
+    (vidrec/serving/metrics.py); the PrometheusRule overlay carries the same rules; compose's
+    monitoring profile and each process expose what Prometheus scrapes."""
+    import json as json_lib
+
+    from vidrec.serving import metrics as m
+
+    exported = set()
+    for obj in vars(m).values():
+        name = getattr(obj, "_name", None)
+        if name and name.startswith("vidrec_"):
+            kind = getattr(obj, "_type", "")
+            exported |= {name, f"{name}_total"} if kind == "counter" else {name}
+            if kind == "histogram":
+                exported |= {f"{name}_bucket", f"{name}_count", f"{name}_sum"}
+    mon = ROOT / "deploy" / "monitoring"
+    rules = yaml.safe_load((mon / "alerts.yml").read_text())
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    dash = json_lib.loads((mon / "grafana-dashboard.json").read_text())
+    exprs += [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = {x for e in exprs for x in re.findall(r"\bvidrec_[a-z_]+", e)}
+    assert used and used <= exported, used - exported
+    overlay = yaml.safe_load((DEPLOY / "overlays" / "monitoring" / "prometheusrule.yaml")
+                             .read_text())
+    assert overlay["spec"] == rules
+    services = _services()
+    assert services["prometheus"]["profiles"] == ["monitoring"]
+    for name in ("candidate", "ranker", "reranker", "gateway", "trainer"):
+        assert _compose_env(services[name])["VIDREC_METRICS_ADDR"] == "0.0.0.0:9100"
+    targets = yaml.safe_load((mon / "prometheus.yml").read_text())["scrape_configs"][0]
+    assert set(targets["static_configs"][0]["targets"]) == {
+        f"{n}:9100" for n in ("gateway", "candidate", "ranker", "reranker", "trainer")}

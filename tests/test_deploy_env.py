@@ -50,6 +50,7 @@ def test_compose_services_start_with_their_own_environment(small_model: Path,
     subprocess.run([py, *init], env=base, cwd=app, check=True, capture_output=True)
     password = (secrets / "redis.password").read_text().strip()
     ports = {name: free_port() for name in PORTS}
+    metrics_ports = {name: free_port() for name in SERVICES}
     with RedisServer(password=password) as redis_srv, KafkaBroker() as kafka:
         def env_of(name: str) -> dict[str, str]:
             raw = {str(k): str(v) for k, v in services[name].get("environment", {}).items()}
@@ -60,6 +61,8 @@ def test_compose_services_start_with_their_own_environment(small_model: Path,
                 v = v.replace("kafka:9092", kafka.bootstrap)
                 v = re.sub(r"^/data", str(data), v)
                 v = re.sub(r"^/secrets", str(secrets), v)
+                if k == "VIDREC_METRICS_ADDR":
+                    v = f"127.0.0.1:{metrics_ports.get(name, free_port())}"
                 for peer, port in PORTS.items():
                     v = v.replace(f"{peer}:{port}", f"127.0.0.1:{ports[peer]}")
                     v = v.replace(f"0.0.0.0:{port}", f"127.0.0.1:{ports[peer]}")
@@ -119,6 +122,13 @@ def test_compose_services_start_with_their_own_environment(small_model: Path,
                 time.sleep(0.2)
             # The event log is where compose's volume is: retrain and rebuild read it there.
             assert any((data / "events").iterdir())
+            # And each process serves the metrics compose's Prometheus scrapes.
+            import urllib.request
+
+            for name in SERVICES:
+                url = f"http://127.0.0.1:{metrics_ports[name]}/metrics"
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    assert b"vidrec_" in r.read(), name
         finally:
             for p in procs.values():
                 if p.poll() is None:
