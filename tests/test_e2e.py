@@ -31,6 +31,7 @@ def stack(small_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     # Stage ceilings as long as the calls' own timeouts: these tests are about behaviour
     # (hot swap, freshness), and a slow machine must not turn them into degraded answers.
     st = Stack(var, extra_env={"VIDREC_FOLDIN_INTERVAL_S": "1",
+                               "VIDREC_TRACING": f"file:{var / 'traces'}",
                                "VIDREC_CANDIDATE_TIMEOUT_MS": "4000",
                                "VIDREC_RANKER_TIMEOUT_MS": "4000",
                                "VIDREC_RERANKER_TIMEOUT_MS": "4000"})
@@ -597,6 +598,30 @@ def test_every_process_exposes_prometheus_metrics(stack: Stack, gw) -> None:  # 
     t = scrape("trainer")
     assert 'vidrec_arm_events_total{arm="hybrid",type="impression"}' in t
     assert "vidrec_trainer_consumer_lag_records " in t
+
+
+def test_one_trace_covers_the_funnel_with_the_request_id(stack: Stack, gw) -> None:  # type: ignore[no-untyped-def]
+    """VIDREC_TRACING on: a Recommend is one trace, gateway -> candidate, ranker, reranker,
+    each span a child of the gateway's and tagged with the request id."""
+    r = rec(gw, user_id="u00004", k=5)
+    traces = stack.var / "traces"
+
+    def spans() -> list[dict]:
+        return [json.loads(line) for f in traces.glob("*.jsonl")
+                for line in f.read_text().splitlines() if line.strip()]
+
+    deadline = time.monotonic() + 20
+    while True:
+        mine = [x for x in spans() if x["attributes"].get("vidrec.request_id") == r.request_id]
+        if {x["service"] for x in mine} >= {"gateway", "candidate", "ranker", "reranker"}:
+            break
+        assert time.monotonic() < deadline, mine
+        time.sleep(0.2)
+    root = next(x for x in mine if x["service"] == "gateway")
+    for x in mine:
+        assert x["trace_id"] == root["trace_id"]
+        if x is not root:
+            assert x["parent_id"] == root["span_id"], x
 
 
 def test_a_killed_service_is_restarted_by_the_supervisor(stack: Stack, gw) -> None:  # type: ignore[no-untyped-def]

@@ -109,3 +109,27 @@ def test_json_logs_carry_the_request_id_and_tracebacks(capsys) -> None:  # type:
     finally:
         root.handlers[:], _ = saved
         root.setLevel(saved[1])
+
+
+def test_json_logs_name_the_trace_when_tracing_is_on(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import logging
+
+    from opentelemetry import trace
+
+    from vidrec.logs import setup_logging
+    from vidrec.serving import tracing
+
+    tracer = tracing.setup("gateway", f"file:{tmp_path}") or trace.get_tracer("t")
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    setup_logging("gateway", "INFO", "json")
+    try:
+        with tracer.start_as_current_span("call") as span:
+            logging.getLogger("t").info("inside")
+            want = format(span.get_span_context().trace_id, "032x")
+        line = json.loads(capsys.readouterr().err.splitlines()[-1])
+        assert line["trace_id"] == want
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])

@@ -56,6 +56,8 @@ class CommonSettings:
     health_addr: str = ""
     # host:port of the Prometheus /metrics endpoint (vidrec/serving/metrics.py); "" = none.
     metrics_addr: str = ""
+    # OpenTelemetry tracing (vidrec/serving/tracing.py): "" off, file:DIR, console, otlp.
+    tracing: str = ""
     # Store credentials (vidrec/security/stores.py), secrets as mounted files: the Redis
     # password; Kafka SASL (SCRAM) and TLS; the Qdrant API key.
     redis_password_file: str = ""

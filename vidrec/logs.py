@@ -33,10 +33,15 @@ class JsonFormatter(logging.Formatter):
         self.service = service
 
     def format(self, record: logging.LogRecord) -> str:
+        from vidrec.serving.tracing import trace_id
+
         out = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
                "level": record.levelname, "service": self.service,
                "request_id": getattr(record, "request_id", "-"), "logger": record.name,
                "msg": record.getMessage()}
+        tid = trace_id()
+        if tid:
+            out["trace_id"] = tid
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)

@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+import grpc
+
 from services.gateway.arms import parse_arms
 from services.gateway.funnel import Budget, Stubs
 from services.gateway.servicer import GatewayServicer
@@ -69,6 +71,10 @@ def main() -> int:
     internal = ClientSecurity(s.tls_ca, s.tls_client_cert, s.tls_client_key)
     channels = [internal.channel(a, CHANNEL_OPTIONS)
                 for a in (s.candidate_addr, s.ranker_addr, s.reranker_addr)]
+    if s.tracing:  # the stages' spans join the gateway's trace
+        from vidrec.serving.tracing import ClientTracing
+
+        channels = [grpc.intercept_channel(ch, ClientTracing()) for ch in channels]
     stubs = Stubs(candidate_pb2_grpc.CandidateStub(channels[0]),
                   ranker_pb2_grpc.RankerStub(channels[1]),
                   reranker_pb2_grpc.RerankerStub(channels[2]))

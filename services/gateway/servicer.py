@@ -18,6 +18,7 @@ from vidrec.rerank import RerankConfig
 from vidrec.security.auth import log_user
 from vidrec.serving.convert import profile_dict, profile_proto
 from vidrec.serving.metrics import DEGRADED
+from vidrec.serving.tracing import tag_request
 from vidrec.store.features import FeatureStore, UserState
 from vidrec.v1 import common_pb2, events_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -48,6 +49,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                   ) -> gateway_pb2.RecommendResponse:
         request_id = uuid.uuid4().hex[:16]
         request_id_var.set(request_id)
+        tag_request(request_id)
         try:
             check_recommend(request, self.max_k)
         except Invalid as exc:

@@ -181,8 +181,12 @@ class Server:
         metrics_addr = getattr(settings, "metrics_addr", "")
         if metrics_addr:
             self.metrics_port = serve(metrics_addr)
+        from vidrec.serving import tracing
+
+        tracer = tracing.setup(name, getattr(settings, "tracing", ""))
+        traced = [tracing.ServerTracing(name, tracer)] if tracer is not None else []
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=opts,
-                                interceptors=[MetricsInterceptor(name), *interceptors,
+                                interceptors=[*traced, MetricsInterceptor(name), *interceptors,
                                               self.admission, _Guard(name)])
         register(self.grpc)
         self.health = health.HealthServicer(experimental_non_blocking=True)
