@@ -600,6 +600,57 @@ def test_every_process_exposes_prometheus_metrics(stack: Stack, gw) -> None:  # 
     assert "vidrec_trainer_consumer_lag_records " in t
 
 
+def test_a_real_prometheus_scrapes_every_process(stack: Stack, gw, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Prometheus itself (Debian's package; .ci/run installs it) scrapes the stack's
+    /metrics addresses from stack.json and answers queries over the series."""
+    import shutil
+    import subprocess
+    import urllib.parse
+    import urllib.request
+
+    from vidrec.infra.embedded import free_port
+
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus is not installed (apt-get install prometheus; .ci/run does)")
+    state = json.loads((stack.var / "run" / "stack.json").read_text())
+    targets = sorted(state["metrics"].values())
+    cfg = tmp_path / "prometheus.yml"
+    cfg.write_text(json.dumps({"global": {"scrape_interval": "1s"}, "scrape_configs": [
+        {"job_name": "vidrec", "static_configs": [{"targets": targets}]}]}))
+    port = free_port()
+    proc = subprocess.Popen([binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path}/db",
+                             f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "prom.log").open("wb"))
+
+    def query(q: str) -> list[dict]:
+        url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": q})
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.loads(r.read())["data"]["result"]  # type: ignore[no-any-return]
+
+    try:
+        rec(gw, user_id="u00001", k=5)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                up = {x["metric"]["instance"]: x["value"][1] for x in query("up")}
+                calls = query('sum by (service) (vidrec_rpc_duration_seconds_count)')
+                if len(up) == len(targets) and set(up.values()) == {"1"} and \
+                        {x["metric"]["service"] for x in calls} >= {
+                            "gateway", "candidate", "ranker", "reranker"}:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "prom.log").read_text()[-2000:]
+            rec(gw, user_id="u00001", k=5)
+            time.sleep(1)
+        assert query("vidrec_serving_model_version")
+        assert query('vidrec_trainer_events_total{outcome="applied"}')
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
 def test_one_trace_covers_the_funnel_with_the_request_id(stack: Stack, gw) -> None:  # type: ignore[no-untyped-def]
     """VIDREC_TRACING on: a Recommend is one trace, gateway -> candidate, ranker, reranker,
     each span a child of the gateway's and tagged with the request id."""
