@@ -138,3 +138,121 @@ def test_compose_services_start_with_their_own_environment(small_model: Path,
                     p.wait(20)
                 except subprocess.TimeoutExpired:
                     p.kill()
+
+
+def _k8s_envs() -> dict[str, tuple[list[str], dict[str, str]]]:
+    """Each Deployment's (args, environment) as deploy/base renders it: the ConfigMap
+    under the container's own env."""
+    docs = [d for p in sorted((ROOT / "deploy" / "base").glob("*.yaml"))
+            if p.name != "kustomization.yaml" for d in yaml.safe_load_all(p.read_text()) if d]
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    out = {}
+    for d in docs:
+        if d["kind"] != "Deployment":
+            continue
+        c = d["spec"]["template"]["spec"]["containers"][0]
+        env = {str(k): str(v) for k, v in config.items()}
+        env.update({e["name"]: str(e.get("value", "")) for e in c.get("env", [])})
+        out[d["metadata"]["name"]] = ([str(a) for a in c["args"]], env)
+    return out
+
+
+@pytest.mark.timeout(600)
+def test_k8s_deployments_start_with_their_own_environment(small_model: Path,
+                                                          tmp_path: Path) -> None:
+    """deploy/base's Deployments, run with their rendered environment (ConfigMap + env),
+    the Secret's files flattened into /secrets as `kubectl create secret --from-file` does,
+    hosts and volumes mapped: every gRPC service answers its probe port (plaintext health),
+    the trainer passes its exec probe, and an event reaches the trainer."""
+    from vidrec.security.client import ClientSecurity
+    from vidrec.serving.healthcheck import check
+    from vidrec.store.features import FeatureStore
+    from vidrec.v1 import events_pb2, gateway_pb2, gateway_pb2_grpc
+
+    deployments = _k8s_envs()
+    assert set(deployments) == set(SERVICES)
+    data, made, secrets, app = (tmp_path / x for x in ("data", "made", "secrets", "app"))
+    for d in (data, secrets, app):
+        d.mkdir()
+    py = sys.executable
+    base = {k: v for k, v in os.environ.items() if not k.startswith("VIDREC_")}
+    base["PYTHONPATH"] = str(ROOT)
+    subprocess.run([py, "-m", "vidrec.cli", "secrets", "init", "--dir", str(made), "--hosts",
+                    "candidate,ranker,reranker,gateway"], env=base, check=True,
+                   capture_output=True)
+    for f in [*made.glob("*"), *(made / "tls").glob("*")]:  # --from-file=secrets/ and tls/
+        if f.is_file():
+            (secrets / f.name).write_bytes(f.read_bytes())
+    password = (secrets / "redis.password").read_text().strip()
+    grpc_ports = {name: free_port() for name in PORTS}
+    health_ports = {name: free_port() for name in PORTS}
+    with RedisServer(password=password) as redis_srv, KafkaBroker() as kafka:
+        def env_of(name: str) -> dict[str, str]:
+            out = dict(base)
+            for k, v in deployments[name][1].items():
+                if k == "VIDREC_QDRANT_URL":
+                    continue  # no Qdrant server here: the embedded engine
+                v = re.sub(r"redis://[^/]+:6379", f"redis://127.0.0.1:{redis_srv.port}", v)
+                v = re.sub(r"^[\w.-]+:9092$", kafka.bootstrap, v)
+                v = re.sub(r"^/data", str(data), v)
+                v = re.sub(r"^/secrets", str(secrets), v)
+                if k == "VIDREC_METRICS_ADDR":
+                    v = f"127.0.0.1:{free_port()}"
+                if k == "VIDREC_HEALTH_ADDR":
+                    v = f"127.0.0.1:{health_ports[name]}"
+                for peer, port in PORTS.items():
+                    v = v.replace(f"{peer}:{port}", f"127.0.0.1:{grpc_ports[peer]}")
+                    v = v.replace(f"0.0.0.0:{port}", f"127.0.0.1:{grpc_ports[peer]}")
+                out[k] = v
+            return out
+
+        pub = subprocess.run([py, "-m", "vidrec.cli", "publish", "--model", str(small_model)],
+                             env=env_of("trainer"), cwd=app, capture_output=True, text=True,
+                             timeout=300)
+        assert pub.returncode == 0, pub.stderr[-2000:]
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        try:
+            for name in SERVICES:
+                procs[name] = subprocess.Popen(
+                    [py, *deployments[name][0]], env=env_of(name), cwd=app,
+                    stdout=(tmp_path / f"{name}.log").open("wb"), stderr=subprocess.STDOUT,
+                    start_new_session=True)
+            for name in SERVICES:
+                deadline = time.monotonic() + 180
+                while True:
+                    assert procs[name].poll() is None, (
+                        tmp_path / f"{name}.log").read_text()[-3000:]
+                    if name == "trainer":
+                        ok = subprocess.run(
+                            [py, "-m", "vidrec.serving.healthcheck", "--trainer", "30"],
+                            env=env_of(name), cwd=app, capture_output=True).returncode == 0
+                    else:  # the kubelet's gRPC probe: plaintext, health port
+                        ok = check(f"127.0.0.1:{health_ports[name]}",
+                                   security=ClientSecurity()) == "SERVING"
+                    if ok:
+                        break
+                    assert time.monotonic() < deadline, name
+                    time.sleep(1)
+            sec = ClientSecurity(str(secrets / "ca.pem"),
+                                 bearer=(secrets / "admin.key").read_text())
+            store = FeatureStore.from_url(
+                f"redis://:{password}@127.0.0.1:{redis_srv.port}/0")
+            video = store.popular_list(1)[0]
+            with sec.channel(f"127.0.0.1:{grpc_ports['gateway']}") as ch:
+                stub = gateway_pb2_grpc.GatewayStub(ch)
+                stub.LogEvents(gateway_pb2.LogEventsRequest(events=[events_pb2.Event(
+                    event_id="k8s-1", user_id="k8s-test", video_id=video,
+                    type=events_pb2.EVENT_TYPE_LIKE, timestamp=time.time())]), timeout=10)
+            deadline = time.monotonic() + 60
+            while video not in store.user("k8s-test").history:
+                assert time.monotonic() < deadline, (tmp_path / "trainer.log").read_text()[-3000:]
+                time.sleep(0.2)
+        finally:
+            for p in procs.values():
+                if p.poll() is None:
+                    p.terminate()
+            for p in procs.values():
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
