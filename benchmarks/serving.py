@@ -87,6 +87,8 @@ def main() -> int:
     ap.add_argument("--insecure", action="store_true",
                     help="plaintext, no API keys (the baseline for the cost of security)")
     ap.add_argument("--no-trainer", action="store_true")
+    ap.add_argument("--no-metrics", action="store_true",
+                    help="no /metrics endpoints (the baseline for their overhead)")
     ap.add_argument("--warmup", type=float, default=5.0,
                     help="seconds of load at the first rate before measuring (discarded): "
                          "caches, the trainer's first batches")
@@ -95,7 +97,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     var = Path(tempfile.mkdtemp(prefix="vidrec-bench-"))
     # --insecure: plaintext and no keys, to measure what TLS, mTLS and auth cost.
-    stack = Stack(var, secure=not a.insecure)
+    stack = Stack(var, secure=not a.insecure, with_metrics=not a.no_metrics)
     results: dict = {"model": a.model}
     try:
         stack.start_stores()

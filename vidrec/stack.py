@@ -103,6 +103,8 @@ class Stack:
     # keys at the gateway, a Redis password; material generated once under var/run/.
     secure: bool = True
     api_key: str = ""
+    # Prometheus /metrics of each process on a loopback port (off: the overhead baseline).
+    with_metrics: bool = True
     metrics: dict[str, str] = field(default_factory=dict)
     _secrets: dict[str, str] = field(default_factory=dict)
     _restarts: dict[str, list[float]] = field(default_factory=dict)
@@ -209,10 +211,11 @@ class Stack:
         addr = f"127.0.0.1:{port or free_port()}" if name != "trainer" else ""
         sp = ServiceProcess(name, {}, self.log_dir / f"{name}.log", addr)
         self.services[name] = sp
-        # Prometheus /metrics of each process, on loopback (recorded in stack.json).
-        self.metrics[name] = f"127.0.0.1:{free_port()}"
         sp.env = self.service_env(name, addr)
-        sp.env["VIDREC_METRICS_ADDR"] = self.metrics[name]
+        if self.with_metrics:
+            # Prometheus /metrics of each process, on loopback (recorded in stack.json).
+            self.metrics[name] = f"127.0.0.1:{free_port()}"
+            sp.env["VIDREC_METRICS_ADDR"] = self.metrics[name]
         sp.start()
         return sp
 
