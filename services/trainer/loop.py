@@ -60,6 +60,7 @@ class LoopStats:
     dead: int = 0
     videos: int = 0
     last_batch_s: float = 0.0
+    lag: int = -1  # records not consumed yet, from the last fetch (-1: unknown); heartbeat
     reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -166,6 +167,7 @@ class TrainerLoop:
                 if hw is not None:
                     lag += max(0, hw - position(tp))
             LAG.set(lag)
+            self.stats.lag = lag
         except Exception:  # a rebalance under way: the next batch says it
             log.debug("lag unknown", exc_info=True)
 

@@ -47,6 +47,10 @@ def trainer_status(max_age_s: float = 30.0) -> str:
         return f"STALLED ({age:.0f}s since the last heartbeat)"
     if not beat.get("partitions"):
         return "NO_PARTITIONS"
+    lag = beat.get("lag", -1)
+    if lag is not None and lag >= 0:
+        print(f"trainer: heartbeat {age:.0f}s old, {beat['partitions']} partitions, "
+              f"lag {lag} records", file=sys.stderr)
     return "SERVING"
 
 
