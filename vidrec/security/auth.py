@@ -26,6 +26,7 @@ import grpc
 
 from vidrec.security import tokens
 from vidrec.security.keys import KeyFile
+from vidrec.serving.interceptor import Handler, UnaryInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,9 @@ def log_user(user_id: str, hashed: bool) -> str:
     return hashlib.sha256(user_id.encode()).hexdigest()[:12] if hashed else user_id
 
 
-class Authenticator(grpc.ServerInterceptor):
+class Authenticator(UnaryInterceptor):
+    skip_prefixes = (HEALTH_PREFIX,)
+
     def __init__(self, keys: KeyFile, token_secret: bytes | None = None,
                  limits: Limits | None = None, hash_user_ids: bool = False,
                  user_ids: dict[str, Callable[[Any], list[str]]] | None = None) -> None:
@@ -122,17 +125,9 @@ class Authenticator(grpc.ServerInterceptor):
                              frozenset(scopes))
         return None
 
-    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails
-                          ) -> grpc.RpcMethodHandler:
-        method = details.method
-        if method.startswith(HEALTH_PREFIX):
-            return continuation(details)
-        handler = continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
+    def wrap(self, inner: Handler, method: str, details: grpc.HandlerCallDetails) -> Handler:
         scope = METHOD_SCOPES.get(method, "admin")
         principal = self.identify(details.invocation_metadata)
-        inner = handler.unary_unary
         users_of = self.user_ids.get(method)
 
         def checked(request: Any, context: grpc.ServicerContext) -> Any:
@@ -158,6 +153,4 @@ class Authenticator(grpc.ServerInterceptor):
                               f"rate limit for {scope}: retry in {wait:.2f}s")
             return inner(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(
-            checked, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+        return checked

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from vidrec.serving.interceptor import Handler, UnaryInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +63,15 @@ def set_model_version(service: str, version: str | None) -> None:
         MODEL_VERSION.labels(service).set(int(version[1:]))
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):
+class MetricsInterceptor(UnaryInterceptor):
     """Latency and status code of every call, refused and failed ones included (it runs
     first, outside authentication and admission)."""
 
     def __init__(self, service: str) -> None:
         self.service = service
 
-    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails
-                          ) -> grpc.RpcMethodHandler:
-        handler = continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        inner = handler.unary_unary
-        method = details.method.rsplit("/", 1)[-1]
+    def wrap(self, inner: Handler, method: str, details: grpc.HandlerCallDetails) -> Handler:
+        name = method.rsplit("/", 1)[-1]
 
         def timed(request: Any, context: grpc.ServicerContext) -> Any:
             t0 = time.perf_counter()
@@ -87,9 +83,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                 code = c.name if isinstance(c, grpc.StatusCode) else "UNKNOWN"
                 raise
             finally:
-                RPC_SECONDS.labels(self.service, method, code).observe(
+                RPC_SECONDS.labels(self.service, name, code).observe(
                     time.perf_counter() - t0)
 
-        return grpc.unary_unary_rpc_method_handler(
-            timed, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+        return timed

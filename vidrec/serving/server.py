@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from vidrec.logs import request_id_var
+from vidrec.serving.interceptor import Handler, UnaryInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ HEALTH_PREFIX = "/grpc.health.v1.Health/"
 HEALTH_WORKERS = 2
 
 
-class _Admission(grpc.ServerInterceptor):
+class _Admission(UnaryInterceptor):
     """Refuse what the process cannot serve in time, at once, instead of queueing it.
 
     Past `limit` calls in flight a call is answered RESOURCE_EXHAUSTED without work (the
@@ -40,6 +41,8 @@ class _Admission(grpc.ServerInterceptor):
     is not mistaken for a dead one.
     """
 
+    skip_prefixes = (HEALTH_PREFIX,)
+
     def __init__(self, name: str, limit: int) -> None:
         self.name = name
         self.limit = limit
@@ -47,14 +50,7 @@ class _Admission(grpc.ServerInterceptor):
         self._in_flight = 0
         self._lock = threading.Lock()
 
-    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails
-                          ) -> grpc.RpcMethodHandler:
-        handler = continuation(details)
-        if (handler is None or handler.unary_unary is None
-                or details.method.startswith(HEALTH_PREFIX)):
-            return handler
-        inner = handler.unary_unary
-
+    def wrap(self, inner: Handler, method: str, details: grpc.HandlerCallDetails) -> Handler:
         def admitted(request: object, context: grpc.ServicerContext) -> object:
             left = context.time_remaining()
             if left is not None and left <= 0:
@@ -78,12 +74,10 @@ class _Admission(grpc.ServerInterceptor):
                 with self._lock:
                     self._in_flight -= 1
 
-        return grpc.unary_unary_rpc_method_handler(
-            admitted, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+        return admitted
 
 
-class _Guard(grpc.ServerInterceptor):
+class _Guard(UnaryInterceptor):
     """No exception reaches a client as a traceback or an exception message.
 
     A handler that aborted keeps its status. A store that cannot be reached (Redis, a
@@ -95,14 +89,7 @@ class _Guard(grpc.ServerInterceptor):
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails
-                          ) -> grpc.RpcMethodHandler:
-        handler = continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        inner = handler.unary_unary
-        method = details.method
-
+    def wrap(self, inner: Handler, method: str, details: grpc.HandlerCallDetails) -> Handler:
         def guarded(request: object, context: grpc.ServicerContext) -> object:
             try:
                 return inner(request, context)
@@ -119,9 +106,7 @@ class _Guard(grpc.ServerInterceptor):
                               f"{request_id_var.get()})")
                 raise  # unreachable: abort raises
 
-        return grpc.unary_unary_rpc_method_handler(
-            guarded, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+        return guarded
 
 
 def _is_unavailable(exc: BaseException) -> bool:

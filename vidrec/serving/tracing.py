@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
+
+from vidrec.serving.interceptor import Handler, UnaryInterceptor
 
 _tracer: trace.Tracer | None = None
 
@@ -100,20 +102,14 @@ def tag_request(request_id: str) -> None:
         span.set_attribute("vidrec.request_id", request_id)
 
 
-class ServerTracing(grpc.ServerInterceptor):
+class ServerTracing(UnaryInterceptor):
     """A SERVER span per call, child of the caller's span when the metadata carries one."""
 
     def __init__(self, service: str, tracer: trace.Tracer) -> None:
         self.service = service
         self.tracer = tracer
 
-    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails
-                          ) -> grpc.RpcMethodHandler:
-        handler = continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        inner = handler.unary_unary
-        method = details.method
+    def wrap(self, inner: Handler, method: str, details: grpc.HandlerCallDetails) -> Handler:
         carrier = {k: v for k, v in (details.invocation_metadata or ())
                    if isinstance(v, str)}
 
@@ -128,9 +124,7 @@ class ServerTracing(grpc.ServerInterceptor):
                     span.set_attribute("vidrec.request_id", str(rid)[:64])
                 return inner(request, context_)
 
-        return grpc.unary_unary_rpc_method_handler(
-            traced, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+        return traced
 
 
 class ClientTracing(grpc.UnaryUnaryClientInterceptor):
