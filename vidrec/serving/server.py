@@ -170,9 +170,13 @@ class Server:
 
         tracer = tracing.setup(name, getattr(settings, "tracing", ""))
         traced = [tracing.ServerTracing(name, tracer)] if tracer is not None else []
+        # maximum_concurrent_rpcs: gRPC's core refuses a call past `workers` in the server
+        # (RESOURCE_EXHAUSTED) before Python sees it, so under overload the excess is told
+        # at once instead of queueing for a worker thread only to be refused by _Admission.
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=opts,
                                 interceptors=[*traced, MetricsInterceptor(name), *interceptors,
-                                              self.admission, _Guard(name)])
+                                              self.admission, _Guard(name)],
+                                maximum_concurrent_rpcs=workers)
         register(self.grpc)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
