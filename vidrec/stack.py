@@ -38,6 +38,9 @@ class ServiceProcess:
     addr: str = ""
     proc: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
+    # grpc.health.v1 alone on a plaintext loopback port of its own (VIDREC_HEALTH_ADDR):
+    # a probe never queues behind requests, nor is refused with them under overload.
+    health_addr: str = ""
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +68,11 @@ class ServiceProcess:
             if not self.alive():
                 raise RuntimeError(f"{self.name} exited; see {self.log_path}:\n"
                                    + self.log_path.read_text()[-2000:])
-            status = check(self.addr, timeout=1.0, security=ClientSecurity.from_env(self.env))
+            if self.health_addr:
+                status = check(self.health_addr, timeout=1.0, security=ClientSecurity())
+            else:
+                status = check(self.addr, timeout=1.0,
+                               security=ClientSecurity.from_env(self.env))
             if status == "SERVING":
                 return
             time.sleep(0.1)
@@ -212,6 +219,9 @@ class Stack:
         sp = ServiceProcess(name, {}, self.log_dir / f"{name}.log", addr)
         self.services[name] = sp
         sp.env = self.service_env(name, addr)
+        if addr:
+            sp.health_addr = f"127.0.0.1:{free_port()}"
+            sp.env["VIDREC_HEALTH_ADDR"] = sp.health_addr
         if self.with_metrics:
             # Prometheus /metrics of each process, on loopback (recorded in stack.json).
             self.metrics[name] = f"127.0.0.1:{free_port()}"
