@@ -108,3 +108,12 @@ def test_bad_data_directory_names_file_line_and_column(tmp_path: Path,
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
     assert "interactions.csv" in err and "line 2" in err and "'value'" in err
+
+
+def test_python_m_vidrec_is_the_cli() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "vidrec", "--version"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("vidrec "), out.stderr
