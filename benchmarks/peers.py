@@ -332,6 +332,58 @@ def implicit_als(
     return recommend_als(fit_implicit_als(train, params), users_to_score, k)
 
 
+# --- EASE (Steck 2019) --------------------------------------------------------------------
+
+EASE_GRID: dict[str, Sequence[Any]] = {"l2": [10.0, 50.0, 100.0, 250.0, 500.0, 1000.0],
+                                       "signal": ["engaged", "relevant"]}
+
+
+@dataclass
+class EaseModel:
+    """Item-item weights B from the closed form: P = (X^T X + l2 I)^-1, B = I - P /
+    diag(P) with a zero diagonal; a user's scores are their row of X times B."""
+
+    b: np.ndarray
+    item_ids: list[str]
+    user_rows: dict[str, np.ndarray]
+    train: pd.DataFrame
+
+
+def fit_ease(train: pd.DataFrame, params: Mapping[str, Any] | None = None) -> EaseModel:
+    p = {"l2": 250.0, "signal": "engaged", **(params or {})}
+    pairs = _strength(train)
+    if p["signal"] == "relevant":
+        pairs = pairs[pairs["relevant"]]
+    items = sorted(pairs[VIDEO_ID].astype(str).unique())
+    users = sorted(pairs[USER_ID].astype(str).unique())
+    ii = {v: i for i, v in enumerate(items)}
+    ui = {u: i for i, u in enumerate(users)}
+    x = sp.csr_matrix((np.ones(len(pairs), dtype=np.float64),
+                       (pairs[USER_ID].astype(str).map(ui).to_numpy(),
+                        pairs[VIDEO_ID].astype(str).map(ii).to_numpy())),
+                      shape=(len(users), len(items)))
+    g = (x.T @ x).toarray()
+    g[np.diag_indices_from(g)] += float(p["l2"])
+    inv = np.linalg.inv(g)
+    b = -inv / np.diag(inv)
+    b[np.diag_indices_from(b)] = 0.0
+    rows = {u: x.getrow(i).toarray().ravel() for u, i in ui.items()}
+    return EaseModel(b, items, rows, train)
+
+
+def recommend_ease(model: EaseModel, users: Sequence[str], k: int) -> Recs:
+    """Top-k unseen videos per user; users with no training row get an empty list."""
+    known = [u for u in users if u in model.user_rows]
+    out: Recs = {u: [] for u in users}
+    if not known:
+        return out
+    scores = np.vstack([model.user_rows[u] for u in known]) @ model.b
+    item_index = {v: i for i, v in enumerate(model.item_ids)}
+    lists = _top_k(scores, model.item_ids, _seen_columns(model.train, known, item_index), k)
+    out.update(zip(known, lists, strict=True))
+    return out
+
+
 # --- LightFM WARP -------------------------------------------------------------------------
 
 LIGHTFM_DEFAULTS: dict[str, Any] = {
@@ -570,6 +622,20 @@ def _tune_lightfm(val: _Split, videos: pd.DataFrame, users_df: pd.DataFrame, k: 
     return best[1]
 
 
+def _tune_ease(val: _Split, k: int, run: PeerRun) -> dict[str, Any]:
+    best: tuple[float, dict[str, Any]] = (-1.0, {})
+    for params in _grid(EASE_GRID):
+        t0 = time.perf_counter()
+        recs = recommend_ease(fit_ease(val.train, params), val.users, k)
+        score = evaluate(recs, val.relevant, [k], [])[TUNE_METRIC]
+        run.tuning.append({"peer": "ease", "split": "warm-val", **params,
+                           TUNE_METRIC: round(score, 4),
+                           "s": round(time.perf_counter() - t0, 2)})
+        if score > best[0]:
+            best = (score, params)
+    return best[1]
+
+
 def _tune_popularity(val: _Split, k: int) -> dict[str, Any]:
     scored = [(evaluate(popularity(val.train, val.users, k, **p), val.relevant, [k], [])
                [TUNE_METRIC], i, p) for i, p in enumerate(_grid(POPULARITY_GRID))]
@@ -612,6 +678,12 @@ def run_peers(dataset: Dataset, ks: Sequence[int], seed: int = 0) -> PeerRun:
     log.info("implicit_als tuned in %.0fs: %s", time.perf_counter() - t0, als_params)
     timed("implicit_als (warm)", lambda: fit_implicit_als(train, als_params),
           lambda m: recommend_als(m, warm.users, k_max), score_warm, als_params)
+
+    t0 = time.perf_counter()
+    ease_params = _tune_ease(val, k_tune, run)
+    log.info("ease tuned in %.0fs: %s", time.perf_counter() - t0, ease_params)
+    timed("ease (warm)", lambda: fit_ease(train, ease_params),
+          lambda m: recommend_ease(m, warm.users, k_max), score_warm, ease_params)
 
     t0 = time.perf_counter()
     lfm_params = _tune_lightfm(val, dataset.videos, dataset.users, k_tune, seed, run, "warm-val")

@@ -65,3 +65,23 @@ def test_profile_logit_learns_what_each_profile_value_likes_and_popularity() -> 
     assert recs["u11"].index("m1") < recs["u11"].index("w1")
     for r in recs.values():
         assert r.index("p1") < r.index("none")
+
+
+def test_ease_recommends_what_co_occurs_and_never_what_was_seen() -> None:
+    """EASE's closed form: users who watched a also watched b, so a user with a alone gets b
+    first; their own a never comes back."""
+    import pandas as pd
+
+    from benchmarks.peers import fit_ease, recommend_ease
+
+    rows = []
+    for u in range(20):
+        rows += [(f"u{u}", "a"), (f"u{u}", "b")]
+    for u in range(20, 30):
+        rows += [(f"u{u}", "c"), (f"u{u}", "d")]
+    rows += [("new", "a")]
+    train = pd.DataFrame([{"user_id": u, "video_id": v, "event": "rating", "value": 5.0,
+                           "timestamp": float(i)} for i, (u, v) in enumerate(rows)])
+    recs = recommend_ease(fit_ease(train, {"l2": 1.0}), ["new", "nobody"], 2)
+    assert recs["new"][0] == "b" and "a" not in recs["new"]
+    assert recs["nobody"] == []
