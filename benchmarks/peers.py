@@ -582,19 +582,26 @@ class _Scorer:
                         popularity=self.popularity, item_vectors=self.vectors)
 
 
-def _tune_als(val: _Split, k: int, seed: int, run: PeerRun) -> dict[str, Any]:
+def _tune_grid(peer: str, grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any],
+               recs: Callable[[dict[str, Any]], Recs], val: _Split, k: int,
+               run: PeerRun) -> dict[str, Any]:
+    """The grid point with the best validation score (every point logged in run.tuning)."""
     best: tuple[float, dict[str, Any]] = (-1.0, {})
-    for params in _grid(ALS_GRID):
-        params = {**params, "seed": seed}
+    for params in _grid(grid):
+        params = {**params, **fixed}
         t0 = time.perf_counter()
-        recs = implicit_als(val.train, val.users, k, params)
-        score = evaluate(recs, val.relevant, [k], [])[TUNE_METRIC]
-        run.tuning.append({"peer": "implicit_als", "split": "warm-val", **params,
+        score = evaluate(recs(params), val.relevant, [k], [])[TUNE_METRIC]
+        run.tuning.append({"peer": peer, "split": "warm-val", **params,
                            TUNE_METRIC: round(score, 4),
                            "s": round(time.perf_counter() - t0, 2)})
         if score > best[0]:
             best = (score, params)
     return best[1]
+
+
+def _tune_als(val: _Split, k: int, seed: int, run: PeerRun) -> dict[str, Any]:
+    return _tune_grid("implicit_als", ALS_GRID, {"seed": seed},
+                      lambda p: implicit_als(val.train, val.users, k, p), val, k, run)
 
 
 def _tune_lightfm(val: _Split, videos: pd.DataFrame, users_df: pd.DataFrame, k: int,
@@ -623,17 +630,9 @@ def _tune_lightfm(val: _Split, videos: pd.DataFrame, users_df: pd.DataFrame, k: 
 
 
 def _tune_ease(val: _Split, k: int, run: PeerRun) -> dict[str, Any]:
-    best: tuple[float, dict[str, Any]] = (-1.0, {})
-    for params in _grid(EASE_GRID):
-        t0 = time.perf_counter()
-        recs = recommend_ease(fit_ease(val.train, params), val.users, k)
-        score = evaluate(recs, val.relevant, [k], [])[TUNE_METRIC]
-        run.tuning.append({"peer": "ease", "split": "warm-val", **params,
-                           TUNE_METRIC: round(score, 4),
-                           "s": round(time.perf_counter() - t0, 2)})
-        if score > best[0]:
-            best = (score, params)
-    return best[1]
+    return _tune_grid("ease", EASE_GRID, {},
+                      lambda p: recommend_ease(fit_ease(val.train, p), val.users, k), val, k,
+                      run)
 
 
 def _tune_popularity(val: _Split, k: int) -> dict[str, Any]:

@@ -13,6 +13,8 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,59 @@ def _compose() -> dict[str, Any]:
 
 def _argv(svc: dict[str, Any]) -> list[str]:
     return [str(x) for x in svc["command"]]
+
+
+@contextmanager
+def _started(cmds: dict[str, tuple[list[str], dict[str, str]]], cwd: Path,
+             logs: Path) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    """Each (argv, env) as a process of its own, logging to logs/<name>.log; all stopped
+    (SIGTERM, then SIGKILL) on exit."""
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name, (argv, env) in cmds.items():
+            procs[name] = subprocess.Popen(
+                argv, env=env, cwd=cwd, stdout=(logs / f"{name}.log").open("wb"),
+                stderr=subprocess.STDOUT, start_new_session=True)
+        yield procs
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _wait_healthy(proc: subprocess.Popen[bytes], log: Path, probe: Callable[[], bool],
+                  timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not probe():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, (log.name, log.read_text()[-1500:])
+        time.sleep(1)
+
+
+def _like_reaches_trainer(sec: Any, gateway: str, redis_url: str, user: str,
+                          trainer_log: Path) -> None:
+    """A like sent through the gateway with `sec` lands in the user's history in Redis."""
+    from vidrec.store.features import FeatureStore
+    from vidrec.v1 import events_pb2, gateway_pb2, gateway_pb2_grpc
+
+    store = FeatureStore.from_url(redis_url)
+    video = store.popular_list(1)[0]
+    with sec.channel(gateway) as ch:
+        stub = gateway_pb2_grpc.GatewayStub(ch)
+        assert stub.Recommend(gateway_pb2.RecommendRequest(user_id=user, k=5),
+                              timeout=10).videos
+        stub.LogEvents(gateway_pb2.LogEventsRequest(events=[events_pb2.Event(
+            event_id=f"{user}-1", user_id=user, video_id=video,
+            type=events_pb2.EVENT_TYPE_LIKE, timestamp=time.time())]), timeout=10)
+    deadline = time.monotonic() + 60
+    while video not in store.user(user).history:
+        assert time.monotonic() < deadline, trainer_log.read_text()[-3000:]
+        time.sleep(0.2)
 
 
 @pytest.mark.timeout(600)
@@ -76,50 +131,26 @@ def test_compose_services_start_with_their_own_environment(small_model: Path,
                              env=env_of("bootstrap"), cwd=app, capture_output=True, text=True,
                              timeout=300)
         assert pub.returncode == 0, pub.stderr[-2000:]
-        procs: dict[str, subprocess.Popen[bytes]] = {}
-        try:
-            for name in SERVICES:
-                log = (tmp_path / f"{name}.log").open("wb")
-                procs[name] = subprocess.Popen([py, *_argv(services[name])], env=env_of(name),
-                                               cwd=app, stdout=log, stderr=subprocess.STDOUT,
-                                               start_new_session=True)
+        cmds = {name: ([py, *_argv(services[name])], env_of(name)) for name in SERVICES}
+        with _started(cmds, app, tmp_path) as procs:
             for name in SERVICES:
                 test = [str(x) for x in services[name]["healthcheck"]["test"]][1:]
                 test[0] = py  # the image's python is this venv's
                 test = [t.replace(f"127.0.0.1:{PORTS.get(name, 0)}",
                                   f"127.0.0.1:{ports.get(name, 0)}") for t in test]
-                deadline = time.monotonic() + 180
-                while True:
-                    log_text = (tmp_path / f"{name}.log").read_text()[-3000:]
-                    assert procs[name].poll() is None, log_text
-                    r = subprocess.run(test, env=env_of(name), cwd=app, capture_output=True,
-                                       text=True)
-                    if r.returncode == 0:
-                        break
-                    assert time.monotonic() < deadline, (name, r.stdout, r.stderr[-500:])
-                    time.sleep(1)
+                _wait_healthy(procs[name], tmp_path / f"{name}.log",
+                              lambda t=test, n=name: subprocess.run(  # type: ignore[misc]
+                                  t, env=env_of(n), cwd=app,
+                                  capture_output=True).returncode == 0)
             # An event through the gateway, with the admin key secrets-init made, reaches the
             # trainer's state in Redis.
             from vidrec.security.client import ClientSecurity
-            from vidrec.store.features import FeatureStore
-            from vidrec.v1 import events_pb2, gateway_pb2, gateway_pb2_grpc
 
-            tls = secrets / "tls"
-            sec = ClientSecurity(str(tls / "ca.pem"), bearer=(secrets / "admin.key").read_text())
-            store = FeatureStore.from_url(
-                f"redis://:{password}@127.0.0.1:{redis_srv.port}/0")
-            video = store.popular_list(1)[0]
-            with sec.channel(f"127.0.0.1:{ports['gateway']}") as ch:
-                stub = gateway_pb2_grpc.GatewayStub(ch)
-                assert stub.Recommend(gateway_pb2.RecommendRequest(user_id="env-test", k=5),
-                                      timeout=10).videos
-                stub.LogEvents(gateway_pb2.LogEventsRequest(events=[events_pb2.Event(
-                    event_id="env-1", user_id="env-test", video_id=video,
-                    type=events_pb2.EVENT_TYPE_LIKE, timestamp=time.time())]), timeout=10)
-            deadline = time.monotonic() + 60
-            while video not in store.user("env-test").history:
-                assert time.monotonic() < deadline, (tmp_path / "trainer.log").read_text()[-3000:]
-                time.sleep(0.2)
+            sec = ClientSecurity(str(secrets / "tls" / "ca.pem"),
+                                 bearer=(secrets / "admin.key").read_text())
+            _like_reaches_trainer(sec, f"127.0.0.1:{ports['gateway']}",
+                                  f"redis://:{password}@127.0.0.1:{redis_srv.port}/0",
+                                  "env-test", tmp_path / "trainer.log")
             # The event log is where compose's volume is: retrain and rebuild read it there.
             assert any((data / "events").iterdir())
             # And each process serves the metrics compose's Prometheus scrapes.
@@ -129,15 +160,6 @@ def test_compose_services_start_with_their_own_environment(small_model: Path,
                 url = f"http://127.0.0.1:{metrics_ports[name]}/metrics"
                 with urllib.request.urlopen(url, timeout=5) as r:
                     assert b"vidrec_" in r.read(), name
-        finally:
-            for p in procs.values():
-                if p.poll() is None:
-                    p.terminate()
-            for p in procs.values():
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
 
 
 def _k8s_envs() -> dict[str, tuple[list[str], dict[str, str]]]:
@@ -166,8 +188,6 @@ def test_k8s_deployments_start_with_their_own_environment(small_model: Path,
     the trainer passes its exec probe, and an event reaches the trainer."""
     from vidrec.security.client import ClientSecurity
     from vidrec.serving.healthcheck import check
-    from vidrec.store.features import FeatureStore
-    from vidrec.v1 import events_pb2, gateway_pb2, gateway_pb2_grpc
 
     deployments = _k8s_envs()
     assert set(deployments) == set(SERVICES)
@@ -210,49 +230,19 @@ def test_k8s_deployments_start_with_their_own_environment(small_model: Path,
                              env=env_of("trainer"), cwd=app, capture_output=True, text=True,
                              timeout=300)
         assert pub.returncode == 0, pub.stderr[-2000:]
-        procs: dict[str, subprocess.Popen[bytes]] = {}
-        try:
+        cmds = {name: ([py, *deployments[name][0]], env_of(name)) for name in SERVICES}
+        with _started(cmds, app, tmp_path) as procs:
             for name in SERVICES:
-                procs[name] = subprocess.Popen(
-                    [py, *deployments[name][0]], env=env_of(name), cwd=app,
-                    stdout=(tmp_path / f"{name}.log").open("wb"), stderr=subprocess.STDOUT,
-                    start_new_session=True)
-            for name in SERVICES:
-                deadline = time.monotonic() + 180
-                while True:
-                    assert procs[name].poll() is None, (
-                        tmp_path / f"{name}.log").read_text()[-3000:]
-                    if name == "trainer":
-                        ok = subprocess.run(
-                            [py, "-m", "vidrec.serving.healthcheck", "--trainer", "30"],
-                            env=env_of(name), cwd=app, capture_output=True).returncode == 0
-                    else:  # the kubelet's gRPC probe: plaintext, health port
-                        ok = check(f"127.0.0.1:{health_ports[name]}",
-                                   security=ClientSecurity()) == "SERVING"
-                    if ok:
-                        break
-                    assert time.monotonic() < deadline, name
-                    time.sleep(1)
+                if name == "trainer":  # its exec probe
+                    probe = lambda: subprocess.run(  # noqa: E731
+                        [py, "-m", "vidrec.serving.healthcheck", "--trainer", "30"],
+                        env=env_of("trainer"), cwd=app, capture_output=True).returncode == 0
+                else:  # the kubelet's gRPC probe: plaintext, health port
+                    probe = lambda n=name: check(  # type: ignore[misc]  # noqa: E731
+                        f"127.0.0.1:{health_ports[n]}", security=ClientSecurity()) == "SERVING"
+                _wait_healthy(procs[name], tmp_path / f"{name}.log", probe)
             sec = ClientSecurity(str(secrets / "ca.pem"),
                                  bearer=(secrets / "admin.key").read_text())
-            store = FeatureStore.from_url(
-                f"redis://:{password}@127.0.0.1:{redis_srv.port}/0")
-            video = store.popular_list(1)[0]
-            with sec.channel(f"127.0.0.1:{grpc_ports['gateway']}") as ch:
-                stub = gateway_pb2_grpc.GatewayStub(ch)
-                stub.LogEvents(gateway_pb2.LogEventsRequest(events=[events_pb2.Event(
-                    event_id="k8s-1", user_id="k8s-test", video_id=video,
-                    type=events_pb2.EVENT_TYPE_LIKE, timestamp=time.time())]), timeout=10)
-            deadline = time.monotonic() + 60
-            while video not in store.user("k8s-test").history:
-                assert time.monotonic() < deadline, (tmp_path / "trainer.log").read_text()[-3000:]
-                time.sleep(0.2)
-        finally:
-            for p in procs.values():
-                if p.poll() is None:
-                    p.terminate()
-            for p in procs.values():
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            _like_reaches_trainer(sec, f"127.0.0.1:{grpc_ports['gateway']}",
+                                  f"redis://:{password}@127.0.0.1:{redis_srv.port}/0",
+                                  "k8s-test", tmp_path / "trainer.log")

@@ -215,16 +215,14 @@ def cmd_status(a: argparse.Namespace) -> int:
     for name, addr in addrs.items():
         if addr:
             status = check(addr, security=sec)
-        elif redis_url:
-            status = _trainer_status(redis_url, prefix)
-        else:
+        else:  # the trainer has no port: its heartbeat in Redis tells
             from vidrec.serving.healthcheck import trainer_status
 
-            status = trainer_status()
+            status = trainer_status(redis_url=redis_url, key_prefix=prefix)
         model = latest if name in ("candidate", "ranker", "gateway") else "-"
         rows.append({"service": name, "address": addr or "-", "health": status,
                      "model": model})
-    worst = any(r["health"] not in ("SERVING", "RUNNING") for r in rows)
+    worst = any(r["health"] != "SERVING" for r in rows)
     if a.json:
         print(json.dumps(rows, indent=2))
         return int(worst)
@@ -232,24 +230,6 @@ def cmd_status(a: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['service']:10s} {r['address']:22s} {r['health']:14s} {r['model']}")
     return int(worst)
-
-
-def _trainer_status(redis_url: str, prefix: str) -> str:
-    """The trainer has no port: its heartbeat in Redis (refreshed every 2 s) tells."""
-    import time
-
-    if not redis_url:
-        return "unknown"
-    from vidrec.store.features import FeatureStore
-
-    try:
-        beat = FeatureStore.from_url(redis_url, prefix).heartbeat()
-    except Exception:
-        return "unknown"
-    if not beat:
-        return "NO HEARTBEAT"
-    age = time.time() - beat["t"]
-    return "RUNNING" if age < 10 else f"STALE ({age:.0f}s)"
 
 
 def cmd_stats(a: argparse.Namespace) -> int:

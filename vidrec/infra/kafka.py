@@ -219,10 +219,11 @@ class EventProducer:
             ) from first
         if self.replay_window_s > 0:
             now = time.monotonic()
-            self._sent.extend((now, topic, k, v) for k, v in batch)
-            while self._sent and (now - self._sent[0][0] > self.replay_window_s
-                                  or len(self._sent) > REPLAY_MAX_RECORDS):
-                self._sent.popleft()
+            with self._lock:  # request threads send at once; a replay reads the deque
+                self._sent.extend((now, topic, k, v) for k, v in batch)
+                while self._sent and (now - self._sent[0][0] > self.replay_window_s
+                                      or len(self._sent) > REPLAY_MAX_RECORDS):
+                    self._sent.popleft()
         return len(batch)
 
     def _replay_if_new_log(self) -> list[tuple[str, bytes | None, bytes]]:

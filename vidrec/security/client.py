@@ -64,7 +64,7 @@ class ClientSecurity:
         return grpc.secure_channel(addr, creds, options=options)
 
 
-class _Details(namedtuple("_Details", ("method", "timeout", "metadata", "credentials",
+class CallDetails(namedtuple("CallDetails", ("method", "timeout", "metadata", "credentials",
                                        "wait_for_ready", "compression")),
                grpc.ClientCallDetails):
     pass
@@ -76,7 +76,7 @@ class _Bearer(grpc.UnaryUnaryClientInterceptor):
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         md = list(details.metadata or []) + [self.md]
-        return continuation(_Details(details.method, details.timeout, md, details.credentials,
+        return continuation(CallDetails(details.method, details.timeout, md, details.credentials,
                                      details.wait_for_ready, details.compression), request)
 
 

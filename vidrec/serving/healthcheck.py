@@ -26,18 +26,21 @@ def check(addr: str, service: str = "", timeout: float = 2.0,
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
 
-def trainer_status(max_age_s: float = 30.0) -> str:
+def trainer_status(max_age_s: float = 30.0, redis_url: str = "", key_prefix: str = "") -> str:
     """The trainer's health from its progress: its heartbeat in Redis (written every 2 s
     by the consuming loop, with the partitions it owns) must be younger than `max_age_s`
-    and name at least one partition. Settings (Redis URL, password file, key prefix) come
-    from the environment, as the trainer's own do."""
-    from vidrec.config import TrainerSettings, load_settings
-    from vidrec.security.stores import store_credentials
+    and name at least one partition. Redis comes from `redis_url` (`make run`'s
+    stack.json), else from the environment's settings, as the trainer's own do."""
     from vidrec.store.features import FeatureStore
 
-    s = load_settings(TrainerSettings)
+    if not redis_url:
+        from vidrec.config import TrainerSettings, load_settings
+        from vidrec.security.stores import store_credentials
+
+        s = load_settings(TrainerSettings)
+        redis_url, key_prefix = store_credentials(s), s.key_prefix
     try:
-        beat = FeatureStore.from_url(store_credentials(s), s.key_prefix, 2.0).heartbeat()
+        beat = FeatureStore.from_url(redis_url, key_prefix or "vidrec", 2.0).heartbeat()
     except Exception as exc:  # Redis unreachable: the trainer cannot be applying events
         return f"UNREACHABLE (Redis: {type(exc).__name__})"
     if beat is None:

@@ -131,10 +131,10 @@ class ClientTracing(grpc.UnaryUnaryClientInterceptor):
     """Carries the current span's context to the callee (W3C traceparent metadata)."""
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        from vidrec.security.client import _Details
+        from vidrec.security.client import CallDetails
 
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=context.get_current())
         md = list(details.metadata or []) + list(carrier.items())
-        return continuation(_Details(details.method, details.timeout, md, details.credentials,
+        return continuation(CallDetails(details.method, details.timeout, md, details.credentials,
                                      details.wait_for_ready, details.compression), request)
