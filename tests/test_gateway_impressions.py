@@ -19,11 +19,12 @@ def test_impressions_reach_kafka_in_order_and_close_flushes(kafka_broker: KafkaB
     ensure_topics(kafka_broker.bootstrap, {topic: 2})
     resp = gateway_pb2.RecommendResponse(
         model_version="m1", experiment_arm="hybrid",
-        videos=[gateway_pb2.RecommendedVideo(video_id=f"v{i}") for i in range(3)])
+        videos=[gateway_pb2.RecommendedVideo(video_id=f"v{i}", propensity=1.0 if i < 2 else 0.25)
+                for i in range(3)])
     with EventProducer(kafka_broker.bootstrap, linger_ms=100) as producer:
         log = ImpressionLog(producer, topic=topic)
         for r in range(5):
-            log.log("u1", f"req{r}", resp)
+            log.log("u1", f"req{r}", resp, pools={"v2": ("v2", "v7", "v8", "v9")})
         log.close()  # queued responses are sent before the thread stops
         producer.producer.flush(timeout=10)
         assert log.dropped == 0
@@ -39,6 +40,9 @@ def test_impressions_reach_kafka_in_order_and_close_flushes(kafka_broker: KafkaB
     assert {(e.user_id, e.model_version, e.experiment_arm) for e in events} == {
         ("u1", "m1", "hybrid")}
     assert all(r.key == b"u1" for r in records)
+    # The explored slot carries what an off-policy estimate weighs it by.
+    assert [(e.propensity, tuple(e.exploration_pool)) for e in events[:3]] == [
+        (1.0, ()), (1.0, ()), (0.25, ("v2", "v7", "v8", "v9"))]
 
 
 @pytest.mark.skipif(os.environ.get("TEST_CONTAINERS", "") == "1",

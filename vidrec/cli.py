@@ -169,7 +169,44 @@ def _describe(rows: Any, video_id: str) -> str:
     return f"[{cat}] {str(r.get('title', ''))[:60]}"
 
 
+def cmd_evaluate_events(a: argparse.Namespace) -> int:
+    """Two models judged on a logged event stream by the off-policy estimator, not by
+    scoring both on what the serving model chose to show."""
+    from vidrec.evaluation.offpolicy import compare_models, report_lines
+    from vidrec.models.bundle import ModelBundle
+    from vidrec.store.eventlog import EventLog
+
+    if not a.model or not a.candidate:
+        raise ValueError("--events needs --model (the model that served the log) and "
+                         "--candidate (the model to judge)")
+    src = Path(a.events)
+    log_ = EventLog(src) if src.is_dir() else EventLog(src.parent)
+    if not src.is_dir():
+        log_.path = src
+    events = log_.read_logged()
+    d = compare_models(events, ModelBundle.load(Path(a.model)),
+                       ModelBundle.load(Path(a.candidate)), seed=a.seed)
+    if d is None:
+        print("no explored impressions with a propensity in the log: nothing to estimate "
+              "(impressions logged before propensities were, or exploration off)")
+        return 1
+    lines = report_lines(d, f"model ({Path(a.model).name})",
+                         f"candidate ({Path(a.candidate).name})")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "offpolicy.md").write_text("\n".join(["# vidrec off-policy evaluation", "",
+                                                  *lines, ""]))
+    (out / "offpolicy.json").write_text(json.dumps(d.as_dict(), indent=2))
+    print("\n".join(lines))
+    print(f"\nwrote {out / 'offpolicy.md'}, {out / 'offpolicy.json'}")
+    return 0
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    if a.events:
+        return cmd_evaluate_events(a)
+    if not a.data:
+        raise ValueError("evaluate needs --data (offline) or --events (off-policy)")
     from vidrec.data.dataset import load_dataset
     from vidrec.evaluation.offline import evaluate_dataset
     from vidrec.evaluation.report import write_report
@@ -284,7 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     e = _add(sub, "evaluate", cmd_evaluate,
              "Offline evaluation: per-user temporal split and cold-start split; writes "
              "results.json, report.md and a PNG plot.")
-    e.add_argument("--data", required=True)
+    e.add_argument("--data", help="data directory (offline evaluation)")
+    e.add_argument("--events", help="an event log (events.csv, or the trainer's events "
+                   "directory): judge --candidate against --model, the model that served "
+                   "it, off-policy (IPS/SNIPS on the explored impressions)")
+    e.add_argument("--model", help="with --events: the model directory that served the log")
+    e.add_argument("--candidate", help="with --events: the model directory to judge")
     e.add_argument("--out", default="var/eval", help="report directory")
     e.add_argument("--ks", default="1,5,10,20")
     e.add_argument("--seed", type=int, default=0)

@@ -114,6 +114,7 @@ class RerankSettings(CommonSettings):
     freshness_boost: float = _RC.freshness_boost
     exploration_slots: int = _RC.exploration_slots
     exploration_pool: int = _RC.exploration_pool
+    exploration_scope: str = _RC.exploration_scope
     # Enabled rules in order, comma-separated; empty = all (vidrec.rerank.RULES).
     rules: str = ""
 

@@ -66,6 +66,7 @@ _ID = re.compile(r"[A-Za-z0-9_.:@/+=-]+")
 _VERSION = re.compile(r"v[0-9]{1,9}")
 _ARM = re.compile(r"[A-Za-z0-9_-]{1,32}")
 MAX_POSITION = 10_000  # a place in a shown list
+MAX_POOL = 100  # videos an exploration slot may be drawn from (RerankConfig.exploration_pool)
 
 
 class Kind(StrEnum):
@@ -116,7 +117,7 @@ def event_problem(e: events_pb2.Event, now: float | None = None) -> str | None:
         return p
     if e.type not in NAME_OF:
         return f"type {e.type} is not a known event type"
-    for name in ("value", "timestamp", "watch_time_s"):
+    for name in ("value", "timestamp", "watch_time_s", "propensity"):
         if not math.isfinite(getattr(e, name)):
             return f"{name} is not a finite number"
     if e.type == E.EVENT_TYPE_RATING and not 1 <= e.value <= 5:
@@ -133,6 +134,16 @@ def event_problem(e: events_pb2.Event, now: float | None = None) -> str | None:
         return f"watch_time_s {e.watch_time_s:.0f} is longer than a week"
     if e.position > MAX_POSITION:
         return f"position {e.position} is past any list (at most {MAX_POSITION})"
+    # A propensity outside (0, 1] would turn an off-policy weight 1/p into nonsense;
+    # 0 means "not logged" and such impressions are left out of those estimates.
+    if not 0 <= e.propensity <= 1:
+        return f"propensity must be in 0..1, got {e.propensity}"
+    if len(e.exploration_pool) > MAX_POOL:
+        return f"exploration_pool has more than {MAX_POOL} videos"
+    for v in e.exploration_pool:
+        p = id_problem("exploration_pool video_id", v)
+        if p:
+            return p
     if e.model_version and not _VERSION.fullmatch(e.model_version):
         return f"model_version {e.model_version[:40]!r} is not a version name like v12"
     if e.experiment_arm and not _ARM.fullmatch(e.experiment_arm):

@@ -40,6 +40,7 @@ SOURCES: tuple[str, ...] = (
     "exploration",
 )
 EXPLORATION = "exploration"
+EXPLORATION_SCOPES = ("tiers", "ranked")
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,12 @@ class RerankConfig:
     # The exploration pick is drawn from this many best eligible candidates, so exploring
     # varies between users and days without showing the worst candidate.
     exploration_pool: int = 5
+    # Where the exploration slot draws from. "tiers": a new upload, else a category not
+    # on the list, else a low-exposure video (product reasons: exposure for new videos,
+    # variety). "ranked": any of the best eligible candidates not shown. Only "ranked"
+    # randomises where models differ, so only its logs let the retrain gate tell a better
+    # model from a worse one off-policy (README: benchmarks.offpolicy).
+    exploration_scope: str = "tiers"
     rules: tuple[str, ...] = DEFAULT_RULES
 
     def __post_init__(self) -> None:
@@ -109,6 +116,9 @@ class RerankConfig:
             raise ValueError(f"exploration_slots must be >= 0, got {self.exploration_slots}")
         if self.exploration_pool < 1:
             raise ValueError(f"exploration_pool must be >= 1, got {self.exploration_pool}")
+        if self.exploration_scope not in EXPLORATION_SCOPES:
+            raise ValueError(f"exploration_scope must be one of {EXPLORATION_SCOPES}, "
+                             f"got {self.exploration_scope!r}")
 
     @classmethod
     def from_settings(
@@ -130,6 +140,7 @@ class RerankConfig:
             freshness_boost=float(settings.freshness_boost),
             exploration_slots=int(settings.exploration_slots),
             exploration_pool=int(settings.exploration_pool),
+            exploration_scope=str(settings.exploration_scope),
             rules=rules,
         )
         cfg.check_rules(RULES if registry is None else registry)
@@ -143,10 +154,17 @@ class RerankConfig:
 
 @dataclass(frozen=True)
 class Ranked:
-    """One shown video and the sentence that tells the user why it is there."""
+    """One shown video and the sentence that tells the user why it is there.
+
+    `propensity` is the probability that this policy put the video in this slot: 1 for
+    a deterministic pick, 1/len(pool) for the exploration slot, which draws uniformly from
+    `pool`. Logged with the impression, they make off-policy evaluation unbiased
+    (vidrec.evaluation.offpolicy)."""
 
     item: Item
     reason: str
+    propensity: float = 1.0
+    pool: tuple[str, ...] = ()
 
 
 class Constraint(Protocol):
@@ -417,12 +435,17 @@ def _exploration_rng(user_id: str, now: float) -> random.Random:
 
 def _pick_exploration(
     plan: RerankPlan, greedy: _Greedy, shown_categories: set[str], rng: random.Random
-) -> tuple[int, str] | None:
+) -> tuple[int, str, list[int]] | None:
     """A video uploaded within freshness_days (new videos need exposure to collect the
     feedback that lets the models learn them); failing that, one from a category not yet
     on the list; failing that, a low-exposure one (source fresh/exploration).
-    Returns (index, reason)."""
+    Returns (index, reason, the indices it was drawn from uniformly)."""
     pool, cfg = plan.pool, plan.cfg
+    if cfg.exploration_scope == "ranked":
+        ranked = [i for i in range(len(pool)) if greedy.allowed(i)]
+        ranked.sort(key=lambda i: (-_score_key(pool[i].score), pool[i].video_id))
+        drawn_from = ranked[: cfg.exploration_pool]
+        return (rng.choice(drawn_from), "You might also like", drawn_from) if drawn_from else None
     recent = [
         i
         for i in range(len(pool))
@@ -445,14 +468,15 @@ def _pick_exploration(
         if not cands:
             continue
         cands.sort(key=lambda i: (-_score_key(pool[i].score), pool[i].video_id))
-        i = rng.choice(cands[: cfg.exploration_pool])
+        drawn_from = cands[: cfg.exploration_pool]
+        i = rng.choice(drawn_from)
         if kind == "different":
             reason = f"Something different: {pool[i].category}"
         elif kind == "new":
             reason = f"Just uploaded in {pool[i].category}" if pool[i].category else "Just uploaded"
         else:
             reason = "Something new to try"
-        return i, reason
+        return i, reason, drawn_from
     return None
 
 
@@ -503,8 +527,10 @@ def rerank(
                 break
             add(j)
             continue
-        i, reason = pick
+        i, reason, drawn_from = pick
         greedy.take(i)
-        out.append(Ranked(replace(pool[i], source=EXPLORATION), reason))
+        out.append(Ranked(replace(pool[i], source=EXPLORATION), reason,
+                          propensity=1.0 / len(drawn_from),
+                          pool=tuple(pool[j].video_id for j in drawn_from)))
     return out
 

@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vidrec import schema
@@ -36,10 +37,15 @@ class ImpressionLog:
         self._thread = threading.Thread(target=self._run, name="impressions", daemon=True)
         self._thread.start()
 
-    def log(self, user_id: str, request_id: str, resp: gateway_pb2.RecommendResponse) -> None:
-        """Queue one impression per shown video; never blocks and never raises."""
+    def log(self, user_id: str, request_id: str, resp: gateway_pb2.RecommendResponse,
+            pools: Mapping[str, Sequence[str]] | None = None) -> None:
+        """Queue one impression per shown video; never blocks and never raises.
+
+        Each impression carries the video's propensity from the response and, for an
+        explored slot, the pool it was drawn from (`pools`, by video id): what an
+        off-policy estimate of another model needs (vidrec.evaluation.offpolicy)."""
         try:
-            self._q.put_nowait((user_id, request_id, resp, time.time()))
+            self._q.put_nowait((user_id, request_id, resp, pools or {}, time.time()))
         except queue.Full:
             self.dropped += 1
             IMPRESSIONS_DROPPED.inc()
@@ -61,18 +67,19 @@ class ImpressionLog:
             item = self._q.get()
             if item is _STOP:
                 return
-            user_id, request_id, resp, now = item
+            user_id, request_id, resp, pools, now = item
             try:
-                self._send(user_id, request_id, resp, now)
+                self._send(user_id, request_id, resp, pools, now)
             except Exception:  # losing an impression must never stop the logger
                 log.warning("could not log impressions", exc_info=True)
 
     def _send(self, user_id: str, request_id: str, resp: gateway_pb2.RecommendResponse,
-              now: float) -> None:
+              pools: Mapping[str, Sequence[str]], now: float) -> None:
         key = user_id.encode()
         self.producer.send_nowait(self.topic, [(key, events_pb2.Event(
             event_id=f"{request_id}:{pos}", user_id=user_id, video_id=v.video_id,
             type=events_pb2.EVENT_TYPE_IMPRESSION, timestamp=now, request_id=request_id,
             position=pos, experiment_arm=resp.experiment_arm,
-            model_version=resp.model_version).SerializeToString())
+            model_version=resp.model_version, propensity=v.propensity,
+            exploration_pool=pools.get(v.video_id, ())).SerializeToString())
             for pos, v in enumerate(resp.videos)])

@@ -87,7 +87,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             # "features": the user's history and seen set could not be read (Redis).
             degraded_stages=[*res.degraded, *(["features"] if no_state else [])],
             videos=[gateway_pb2.RecommendedVideo(video_id=v.video_id, score=v.score,
-                                                 reason=v.reason, source=v.source)
+                                                 reason=v.reason, source=v.source,
+                                                 propensity=v.propensity)
                     for v in res.videos])
         for stage in resp.degraded_stages:
             DEGRADED.labels(stage).inc()
@@ -96,7 +97,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                  request.k, len(resp.videos), res.model_version,
                  arm, ",".join(res.degraded) or "-")
         if self.impressions is not None and request.user_id:
-            self.impressions.log(request.user_id, request_id, resp)
+            # The exploration pools stay inside: clients get the propensity only.
+            self.impressions.log(request.user_id, request_id, resp,
+                                 pools={v.video_id: tuple(v.exploration_pool)
+                                        for v in res.videos if v.exploration_pool})
         return resp
 
     # --- LogEvents -------------------------------------------------------------------

@@ -306,4 +306,5 @@ def settings_env(cfg: RerankConfig) -> dict[str, str]:
             "VIDREC_FRESHNESS_BOOST": str(cfg.freshness_boost),
             "VIDREC_EXPLORATION_SLOTS": str(cfg.exploration_slots),
             "VIDREC_EXPLORATION_POOL": str(cfg.exploration_pool),
+            "VIDREC_EXPLORATION_SCOPE": cfg.exploration_scope,
             "VIDREC_RULES": rules}

@@ -338,6 +338,31 @@ class BatchRecommender:
         score, idx = self._hybrid_score(c, w)
         return self._best(score, idx, k)
 
+    def score_videos(self, user_ids: Sequence[str], videos: Sequence[Sequence[str]],
+                     profiles: Sequence[Mapping[str, Any]] | None = None,
+                     weights: RankerWeights | None = None) -> list[np.ndarray]:
+        """The ranker's blended score of given videos per user, whether or not they are
+        among the user's CF candidates (-inf for a video outside the catalog): how this
+        model would order videos another policy showed (vidrec.evaluation.offpolicy)."""
+        w = weights or self.b.ranker
+        out: list[np.ndarray] = []
+        chunk = self.chunk_size()
+        for s in range(0, len(user_ids), chunk):
+            ids = list(user_ids[s: s + chunk])
+            profs = list(profiles[s: s + chunk]) if profiles is not None else [{}] * len(ids)
+            c = self.components(ids, profs)
+            for i, vids in enumerate(videos[s: s + chunk]):
+                j = np.array([self.vid.get(v, -1) for v in vids], dtype=np.int64)
+                jj = np.maximum(j, 0)
+                cold = bool(c.no_hist[i, 0])
+                sc = (w.tt * c.tt_z[i, jj] + w.mf * c.mf_z[i, jj]
+                      + (w.cold_pop if cold else w.pop) * self.pop_z[jj])
+                wd = w.cold_demo if cold else w.demo
+                if c.demo_z is not None and wd != 0:
+                    sc = sc + wd * c.demo_z[i, jj]
+                out.append(np.where(j >= 0, sc, -np.inf))
+        return out
+
     def ranked(self, user_ids: Sequence[str], m: int,
                profiles: Sequence[Mapping[str, Any]] | None = None,
                weights: RankerWeights | None = None) -> list[list[tuple[str, float]]]:

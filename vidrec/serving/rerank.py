@@ -88,5 +88,6 @@ def apply_rules(store: VideoMetadata, user: common_pb2.UserContext,
     ranked = rerank(to_items(videos, meta), user_state(user, meta), k, cfg, now=now)
     return [common_pb2.ScoredVideo(video_id=r.item.video_id, score=r.item.score,
                                    source=source_enum(r.item.source),
-                                   anchor_video_id=r.item.anchor_video_id, reason=r.reason)
+                                   anchor_video_id=r.item.anchor_video_id, reason=r.reason,
+                                   propensity=r.propensity, exploration_pool=r.pool)
             for r in ranked]

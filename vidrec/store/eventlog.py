@@ -2,6 +2,11 @@
 interactions format plus event_id, appended and fsync'd before effects are applied and
 offsets committed. A redelivered batch may be appended twice; readers de-duplicate by
 event_id.
+
+Each row also keeps what off-policy evaluation needs (vidrec.evaluation.offpolicy): the
+request and position it belongs to, the impression's propensity and exploration pool, the
+model version and arm. A log written before those columns existed gains them (empty) on
+the next append.
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ from vidrec.v1 import events_pb2
 log = logging.getLogger(__name__)
 
 COLUMNS = ("user_id", "video_id", "timestamp", "event", "value", "event_id")
+LOGGED = ("request_id", "position", "propensity", "model_version", "experiment_arm",
+          "exploration_pool")
+FILE_COLUMNS = COLUMNS + LOGGED
+POOL_SEPARATOR = "|"
 
 
 class EventLog:
@@ -34,18 +43,43 @@ class EventLog:
         if not events:
             return
         new = not self.path.exists()
+        if not new:
+            self._upgrade()
         with self.path.open("a", newline="") as f:
             w = csv.writer(f)
             if new:
-                w.writerow(COLUMNS)
+                w.writerow(FILE_COLUMNS)
             elif self._torn():
                 f.write("\r\n")  # a crash mid-write left a partial row: end it there
             for e in events:
                 name = NAME_OF[e.type]
                 value = e.value if name in VALUED else ""
-                w.writerow((e.user_id, e.video_id, int(e.timestamp), name, value, e.event_id))
+                w.writerow((e.user_id, e.video_id, int(e.timestamp), name, value, e.event_id,
+                            e.request_id, e.position, e.propensity if e.propensity else "",
+                            e.model_version, e.experiment_arm,
+                            POOL_SEPARATOR.join(e.exploration_pool)))
             f.flush()
             os.fsync(f.fileno())
+
+    def _upgrade(self) -> None:
+        """Rewrite a log with the older header under the current one (new columns empty):
+        rows longer than their header would be unreadable. Atomic: a temp file replaces it."""
+        with self.path.open(newline="") as f:
+            header = next(csv.reader(f), None)
+        if header is None or tuple(header) == FILE_COLUMNS:
+            return
+        df = pd.read_csv(self.path, dtype=str, keep_default_na=False, on_bad_lines="skip",
+                         engine="python")
+        for c in FILE_COLUMNS:
+            if c not in df:
+                df[c] = ""
+        tmp = self.path.with_suffix(".upgrade.tmp")
+        with tmp.open("w", newline="") as f:
+            df[list(FILE_COLUMNS)].to_csv(f, index=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        log.info("%s: upgraded to the columns %s", self.path, ",".join(FILE_COLUMNS))
 
     def _torn(self) -> bool:
         with self.path.open("rb") as f:
@@ -61,11 +95,26 @@ class EventLog:
         A row the event contract would not accept (a torn last line after a crash, a
         timestamp no clock can have, an unknown event name) is skipped with one warning
         naming its line, so no single row can stop every later retrain."""
+        return self._frame()[list(COLUMNS[:-1])].reset_index(drop=True)
+
+    def read_logged(self) -> pd.DataFrame:
+        """`read()` plus the columns of LOGGED: position as int, propensity as float (NaN
+        where not logged), exploration_pool as a tuple of video ids."""
+        df = self._frame()
+        out = df[list(COLUMNS[:-1]) + list(LOGGED)].reset_index(drop=True)
+        out["position"] = pd.to_numeric(out["position"], errors="coerce").fillna(-1).astype(
+            "int64")
+        out["propensity"] = pd.to_numeric(out["propensity"], errors="coerce")
+        out["exploration_pool"] = [tuple(p.split(POOL_SEPARATOR)) if p else ()
+                                   for p in out["exploration_pool"]]
+        return out
+
+    def _frame(self) -> pd.DataFrame:
         if not self.path.exists():
-            return pd.DataFrame(columns=list(COLUMNS[:-1]))
+            return pd.DataFrame(columns=list(FILE_COLUMNS))
         df = pd.read_csv(self.path, dtype=str, keep_default_na=False, on_bad_lines="skip",
                          engine="python")
-        for c in COLUMNS:
+        for c in FILE_COLUMNS:
             if c not in df:
                 df[c] = ""
         ts = pd.to_numeric(df["timestamp"], errors="coerce")
@@ -78,8 +127,7 @@ class EventLog:
             log.warning("%s: skipped %d unreadable event row(s), lines %s", self.path,
                         len(lines), ", ".join(map(str, lines[:10])))
         df = df[ok].assign(timestamp=ts[ok].astype("int64"), value=value[ok])
-        df = df.drop_duplicates("event_id", keep="first")
-        return df[list(COLUMNS[:-1])].reset_index(drop=True)
+        return df.drop_duplicates("event_id", keep="first")
 
     def event_ids(self) -> list[str]:
         """Every logged event id, in log order (a redelivered batch's ids appear twice)."""
