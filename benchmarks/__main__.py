@@ -1,10 +1,11 @@
 """`make bench`: every benchmark in sequence; figures land in var/bench/.
 
-    python -m benchmarks [--only models,cold,scale,serving,trainer,faults]
+    python -m benchmarks [--only models,cold,scale,serving,trainer,faults,offpolicy]
                          [--ml ../shared/data/ml-100k]
 
 models   vidrec evaluate on MovieLens-100K (warm + cold-start splits), the tuned peers
-         (implicit ALS, LightFM WARP; benchmark-only deps, see benchmarks/requirements.txt)
+         (implicit ALS, EASE, SASRec with full softmax CE, LightFM WARP; benchmark-only
+         deps, see benchmarks/requirements.txt)
          on the same protocol, `vidrec train` wall time, and vidrec evaluate on synthetic
          data with precision against the generator's true relevance
 cold     cold start over 5 user hold-outs (over one hold-out's ~94 users NDCG@10 ranged
@@ -16,6 +17,8 @@ trainer  seconds-tier events/s and event -> visible latency under 20k events/s; 
          script's own time per event (benchmarks.apply)
 faults   stages killed and stopped, Redis stopped, the trainer killed, 3x overload, under
          load: errors, degraded share, p99, recovery, events acked vs applied
+offpolicy  the retrain gate's off-policy estimate against the online difference of a model
+         and degraded copies in a closed-loop simulation, 3 seeds, both exploration scopes
 """
 
 from __future__ import annotations
@@ -93,6 +96,12 @@ def faults(var: Path) -> None:
     sh(PY, "-m", "benchmarks.faults", "--out", str(var / "faults"))
 
 
+def offpolicy(var: Path) -> None:
+    for scope, pool in (("tiers", "5"), ("ranked", "10")):
+        sh(PY, "-m", "benchmarks.offpolicy", "--scope", scope, "--pool", pool, "--out",
+           str(var / f"offpolicy-{scope}-{pool}"))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,7 +114,8 @@ def main() -> int:
     for name in a.only.split(","):
         {"models": lambda: models(var, Path(a.ml)), "cold": lambda: cold(var, Path(a.ml)),
          "scale": lambda: scale(var), "serving": lambda: serving(var),
-         "trainer": lambda: trainer(var), "faults": lambda: faults(var)}[name]()
+         "trainer": lambda: trainer(var), "faults": lambda: faults(var),
+         "offpolicy": lambda: offpolicy(var)}[name]()
     print(f"figures in {var}/", flush=True)
     return 0
 

@@ -85,3 +85,25 @@ def test_ease_recommends_what_co_occurs_and_never_what_was_seen() -> None:
     recs = recommend_ease(fit_ease(train, {"l2": 1.0}), ["new", "nobody"], 2)
     assert recs["new"][0] == "b" and "a" not in recs["new"]
     assert recs["nobody"] == []
+
+
+def test_sasrec_learns_what_comes_next_and_never_returns_what_was_seen() -> None:
+    """Every user watches a -> b -> c -> d in order (or e -> f -> g -> h); a user whose
+    sequence stops at b must get c first, and never a or b again."""
+    import pandas as pd
+
+    from benchmarks.peers import fit_sasrec, recommend_sasrec
+
+    rows = []
+    for u in range(40):
+        chain = "abcd" if u % 2 else "efgh"
+        rows += [(f"u{u}", v) for v in chain]
+    rows += [("new", "a"), ("new", "b"), ("other", "e"), ("other", "f"), ("other", "g")]
+    train = pd.DataFrame([{"user_id": u, "video_id": v, "event": "rating", "value": 5.0,
+                           "timestamp": float(i)} for i, (u, v) in enumerate(rows)])
+    m = fit_sasrec(train, {"dim": 16, "max_len": 8, "epochs": 60, "dropout": 0.0,
+                           "lr": 5e-3, "batch": 16})
+    recs = recommend_sasrec(m, ["new", "other", "nobody"], 2)
+    assert recs["new"][0] == "c" and not {"a", "b"} & set(recs["new"])
+    assert recs["other"][0] == "h"
+    assert recs["nobody"] == []
