@@ -166,3 +166,38 @@ def test_the_gate_agrees_in_sign_with_the_simulated_online_difference(
     assert d.snips.value > 0
     # A model against itself: the paired difference is exactly 0.
     assert offpolicy_gate(on_bad.events, bad, bad).snips.value == 0.0  # type: ignore[union-attr]
+
+
+def test_the_retrain_gate_decides_off_policy_when_the_window_has_explored_slots(
+        small_dataset: Path, small_model: Path, tmp_path: Path) -> None:
+    """The serving model's own log (explored impressions with propensities) is the newest
+    window: the gate compares off-policy, publishes only for a non-negative SNIPS
+    difference."""
+    from dataclasses import replace
+
+    from benchmarks.offpolicy import serve_online
+    from vidrec.data.synth import GroundTruth
+    from vidrec.models.bundle import ModelBundle
+    from vidrec.store.artifacts import ArtifactStore
+    from vidrec.training.pipeline import PipelineConfig
+    from vidrec.training.retrain import retrain
+
+    store = ArtifactStore(tmp_path / "artifacts")
+    store.set_latest(store.stage(small_model))
+    serving = ModelBundle.load(store.path(store.latest() or ""))
+    truth = GroundTruth.load(small_dataset)
+    users = [u for u in serving.users if u in set(truth.user_ids)]
+    logged = serve_online(serving, truth, users, 3, seed=2,
+                          cfg=RerankConfig(exploration_scope="ranked", exploration_pool=10)
+                          ).events
+    logged["timestamp"] = logged["timestamp"].astype("int64")
+    published: list[Path] = []
+    cfg = PipelineConfig()
+    cfg.train = replace(cfg.train, epochs=2)
+    cfg.mf = replace(cfg.mf, iterations=3)
+    res = retrain(small_dataset, logged[["user_id", "video_id", "timestamp", "event", "value"]],
+                  None, store, lambda p: published.append(p) or "v9", window_frac=0.5, cfg=cfg,
+                  logged=logged)
+    assert res.offpolicy is not None and res.offpolicy.baseline.slots >= 200
+    assert (res.published is not None) == (res.offpolicy.snips.value >= 0)
+    assert "off-policy" in res.reason or res.reason == "published"
