@@ -97,7 +97,7 @@ def faults(var: Path) -> None:
 
 
 def offpolicy(var: Path) -> None:
-    for scope, pool in (("tiers", "5"), ("ranked", "10")):
+    for scope, pool in (("tiers", "5"), ("ranked", "10"), ("top", "10")):
         sh(PY, "-m", "benchmarks.offpolicy", "--scope", scope, "--pool", pool, "--out",
            str(var / f"offpolicy-{scope}-{pool}"))
 

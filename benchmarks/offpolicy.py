@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--days", type=int, default=8)
     ap.add_argument("--noise", default="1.0,3.0")
     ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--scope", default="ranked", choices=["tiers", "ranked"],
+    ap.add_argument("--scope", default="ranked", choices=["tiers", "ranked", "top"],
                     help="RerankConfig.exploration_scope of the logging policy")
     ap.add_argument("--pool", type=int, default=20, help="RerankConfig.exploration_pool")
     ap.add_argument("--out", default="var/bench/offpolicy")

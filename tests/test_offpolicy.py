@@ -201,3 +201,39 @@ def test_the_retrain_gate_decides_off_policy_when_the_window_has_explored_slots(
     assert res.offpolicy is not None and res.offpolicy.baseline.slots >= 200
     assert (res.published is not None) == (res.offpolicy.snips.value >= 0)
     assert "off-policy" in res.reason or res.reason == "published"
+
+
+def test_vidrec_evaluate_events_compares_two_models_off_policy(
+        small_dataset: Path, small_model: Path, tmp_path: Path) -> None:
+    """The CLI reads the trainer's event log (impressions with propensities, clicks with
+    their request ids) and writes the off-policy comparison."""
+    import json
+
+    from benchmarks.offpolicy import degrade, serve_online
+    from vidrec.cli import main
+    from vidrec.data.synth import GroundTruth
+    from vidrec.events import TYPE_OF
+    from vidrec.models.bundle import ModelBundle
+
+    good = ModelBundle.load(small_model)
+    bad_dir = tmp_path / "bad"
+    degrade(good, 3.0, seed=7).save(bad_dir)
+    truth = GroundTruth.load(small_dataset)
+    users = [u for u in good.users if u in set(truth.user_ids)][:150]
+    ev = serve_online(ModelBundle.load(bad_dir), truth, users, 4, seed=3,
+                      cfg=RerankConfig(exploration_scope="ranked", exploration_pool=10)).events
+    log = EventLog(tmp_path / "events")
+    log.append([events_pb2.Event(
+        event_id=f"{r.request_id}:{r.position}:{r.event}", user_id=r.user_id,
+        video_id=r.video_id, type=TYPE_OF[r.event], timestamp=r.timestamp,
+        value=0.0 if np.isnan(r.value) else r.value, request_id=r.request_id,
+        position=r.position, propensity=0.0 if np.isnan(r.propensity) else r.propensity,
+        exploration_pool=list(r.exploration_pool)) for r in ev.itertuples()])
+    out = tmp_path / "report"
+    assert main(["evaluate", "--events", str(tmp_path / "events"), "--model", str(bad_dir),
+                 "--candidate", str(small_model), "--out", str(out)]) == 0
+    got = json.loads((out / "offpolicy.json").read_text())
+    assert got["offpolicy_slots"] == float((ev["propensity"] < 1).sum())
+    assert got["offpolicy_diff_snips"] == pytest.approx(
+        got["offpolicy_candidate_snips"] - got["offpolicy_serving_snips"])
+    assert "SNIPS" in (out / "offpolicy.md").read_text()

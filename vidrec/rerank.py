@@ -40,7 +40,7 @@ SOURCES: tuple[str, ...] = (
     "exploration",
 )
 EXPLORATION = "exploration"
-EXPLORATION_SCOPES = ("tiers", "ranked")
+EXPLORATION_SCOPES = ("tiers", "ranked", "top")
 
 
 @dataclass(frozen=True)
@@ -100,9 +100,10 @@ class RerankConfig:
     exploration_pool: int = 5
     # Where the exploration slot draws from. "tiers": a new upload, else a category not
     # on the list, else a low-exposure video (product reasons: exposure for new videos,
-    # variety). "ranked": any of the best eligible candidates not shown. Only "ranked"
-    # randomises where models differ, so only its logs let the retrain gate tell a better
-    # model from a worse one off-policy (README: benchmarks.offpolicy).
+    # variety). "ranked": any of the best eligible candidates not already shown. "top":
+    # any of the best eligible candidates, drawn before the regular picks (which then fill
+    # the other slots from the rest). The wider the draw covers where two models differ,
+    # the better the retrain gate tells them apart off-policy (README: benchmarks.offpolicy).
     exploration_scope: str = "tiers"
     rules: tuple[str, ...] = DEFAULT_RULES
 
@@ -441,7 +442,7 @@ def _pick_exploration(
     on the list; failing that, a low-exposure one (source fresh/exploration).
     Returns (index, reason, the indices it was drawn from uniformly)."""
     pool, cfg = plan.pool, plan.cfg
-    if cfg.exploration_scope == "ranked":
+    if cfg.exploration_scope in ("ranked", "top"):
         ranked = [i for i in range(len(pool)) if greedy.allowed(i)]
         ranked.sort(key=lambda i: (-_score_key(pool[i].score), pool[i].video_id))
         drawn_from = ranked[: cfg.exploration_pool]
@@ -511,13 +512,31 @@ def rerank(
         it = pool[i]
         out.append(Ranked(it, reason_for(it, user, _is_fresh(it, now, cfg.freshness_days))))
 
-    for _ in range(k - explore):
-        i = greedy.next()
-        if i is None:
-            return out
-        add(i)
+    def explored(pick: tuple[int, str, list[int]]) -> Ranked:
+        i, reason, drawn_from = pick
+        greedy.take(i)
+        return Ranked(replace(pool[i], source=EXPLORATION), reason,
+                      propensity=1.0 / len(drawn_from),
+                      pool=tuple(pool[j].video_id for j in drawn_from))
 
     rng = _exploration_rng(user.user_id, now)
+    # "top" draws before the regular picks, so its pool is the best candidates, those the
+    # list would show included; the pick is still shown last (same position whatever it is).
+    drawn_first: list[Ranked] = []
+    if cfg.exploration_scope == "top":
+        for _ in range(explore):
+            pick = _pick_exploration(plan, greedy, set(), rng)
+            if pick is None:
+                break
+            drawn_first.append(explored(pick))
+        explore = 0
+
+    for _ in range(k - len(drawn_first) - explore):
+        i = greedy.next()
+        if i is None:
+            return out + drawn_first
+        add(i)
+
     for _ in range(explore):
         shown = {r.item.category for r in out if r.item.category}
         pick = _pick_exploration(plan, greedy, shown, rng)
@@ -527,10 +546,6 @@ def rerank(
                 break
             add(j)
             continue
-        i, reason, drawn_from = pick
-        greedy.take(i)
-        out.append(Ranked(replace(pool[i], source=EXPLORATION), reason,
-                          propensity=1.0 / len(drawn_from),
-                          pool=tuple(pool[j].video_id for j in drawn_from)))
-    return out
+        out.append(explored(pick))
+    return out + drawn_first
 
