@@ -93,7 +93,7 @@ def _items(n: int) -> list[Item]:
                  creator_id=f"k{i}", upload_ts=NOW - 90 * 86_400) for i in range(n)]
 
 
-@pytest.mark.parametrize("scope", ["tiers", "ranked"])
+@pytest.mark.parametrize("scope", ["tiers", "ranked", "top"])
 def test_the_exploration_slot_logs_its_propensity_and_pool(scope: str) -> None:
     cfg = RerankConfig(exploration_scope=scope, exploration_pool=4, mmr_lambda=1.0)
     out = rerank(_items(30), UserState("u1"), 10, cfg, NOW)
@@ -104,7 +104,12 @@ def test_the_exploration_slot_logs_its_propensity_and_pool(scope: str) -> None:
     assert last.propensity == pytest.approx(1 / 4)
     assert len(last.pool) == 4 and last.item.video_id in last.pool
     shown = {r.item.video_id for r in out[:9]}
-    assert not shown & set(last.pool)
+    assert last.item.video_id not in shown
+    if scope == "top":  # drawn first from the four best; the list fills in the others
+        assert last.pool == ("v0", "v1", "v2", "v3")
+        assert shown == {f"v{i}" for i in range(10)} - {last.item.video_id}
+    else:
+        assert not shown & set(last.pool)
     if scope == "ranked":  # the best four not shown, whatever their category
         assert last.pool == ("v9", "v10", "v11", "v12")
 
