@@ -86,39 +86,19 @@ def cmd_versions(a: argparse.Namespace) -> int:
 
 
 def cmd_rollback(a: argparse.Namespace) -> int:
-    """Back to the version that was LATEST before this one (from HISTORY, never a version
-    a killed publish only staged); refused when its files fail their checksums, since
-    every server would refuse to load it."""
-    from vidrec.serving.publish import collection_name
-    from vidrec.store.artifacts import ROLLBACK, ArtifactStore, CorruptArtifact
+    """Back to the version that was LATEST before this one (or --to a served version)."""
+    from vidrec.serving.publish import RollbackRefused, rollback
+    from vidrec.store.artifacts import ArtifactStore
     from vidrec.store.index import open_index
 
     s = _ops_settings()
-    store = ArtifactStore(s.artifact_root)
-    cur, prev = store.latest(), store.previous()
-    target = getattr(a, "to", "")
-    if target:
-        if target not in store.published():
-            print(f"{target} was never served (or is gone); served versions: "
-                  f"{', '.join(store.published()) or '-'}", file=sys.stderr)
-            return 1
-        prev = target
-    if prev is None:
-        print(f"nothing to roll back to (serving {cur}, no earlier served version kept)",
-              file=sys.stderr)
-        return 1
     try:
-        store.verify(prev)
-    except CorruptArtifact as exc:
-        print(f"not rolling back to {prev}: {exc}", file=sys.stderr)
+        cur, prev = rollback(ArtifactStore(s.artifact_root), lambda: open_index(
+            s.qdrant_url, s.index_root, read_secret(getattr(s, "qdrant_api_key_file", ""))),
+            getattr(a, "to", "") or "")
+    except RollbackRefused as exc:
+        print(str(exc), file=sys.stderr)
         return 1
-    index = open_index(s.qdrant_url, s.index_root,
-                       read_secret(getattr(s, "qdrant_api_key_file", "")))
-    try:
-        index.set_alias(collection_name(prev))
-    finally:
-        index.close()
-    store.set_latest(prev, action=ROLLBACK)
     print(f"rolled back from {cur} to {prev}")
     return 0
 

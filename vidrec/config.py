@@ -188,12 +188,41 @@ class TrainerSettings(CommonSettings):
     trending_min_seen: int = 5
 
 
+@dataclass(frozen=True)
+class WebSettings(CommonSettings):
+    """The HTTP/JSON front door and the operator console (services/web)."""
+
+    # host:port of the HTTPS (or, on loopback, HTTP) listener.
+    listen_addr: str = "127.0.0.1:0"
+    # The gateway every /v1 call is forwarded to, with the caller's credentials.
+    gateway_addr: str = field(default="", metadata={"required": True})
+    # Optional, for the console's service list and health (empty: not shown).
+    candidate_addr: str = ""
+    ranker_addr: str = ""
+    reranker_addr: str = ""
+    # Optional, for the console's publish history and rollback (empty: not shown).
+    artifact_root: str = ""
+    index_root: str = ""
+    qdrant_url: str = ""
+    # Deadline of one forwarded call, and the largest request body accepted.
+    call_timeout_ms: float = 5000.0
+    max_body_bytes: int = 2 * 1024 * 1024
+    # The operator console at /console/: signed in with an API key from this file holding
+    # the 'admin' or 'stats:read' scope (rollback needs 'admin'). Empty: no console.
+    console: bool = True
+    api_keys_file: str = ""
+    # Seconds between samples of the per-arm online metrics the console plots.
+    console_sample_s: float = 10.0
+    grace_s: float = 5.0
+
+
 ALL_SETTINGS: tuple[type, ...] = (
     CandidateSettings,
     RankerSettings,
     RerankerSettings,
     GatewaySettings,
     TrainerSettings,
+    WebSettings,
 )
 
 T = TypeVar("T")
@@ -204,6 +233,7 @@ SERVICE_SETTINGS: dict[str, type] = {
     "reranker": RerankerSettings,
     "gateway": GatewaySettings,
     "trainer": TrainerSettings,
+    "web": WebSettings,
 }
 
 
