@@ -580,7 +580,8 @@ def test_every_process_exposes_prometheus_metrics(stack: Stack, gw) -> None:  # 
     with pytest.raises(grpc.RpcError):
         rec(gw, user_id="bad id", k=5)
     state = json.loads((stack.var / "run" / "stack.json").read_text())
-    assert set(state["metrics"]) == {"candidate", "ranker", "reranker", "gateway", "trainer"}
+    assert set(state["metrics"]) == {"candidate", "ranker", "reranker", "gateway", "trainer",
+                                     "web"}
 
     def scrape(name: str) -> str:
         with urllib.request.urlopen(f"http://{state['metrics'][name]}/metrics", timeout=5) as r:
@@ -598,6 +599,8 @@ def test_every_process_exposes_prometheus_metrics(stack: Stack, gw) -> None:  # 
     t = scrape("trainer")
     assert 'vidrec_arm_events_total{arm="hybrid",type="impression"}' in t
     assert "vidrec_trainer_consumer_lag_records " in t
+    assert 'vidrec_http_request_duration_seconds_count{route="/readyz",status="200"}' in scrape(
+        "web")
 
 
 def test_a_real_prometheus_scrapes_every_process(stack: Stack, gw, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -347,6 +347,34 @@ def test_catalog_writes_need_the_catalog_scope(stack: Stack) -> None:
     assert status == 403
 
 
+def test_cli_upsert_names_the_bad_line_and_then_loads_the_file(stack: Stack,  # type: ignore[no-untyped-def]
+                                                                 tmp_path: Path, capsys) -> None:
+    from vidrec.cli import main
+
+    csv_path = tmp_path / "new_videos.csv"
+    csv_path.write_text("video_id,title,category,tags,creator_id,language,duration_s\n"
+                        "cli-v1,Street food tour,food,travel|food,c-cli,en,600\n"
+                        "cli-v2,Night market,food,food,c-cli,en,minutes\n")
+    gw_addr = stack.services["gateway"].addr
+    args = ["videos", "upsert", str(csv_path), "--gateway", gw_addr, "--var", str(stack.var)]
+    assert main(args) == 2
+    assert f"{csv_path}:3: column duration_s" in capsys.readouterr().err
+    csv_path.write_text("video_id,title,category,tags,creator_id,language,duration_s\n"
+                        "cli-v1,Street food tour,food,travel|food,c-cli,en,600\n"
+                        "cli v2,Night market,food,food,c-cli,en,300\n")
+    assert main(args) == 1
+    assert f"{csv_path}:3: video_id" in capsys.readouterr().err
+    csv_path.write_text("video_id,title,category,tags,creator_id,language,duration_s\n"
+                        "cli-v1,Street food tour,food,travel|food,c-cli,en,600\n"
+                        "cli-v2,Night market,food,food,c-cli,en,300\n")
+    assert main(args) == 0 and "upserted 2 videos" in capsys.readouterr().out
+    rec = _record(stack, "cli-v2", lambda r: bool(r))
+    assert rec["title"] == "Night market" and rec["duration_s"] == "300.0"
+    assert main(["videos", "hide", "cli-v2", "nope-video", "--gateway", gw_addr,
+                 "--var", str(stack.var)]) == 1
+    assert "hid 1 videos; unknown: nope-video" in capsys.readouterr().out
+
+
 # --- the typed client ------------------------------------------------------------------
 
 
@@ -361,7 +389,10 @@ def test_client_calls_every_method_with_the_stack_credentials(stack: Stack) -> N
         assert c.log_events([c.event("u00001", recs.videos[0].video_id, "click")]) == 1
         assert c.upsert_videos([{"video_id": "client-video-1", "title": "From the client",
                                  "category": "music", "tags": ["live"]}]) == 1
-        assert any(s.experiment_arm for s in c.stats())
+        deadline = time.monotonic() + 60  # the recommend above logged impressions
+        while not c.stats() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert any(s.experiment_arm == "hybrid" and s.impressions >= 4 for s in c.stats())
         with pytest.raises(grpc.RpcError) as err:
             c.recommend("u00001", k=0)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

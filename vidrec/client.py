@@ -57,6 +57,21 @@ class Client:
                    key=sec.key, **kw)
 
     @classmethod
+    def connect(cls, addr: str, var: str | os.PathLike[str] | None = None, **kw: Any
+                ) -> Client:
+        """`addr` with the local stack's credentials when var/run/stack.json exists (`var`
+        or $VIDREC_STACK_VAR, default ./var), else VIDREC_API_KEY and VIDREC_TLS_CA."""
+        root = Path(var if var is not None else os.environ.get("VIDREC_STACK_VAR", "var"))
+        path = root / "run" / "stack.json"
+        if path.exists():
+            sec = ClientSecurity.from_state(json.loads(path.read_text()))
+            return cls(addr, api_key=sec.bearer, ca=sec.ca, cert=sec.cert, key=sec.key, **kw)
+        e = os.environ
+        return cls(addr, api_key=e.get("VIDREC_API_KEY", ""), ca=e.get("VIDREC_TLS_CA", ""),
+                   cert=e.get("VIDREC_TLS_CLIENT_CERT", ""),
+                   key=e.get("VIDREC_TLS_CLIENT_KEY", ""), **kw)
+
+    @classmethod
     def from_env(cls, **kw: Any) -> Client:
         """VIDREC_GATEWAY_ADDR, VIDREC_API_KEY and VIDREC_TLS_CA (+ client cert/key)."""
         e = os.environ

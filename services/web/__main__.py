@@ -39,6 +39,10 @@ def main() -> int:
               "VIDREC_TLS_CERT and VIDREC_TLS_KEY, or VIDREC_ALLOW_INSECURE=true behind a "
               "TLS-terminating proxy", file=sys.stderr)
         return 2
+    if s.metrics_addr:
+        from vidrec.serving.metrics import serve
+
+        serve(s.metrics_addr)
     upstream = ClientSecurity(s.tls_ca, s.tls_client_cert, s.tls_client_key)
     channel = upstream.channel(s.gateway_addr)
     from vidrec.serving.healthcheck import check

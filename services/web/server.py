@@ -17,6 +17,7 @@ import grpc
 
 from services.web.api import BY_PATH, ROUTES, ApiError, openapi, parse_body, to_json
 from vidrec.logs import request_id_var
+from vidrec.serving.metrics import HTTP_SECONDS
 from vidrec.v1 import gateway_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -156,8 +157,14 @@ class Handler(BaseHTTPRequestHandler):
                 grpc.StatusCode.INTERNAL, "internal error; the server log has the details"
             ).body())
         finally:
-            log.info("%s %s -> %d in %.1f ms", method, self.path.split("?")[0][:100], status,
-                     (time.perf_counter() - t0) * 1000)
+            took = time.perf_counter() - t0
+            path = self.path.split("?")[0]
+            # bounded label values: a known route, else its first segment
+            route = path if (method, path) in BY_PATH or path in ("/openapi.json", "/healthz",
+                                                                  "/readyz") else (
+                "/console" if path.startswith("/console") else "other")
+            HTTP_SECONDS.labels(route, str(status)).observe(took)
+            log.info("%s %s -> %d in %.1f ms", method, path[:100], status, took * 1000)
 
     def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
         self.send_response(status)
