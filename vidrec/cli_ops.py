@@ -632,7 +632,7 @@ def register_keys(sub: Any) -> None:
     scs = sc.add_subparsers(dest="action", required=True)
     si = scs.add_parser("init")
     si.add_argument("--dir", default="var/secrets")
-    si.add_argument("--hosts", default="candidate,ranker,reranker,gateway",
+    si.add_argument("--hosts", default="candidate,ranker,reranker,gateway,web",
                     help="comma-separated service names the server certificate must name")
     sc.set_defaults(fn=cmd_secrets)
     k = sub.add_parser("keys", help="API keys for the gateway, and user tokens",

@@ -20,7 +20,7 @@ from typing import IO
 from vidrec import schema
 from vidrec.infra.embedded import KafkaBroker, RedisServer, free_port
 from vidrec.security.client import ClientSecurity
-from vidrec.serving.healthcheck import check
+from vidrec.serving.healthcheck import check, http_status
 
 log = logging.getLogger(__name__)
 
@@ -411,22 +411,6 @@ class Stack:
             self.redis.stop()
             self.redis = None
         (self.var / "run" / "stack.json").unlink(missing_ok=True)
-
-
-def http_status(url: str, ca: str = "", timeout: float = 1.0) -> str:
-    """SERVING when `url` answers 200, else what went wrong (for readiness loops)."""
-    import ssl
-    import urllib.error
-    import urllib.request
-
-    ctx = ssl.create_default_context(cafile=ca) if ca else None
-    try:
-        with urllib.request.urlopen(url, timeout=timeout, context=ctx) as r:
-            return "SERVING" if r.status == 200 else f"HTTP {r.status}"
-    except urllib.error.HTTPError as exc:
-        return f"HTTP {exc.code}"
-    except Exception as exc:
-        return f"UNREACHABLE ({type(exc).__name__})"
 
 
 def _private(path: Path, default: str, overwrite: bool = False) -> str:
