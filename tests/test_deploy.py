@@ -733,8 +733,8 @@ def test_monitoring_rules_and_dashboard_use_exported_metrics() -> None:
     assert overlay["spec"] == rules
     services = _services()
     assert services["prometheus"]["profiles"] == ["monitoring"]
-    for name in ("candidate", "ranker", "reranker", "gateway", "trainer"):
+    for name in ("candidate", "ranker", "reranker", "gateway", "trainer", "web"):
         assert _compose_env(services[name])["VIDREC_METRICS_ADDR"] == "0.0.0.0:9100"
     targets = yaml.safe_load((mon / "prometheus.yml").read_text())["scrape_configs"][0]
     assert set(targets["static_configs"][0]["targets"]) == {
-        f"{n}:9100" for n in ("gateway", "candidate", "ranker", "reranker", "trainer")}
+        f"{n}:9100" for n in ("gateway", "candidate", "ranker", "reranker", "trainer", "web")}
