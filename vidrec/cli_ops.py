@@ -18,7 +18,7 @@ from vidrec.security.stores import read_secret, store_credentials
 if TYPE_CHECKING:
     from vidrec.infra.streams import RecordSink
 
-SERVICES = ("gateway", "candidate", "ranker", "reranker", "trainer")
+SERVICES = ("gateway", "candidate", "ranker", "reranker", "trainer", "web")
 
 
 def _ops_settings() -> Any:
