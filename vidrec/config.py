@@ -207,6 +207,8 @@ class WebSettings(CommonSettings):
     # Deadline of one forwarded call, and the largest request body accepted.
     call_timeout_ms: float = 5000.0
     max_body_bytes: int = 2 * 1024 * 1024
+    # Connections served at once (one thread each); past it a new one gets 503.
+    max_connections: int = 256
     # The operator console at /console/: signed in with an API key from this file holding
     # the 'admin' or 'stats:read' scope (rollback needs 'admin'). Empty: no console.
     console: bool = True

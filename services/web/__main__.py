@@ -64,7 +64,8 @@ def main() -> int:
     door = Door(channel, s.call_timeout_ms / 1000, s.max_body_bytes, _version(),
                 console.handle if console else None, lambda: health(s.gateway_addr))
     server = make_server(door, s.listen_addr,
-                         server_tls(s.tls_cert, s.tls_key) if s.tls_cert else None)
+                         server_tls(s.tls_cert, s.tls_key) if s.tls_cert else None,
+                         s.max_connections)
     host, port = server.server_address[:2]
     log.info("serving %s://%s:%s (gateway %s; console %s)", "https" if s.tls_cert else "http",
              host, port, s.gateway_addr, "on" if console else "off")

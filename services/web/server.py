@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -179,14 +180,49 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
+    """One thread per connection, at most `max_connections` at once: past it a new
+    connection is answered 503 and closed, so a flood of idle connections cannot exhaust
+    the process's threads."""
+
     daemon_threads = True
     allow_reuse_address = True
+    max_connections = 256
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.settimeout(1.0)
+                request.sendall(BUSY_ANSWER)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
-def make_server(door: Door, addr: str, tls: ssl.SSLContext | None) -> ThreadingHTTPServer:
+BUSY_BODY = json.dumps({"error": {"code": 503, "status": "UNAVAILABLE",
+                                  "message": "too many connections; retry"}}).encode()
+BUSY_ANSWER = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+               b"Connection: close\r\nRetry-After: 1\r\nContent-Length: "
+               + str(len(BUSY_BODY)).encode() + b"\r\n\r\n" + BUSY_BODY)
+
+
+def make_server(door: Door, addr: str, tls: ssl.SSLContext | None,
+                max_connections: int = 256) -> ThreadingHTTPServer:
     host, _, port = addr.rpartition(":")
     handler = type("BoundHandler", (Handler,), {"door": door})
-    server = _Server((host or "127.0.0.1", int(port)), handler)
+    server_class = type("BoundServer", (_Server,), {"max_connections": max_connections})
+    server = server_class((host or "127.0.0.1", int(port)), handler)
     if tls is not None:
         # The handshake runs in the connection's own thread (on its first read), so one
         # slow client cannot hold the accept loop.
