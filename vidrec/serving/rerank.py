@@ -110,6 +110,8 @@ def explain_rules(before: Sequence[common_pb2.ScoredVideo],
         v.terms.update(src.terms)
         v.ranker_score, v.ranker_rank = src.ranker_score, src.ranker_rank
         if v.score > src.score + 1e-6:
+            # The freshness rule's lift is a term of the served score too.
+            v.terms["freshness"] = v.score - src.score
             v.rules.append(f"freshness +{v.score - src.score:.3f}")
         if v.source == common_pb2.CANDIDATE_SOURCE_EXPLORATION:
             v.rules.append("exploration slot")
