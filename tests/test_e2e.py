@@ -27,24 +27,12 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def stack(small_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    from conftest import published_stack
+
     var = tmp_path_factory.mktemp("var")
-    # Stage ceilings as long as the calls' own timeouts: these tests are about behaviour
-    # (hot swap, freshness), and a slow machine must not turn them into degraded answers.
-    st = Stack(var, extra_env={"VIDREC_FOLDIN_INTERVAL_S": "1",
-                               "VIDREC_TRACING": f"file:{var / 'traces'}",
-                               "VIDREC_CANDIDATE_TIMEOUT_MS": "4000",
-                               "VIDREC_RANKER_TIMEOUT_MS": "4000",
-                               "VIDREC_RERANKER_TIMEOUT_MS": "4000"})
-    try:
-        st.start_stores()
-        index = EdgeIndex(st.index_root)
-        publish(small_model, ArtifactStore(st.artifact_root), index,
-                FeatureStore.from_url(st.redis_url), overwrite_history=True)
-        index.close()
-        st.start_services(trainer=True, timeout_s=180)
+    with published_stack(small_model, var, {"VIDREC_FOLDIN_INTERVAL_S": "1",
+                                            "VIDREC_TRACING": f"file:{var / 'traces'}"}) as st:
         yield st
-    finally:
-        st.stop()
 
 
 def test_no_port_of_the_stack_answers_without_credentials(stack: Stack) -> None:

@@ -28,20 +28,10 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def stack(small_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    var = tmp_path_factory.mktemp("var")
-    st = Stack(var, extra_env={"VIDREC_CANDIDATE_TIMEOUT_MS": "4000",
-                               "VIDREC_RANKER_TIMEOUT_MS": "4000",
-                               "VIDREC_RERANKER_TIMEOUT_MS": "4000"})
-    try:
-        st.start_stores()
-        index = EdgeIndex(st.index_root)
-        publish(small_model, ArtifactStore(st.artifact_root), index,
-                FeatureStore.from_url(st.redis_url), overwrite_history=True)
-        index.close()
-        st.start_services(trainer=True, timeout_s=180)
+    from conftest import published_stack
+
+    with published_stack(small_model, tmp_path_factory.mktemp("var")) as st:
         yield st
-    finally:
-        st.stop()
 
 
 @pytest.fixture(scope="module")

@@ -62,19 +62,21 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServicer):
         """Trending now (the trainer keeps it from live events); empty: the model's own."""
         return self._list("popular", self.store.popular_list, POPULAR_READ, POPULAR_TTL_S)
 
+    def _model(self, n: int, version: str, context: grpc.ServicerContext) -> CandidateModel:
+        """The asked model version (empty: the current one) once `n` is in bounds."""
+        if not 0 < n <= MAX_N:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"n must be in 1..{MAX_N}, got {n}")
+        try:
+            return self.holder.get(version) if version else self.holder.current()[1]
+        except VersionUnavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            raise  # unreachable: abort raised
+
     def Generate(self, request: candidate_pb2.GenerateRequest, context: grpc.ServicerContext
                  ) -> candidate_pb2.GenerateResponse:
         set_request_id(request.request_id)
         n = request.n or self.default_n
-        if not 0 < n <= MAX_N:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"n must be in 1..{MAX_N}, got {n}")
-        try:
-            if request.model_version:
-                cm = self.holder.get(request.model_version)
-            else:
-                _, cm = self.holder.current()
-        except VersionUnavailable as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        cm = self._model(n, request.model_version, context)
         u = request.user
         history = list(u.recent_video_ids)
         mf = user_mf_vector(cm, u.user_id, list(u.mf_vector), u.mf_vector_version)
@@ -112,15 +114,7 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"by must be one of {', '.join(SIMILAR_BY)}, got {by!r}")
         n = request.n or 20
-        if not 0 < n <= MAX_N:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"n must be in 1..{MAX_N}, got {n}")
-        try:
-            if request.model_version:
-                cm = self.holder.get(request.model_version)
-            else:
-                _, cm = self.holder.current()
-        except VersionUnavailable as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        cm = self._model(n, request.model_version, context)
         o, vid = cm.online, request.video_id
         if not o.knows(vid) and vid not in o.videos:
             for rec in self.store.videos([vid]).values():  # uploaded after this version
