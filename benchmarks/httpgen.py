@@ -34,8 +34,15 @@ def run(url: str, rate: float, duration_s: float, users: list[str], k: int, seed
             return http.client.HTTPSConnection(host, port, timeout=5, context=ctx)
         return http.client.HTTPConnection(host, port, timeout=5)
 
+    ready = threading.Barrier(workers + 1)
+    warm = json.dumps({"user_id": users[0], "k": k}).encode()
+
     def worker() -> None:
         conn = connection()
+        # Connect and handshake before the schedule starts (not measured).
+        conn.request("POST", "/v1/recommend", body=warm, headers=headers)
+        conn.getresponse().read()
+        ready.wait()
         while (job := jobs.get()) is not None:
             due, body = job
             try:
@@ -59,12 +66,7 @@ def run(url: str, rate: float, duration_s: float, users: list[str], k: int, seed
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
     for t in threads:
         t.start()
-    # warm the connections
-    for _ in range(workers):
-        jobs.put((time.perf_counter(), json.dumps({"user_id": users[0], "k": k}).encode()))
-    time.sleep(1.0)
-    with lock:
-        lat.clear()
+    ready.wait()  # every connection open and warm
     n = int(rate * duration_s)
     t0 = time.perf_counter() + 0.1
     for i in range(n):
