@@ -42,11 +42,12 @@ def cmd_publish(a: argparse.Namespace) -> int:
     from vidrec.serving.publish import publish
     from vidrec.store.artifacts import ArtifactStore
     from vidrec.store.features import FeatureStore
-    from vidrec.store.index import open_index
+    from vidrec.store.index import CollectionLayout, open_index
 
     s = _ops_settings()
     index = open_index(s.qdrant_url, s.index_root,
-                       read_secret(getattr(s, "qdrant_api_key_file", "")))
+                       read_secret(getattr(s, "qdrant_api_key_file", "")),
+                       CollectionLayout.from_settings(s))
     producer = _producer(s.kafka_bootstrap)
     try:
         version = publish(Path(a.model), ArtifactStore(s.artifact_root), index,

@@ -168,6 +168,13 @@ class TrainerSettings(CommonSettings):
     artifact_root: str = "var/artifacts"
     data_dir: str = "var/data"
     qdrant_url: str = ""
+    # A published collection's layout on a Qdrant server cluster (store/index.py
+    # CollectionLayout; docs/qdrant.md sizes it): shards, copies of each, copies a write
+    # waits for, original vectors on disk.
+    qdrant_shards: int = 1
+    qdrant_replicas: int = 1
+    qdrant_write_consistency: int = 1
+    qdrant_on_disk: bool = False
     index_root: str = "var/index"
     group_id: str = "vidrec-trainer"
     batch_size: int = 2000
