@@ -476,7 +476,8 @@ def test_versions_status_and_rollback_to_a_named_version(stack: Stack, gw) -> No
         time.sleep(0.2)
     assert rec(gw, user_id="u00001", k=5).model_version == target
     status = json.loads(cli("status", "--var", str(stack.var), "--json").stdout)
-    assert {r["service"]: r["health"] for r in status}["gateway"] == "SERVING"
+    health = {r["service"]: r["health"] for r in status}
+    assert health["gateway"] == "SERVING" and health["web"] == "SERVING"  # web: its /readyz
     stats = json.loads(cli("stats", "--var", str(stack.var), "--gateway",
                            stack.services["gateway"].addr, "--json").stdout)
     assert stats and {"model_version", "experiment_arm", "impressions"} <= set(stats[0])

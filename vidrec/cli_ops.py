@@ -194,7 +194,11 @@ def cmd_status(a: argparse.Namespace) -> int:
     sec = ClientSecurity.from_state(stack) if stack else ClientSecurity.from_env()
     rows = []
     for name, addr in addrs.items():
-        if addr:
+        if addr and name == "web":  # HTTP: its readiness page (200 while the gateway is)
+            from vidrec.serving.healthcheck import http_status
+
+            status = http_status(f"{'https' if sec.ca else 'http'}://{addr}/readyz", sec.ca)
+        elif addr:
             status = check(addr, security=sec)
         else:  # the trainer has no port: its heartbeat in Redis tells
             from vidrec.serving.healthcheck import trainer_status
