@@ -156,3 +156,32 @@ def small_model(small_dataset, tmp_path_factory: pytest.TempPathFactory):  # typ
     out = tmp_path_factory.mktemp("models") / "m1"
     train_bundle(load_dataset(small_dataset), cfg, progress=False).save(out)
     return out
+
+
+# Stage ceilings as long as the calls' own timeouts: the stack tests are about behaviour,
+# and a slow machine must not turn their answers into degraded ones.
+PATIENT_STAGES = {"VIDREC_CANDIDATE_TIMEOUT_MS": "4000", "VIDREC_RANKER_TIMEOUT_MS": "4000",
+                  "VIDREC_RERANKER_TIMEOUT_MS": "4000"}
+
+
+@contextlib.contextmanager
+def published_stack(model, var, extra_env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    """A whole secure stack (stores, `model` published as v1, every service, the trainer)
+    under `var`; stopped on exit."""
+    from vidrec.serving.publish import publish
+    from vidrec.stack import Stack
+    from vidrec.store.artifacts import ArtifactStore
+    from vidrec.store.features import FeatureStore
+    from vidrec.store.index import EdgeIndex
+
+    st = Stack(var, extra_env={**PATIENT_STAGES, **(extra_env or {})})
+    try:
+        st.start_stores()
+        index = EdgeIndex(st.index_root)
+        publish(model, ArtifactStore(st.artifact_root), index,
+                FeatureStore.from_url(st.redis_url), overwrite_history=True)
+        index.close()
+        st.start_services(trainer=True, timeout_s=180)
+        yield st
+    finally:
+        st.stop()

@@ -27,6 +27,7 @@ from vidrec.config import (
     RankerSettings,
     RerankerSettings,
     TrainerSettings,
+    WebSettings,
     known_keys,
     load_settings,
 )
@@ -42,6 +43,7 @@ SETTINGS_OF: dict[str, type] = {
     "ranker": RankerSettings,
     "reranker": RerankerSettings,
     "trainer": TrainerSettings,
+    "web": WebSettings,
 }
 GRPC_PORTS = {"gateway": 50051, "candidate": 50052, "ranker": 50053, "reranker": 50054}
 STATELESS = tuple(GRPC_PORTS)
@@ -61,6 +63,8 @@ DEPLOYED_NEEDS: dict[str, set[str]] = {
     "ranker": _STORES | {"VIDREC_LISTEN_ADDR", "VIDREC_ARTIFACT_ROOT"},
     "reranker": _STORES | {"VIDREC_LISTEN_ADDR"},
     "trainer": _STORES | {"VIDREC_ARTIFACT_ROOT", "VIDREC_QDRANT_URL", "VIDREC_DATA_DIR"},
+    "web": {"VIDREC_LISTEN_ADDR", "VIDREC_GATEWAY_ADDR", "VIDREC_REDIS_URL",
+            "VIDREC_API_KEYS_FILE"},
 }
 # `vidrec publish` writes artifacts, the Qdrant collection, Redis features and announces.
 PUBLISH_NEEDS = _STORES | {"VIDREC_ARTIFACT_ROOT", "VIDREC_QDRANT_URL"}
@@ -68,6 +72,7 @@ PEER_ADDRS = {
     "VIDREC_CANDIDATE_ADDR": "candidate",
     "VIDREC_RANKER_ADDR": "ranker",
     "VIDREC_RERANKER_ADDR": "reranker",
+    "VIDREC_GATEWAY_ADDR": "gateway",
 }
 
 
@@ -174,11 +179,14 @@ def test_compose_ports_match_listen_addr() -> None:
         exposed = {int(str(p).split(":")[-1]) for p in svc.get("expose", []) + svc.get("ports", [])}
         assert port in exposed, f"{name} does not expose {port}"
     published = [str(p) for p in services["gateway"]["ports"]]
-    # Only the gateway is published (besides the opt-in monitoring profile's UIs), and on
-    # the host's loopback only.
+    # Only the gateway and the web front door are published (besides the opt-in
+    # monitoring profile's UIs), and on the host's loopback only.
     assert published == ["127.0.0.1:50051:50051"]
+    assert [str(p) for p in services["web"]["ports"]] == ["127.0.0.1:8080:8080"]
+    assert _port_of(_compose_env(services["web"])["VIDREC_LISTEN_ADDR"]) == 8080
+    assert "--http" in services["web"]["healthcheck"]["test"]
     assert not [n for n, x in services.items()
-                if x.get("ports") and n != "gateway" and not x.get("profiles")]
+                if x.get("ports") and n not in ("gateway", "web") and not x.get("profiles")]
     assert all(str(p).startswith("127.0.0.1:") for x in services.values()
                for p in x.get("ports", []))
 
@@ -463,11 +471,15 @@ def test_k8s_services_reach_container_ports() -> None:
             if svc["spec"].get("clusterIP") == "None":
                 # Headless: clients dial pod IPs, so the service port is the container port.
                 assert sp["port"] == hit[0]["containerPort"], name
-    # The gateway's peer addresses are these Services.
-    env = {e["name"]: e["value"] for e in _only_container(deployments["gateway"])["env"]}
-    for key, peer in PEER_ADDRS.items():
-        host, port = env[key].rsplit(":", 1)
-        assert host == peer and int(port) in [p["port"] for p in services[peer]["spec"]["ports"]]
+    # The gateway's and the web front door's peer addresses are these Services.
+    for who in ("gateway", "web"):
+        env = {e["name"]: e["value"] for e in _only_container(deployments[who])["env"]}
+        for key, peer in PEER_ADDRS.items():
+            if peer == who:
+                continue
+            host, port = env[key].rsplit(":", 1)
+            assert host == peer and int(port) in [
+                p["port"] for p in services[peer]["spec"]["ports"]], (who, key)
 
 
 def test_k8s_volumes_claim_existing_pvcs() -> None:
@@ -637,7 +649,7 @@ def test_compose_is_secure_by_default() -> None:
     services = _services()
     init = services["secrets-init"]
     assert init["command"][:5] == ["-m", "vidrec.cli", "secrets", "init", "--dir"]
-    for name in ("candidate", "ranker", "reranker", "gateway", "trainer", "bootstrap"):
+    for name in ("candidate", "ranker", "reranker", "gateway", "trainer", "bootstrap", "web"):
         env = _compose_env(services[name])
         for k in ("VIDREC_TLS_CA", "VIDREC_TLS_CERT", "VIDREC_TLS_KEY",
                   "VIDREC_TLS_CLIENT_CERT", "VIDREC_TLS_CLIENT_KEY",
@@ -671,7 +683,8 @@ def test_k8s_is_secure_by_default() -> None:
     assert policies["default-deny-ingress"]["spec"]["podSelector"] == {}
     internal = policies["internal-from-gateway"]["spec"]
     assert internal["ingress"][0]["from"] == [
-        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gateway"}}}]
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gateway"}}},
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "web"}}}]
     assert set(internal["podSelector"]["matchExpressions"][0]["values"]) == {
         "candidate", "ranker", "reranker"}
 
@@ -720,8 +733,8 @@ def test_monitoring_rules_and_dashboard_use_exported_metrics() -> None:
     assert overlay["spec"] == rules
     services = _services()
     assert services["prometheus"]["profiles"] == ["monitoring"]
-    for name in ("candidate", "ranker", "reranker", "gateway", "trainer"):
+    for name in ("candidate", "ranker", "reranker", "gateway", "trainer", "web"):
         assert _compose_env(services[name])["VIDREC_METRICS_ADDR"] == "0.0.0.0:9100"
     targets = yaml.safe_load((mon / "prometheus.yml").read_text())["scrape_configs"][0]
     assert set(targets["static_configs"][0]["targets"]) == {
-        f"{n}:9100" for n in ("gateway", "candidate", "ranker", "reranker", "trainer")}
+        f"{n}:9100" for n in ("gateway", "candidate", "ranker", "reranker", "trainer", "web")}

@@ -24,8 +24,9 @@ import yaml
 from vidrec.infra.embedded import KafkaBroker, RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = ("candidate", "ranker", "reranker", "gateway", "trainer")
-PORTS = {"candidate": 50052, "ranker": 50053, "reranker": 50054, "gateway": 50051}
+SERVICES = ("candidate", "ranker", "reranker", "gateway", "web", "trainer")
+PORTS = {"candidate": 50052, "ranker": 50053, "reranker": 50054, "gateway": 50051,
+         "web": 8080}
 
 
 def _compose() -> dict[str, Any]:
@@ -187,7 +188,7 @@ def test_k8s_deployments_start_with_their_own_environment(small_model: Path,
     hosts and volumes mapped: every gRPC service answers its probe port (plaintext health),
     the trainer passes its exec probe, and an event reaches the trainer."""
     from vidrec.security.client import ClientSecurity
-    from vidrec.serving.healthcheck import check
+    from vidrec.serving.healthcheck import check, http_status
 
     deployments = _k8s_envs()
     assert set(deployments) == set(SERVICES)
@@ -237,6 +238,10 @@ def test_k8s_deployments_start_with_their_own_environment(small_model: Path,
                     probe = lambda: subprocess.run(  # noqa: E731
                         [py, "-m", "vidrec.serving.healthcheck", "--trainer", "30"],
                         env=env_of("trainer"), cwd=app, capture_output=True).returncode == 0
+                elif name == "web":  # the kubelet's HTTPS readiness probe
+                    probe = lambda: http_status(  # noqa: E731
+                        f"https://127.0.0.1:{grpc_ports['web']}/readyz",
+                        str(secrets / "ca.pem")) == "SERVING"
                 else:  # the kubelet's gRPC probe: plaintext, health port
                     probe = lambda n=name: check(  # type: ignore[misc]  # noqa: E731
                         f"127.0.0.1:{health_ports[n]}", security=ClientSecurity()) == "SERVING"

@@ -27,24 +27,12 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(scope="module")
 def stack(small_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    from conftest import published_stack
+
     var = tmp_path_factory.mktemp("var")
-    # Stage ceilings as long as the calls' own timeouts: these tests are about behaviour
-    # (hot swap, freshness), and a slow machine must not turn them into degraded answers.
-    st = Stack(var, extra_env={"VIDREC_FOLDIN_INTERVAL_S": "1",
-                               "VIDREC_TRACING": f"file:{var / 'traces'}",
-                               "VIDREC_CANDIDATE_TIMEOUT_MS": "4000",
-                               "VIDREC_RANKER_TIMEOUT_MS": "4000",
-                               "VIDREC_RERANKER_TIMEOUT_MS": "4000"})
-    try:
-        st.start_stores()
-        index = EdgeIndex(st.index_root)
-        publish(small_model, ArtifactStore(st.artifact_root), index,
-                FeatureStore.from_url(st.redis_url), overwrite_history=True)
-        index.close()
-        st.start_services(trainer=True, timeout_s=180)
+    with published_stack(small_model, var, {"VIDREC_FOLDIN_INTERVAL_S": "1",
+                                            "VIDREC_TRACING": f"file:{var / 'traces'}"}) as st:
         yield st
-    finally:
-        st.stop()
 
 
 def test_no_port_of_the_stack_answers_without_credentials(stack: Stack) -> None:
@@ -488,7 +476,8 @@ def test_versions_status_and_rollback_to_a_named_version(stack: Stack, gw) -> No
         time.sleep(0.2)
     assert rec(gw, user_id="u00001", k=5).model_version == target
     status = json.loads(cli("status", "--var", str(stack.var), "--json").stdout)
-    assert {r["service"]: r["health"] for r in status}["gateway"] == "SERVING"
+    health = {r["service"]: r["health"] for r in status}
+    assert health["gateway"] == "SERVING" and health["web"] == "SERVING"  # web: its /readyz
     stats = json.loads(cli("stats", "--var", str(stack.var), "--gateway",
                            stack.services["gateway"].addr, "--json").stdout)
     assert stats and {"model_version", "experiment_arm", "impressions"} <= set(stats[0])
@@ -580,7 +569,8 @@ def test_every_process_exposes_prometheus_metrics(stack: Stack, gw) -> None:  # 
     with pytest.raises(grpc.RpcError):
         rec(gw, user_id="bad id", k=5)
     state = json.loads((stack.var / "run" / "stack.json").read_text())
-    assert set(state["metrics"]) == {"candidate", "ranker", "reranker", "gateway", "trainer"}
+    assert set(state["metrics"]) == {"candidate", "ranker", "reranker", "gateway", "trainer",
+                                     "web"}
 
     def scrape(name: str) -> str:
         with urllib.request.urlopen(f"http://{state['metrics'][name]}/metrics", timeout=5) as r:
@@ -598,6 +588,8 @@ def test_every_process_exposes_prometheus_metrics(stack: Stack, gw) -> None:  # 
     t = scrape("trainer")
     assert 'vidrec_arm_events_total{arm="hybrid",type="impression"}' in t
     assert "vidrec_trainer_consumer_lag_records " in t
+    assert 'vidrec_http_request_duration_seconds_count{route="/readyz",status="200"}' in scrape(
+        "web")
 
 
 def test_a_real_prometheus_scrapes_every_process(stack: Stack, gw, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -97,3 +97,45 @@ def test_server_backend() -> None:
     finally:
         index.delete_collection("videos_v1")
         index.close()
+
+
+def test_server_collections_take_their_layout_from_settings() -> None:
+    """VIDREC_QDRANT_SHARDS / _REPLICAS / _WRITE_CONSISTENCY / _ON_DISK reach the
+    create_collection call a publish makes on a Qdrant server; nonsense is refused."""
+    from vidrec.config import TrainerSettings, load_settings
+    from vidrec.store.index import CollectionLayout, collection_spec
+
+    s = load_settings(TrainerSettings, {"VIDREC_QDRANT_SHARDS": "6", "VIDREC_QDRANT_REPLICAS": "2",
+                                        "VIDREC_QDRANT_WRITE_CONSISTENCY": "2",
+                                        "VIDREC_QDRANT_ON_DISK": "true"})
+    spec = collection_spec({"tt": 64, "mf": 64, "content": 64}, CollectionLayout.from_settings(s))
+    assert (spec["shard_number"], spec["replication_factor"],
+            spec["write_consistency_factor"]) == (6, 2, 2)
+    tt = spec["vectors_config"]["tt"]
+    assert tt.on_disk is True and tt.quantization_config is not None  # int8 stays in RAM
+    assert tt.hnsw_config.m == 32 and spec["vectors_config"]["mf"].quantization_config is None
+    assert collection_spec({"tt": 8}, CollectionLayout())["shard_number"] == 1
+    with pytest.raises(ValueError, match="write consistency"):
+        CollectionLayout(replicas=2, write_consistency=3)
+    with pytest.raises(ValueError, match="shards"):
+        CollectionLayout(shards=0)
+
+
+@pytest.mark.skipif(not os.environ.get("QDRANT_TEST_URL"),
+                    reason="no Qdrant server: set QDRANT_TEST_URL=http://host:6333 to test the "
+                    "server backend (no Docker engine on this machine)")
+def test_server_collection_is_sharded_and_published_by_alias_swap() -> None:
+    from vidrec.store.index import CollectionLayout
+
+    index = ServerIndex(os.environ["QDRANT_TEST_URL"], layout=CollectionLayout(shards=2))
+    try:
+        for name in ("videos_v1", "videos_v2"):
+            index.create_collection(name, {"tt": 4})
+        assert index.client.get_collection("videos_v1").config.params.shard_number == 2
+        index.set_alias("videos_v1")
+        index.set_alias("videos_v2")  # one atomic change: delete + create
+        assert index.resolve_alias() == "videos_v2"
+    finally:
+        for name in ("videos_v1", "videos_v2"):
+            index.delete_collection(name)
+        index.close()

@@ -445,3 +445,16 @@ def test_mf_only_arm_takes_mf_candidates_for_known_users(tiny_bundle) -> None:
     assert set(np.flatnonzero(hybrid.cand[0])) != set(best_mf)
     cold = rec.components(["new"], [{"gender": "F"}]).cand[0]
     assert cold.sum() == n and cold[int(np.argmax(bundle.popularity))]
+
+
+def test_mf_conjugate_gradient_matches_the_exact_solve() -> None:
+    """The CG sweeps (linear in interactions) reach the exact ALS solution's predictions."""
+    fm = build_feedback_matrix(_random_matrix(), FeedbackWeights())
+    exact = train_mf(fm, MFConfig(factors=8, regularization=1.0, iterations=30, cg_steps=0),
+                     progress=False)
+    cg = train_mf(fm, MFConfig(factors=8, regularization=1.0, iterations=30, cg_steps=3),
+                  progress=False)
+    a = (exact.user_factors @ exact.video_factors.T).ravel()
+    b = (cg.user_factors @ cg.video_factors.T).ravel()
+    assert np.corrcoef(a, b)[0, 1] > 0.99
+    np.testing.assert_allclose(np.abs(b).mean(), np.abs(a).mean(), rtol=0.05)

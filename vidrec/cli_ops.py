@@ -18,7 +18,7 @@ from vidrec.security.stores import read_secret, store_credentials
 if TYPE_CHECKING:
     from vidrec.infra.streams import RecordSink
 
-SERVICES = ("gateway", "candidate", "ranker", "reranker", "trainer")
+SERVICES = ("gateway", "candidate", "ranker", "reranker", "trainer", "web")
 
 
 def _ops_settings() -> Any:
@@ -42,11 +42,12 @@ def cmd_publish(a: argparse.Namespace) -> int:
     from vidrec.serving.publish import publish
     from vidrec.store.artifacts import ArtifactStore
     from vidrec.store.features import FeatureStore
-    from vidrec.store.index import open_index
+    from vidrec.store.index import CollectionLayout, open_index
 
     s = _ops_settings()
     index = open_index(s.qdrant_url, s.index_root,
-                       read_secret(getattr(s, "qdrant_api_key_file", "")))
+                       read_secret(getattr(s, "qdrant_api_key_file", "")),
+                       CollectionLayout.from_settings(s))
     producer = _producer(s.kafka_bootstrap)
     try:
         version = publish(Path(a.model), ArtifactStore(s.artifact_root), index,
@@ -86,39 +87,19 @@ def cmd_versions(a: argparse.Namespace) -> int:
 
 
 def cmd_rollback(a: argparse.Namespace) -> int:
-    """Back to the version that was LATEST before this one (from HISTORY, never a version
-    a killed publish only staged); refused when its files fail their checksums, since
-    every server would refuse to load it."""
-    from vidrec.serving.publish import collection_name
-    from vidrec.store.artifacts import ROLLBACK, ArtifactStore, CorruptArtifact
+    """Back to the version that was LATEST before this one (or --to a served version)."""
+    from vidrec.serving.publish import RollbackRefused, rollback
+    from vidrec.store.artifacts import ArtifactStore
     from vidrec.store.index import open_index
 
     s = _ops_settings()
-    store = ArtifactStore(s.artifact_root)
-    cur, prev = store.latest(), store.previous()
-    target = getattr(a, "to", "")
-    if target:
-        if target not in store.published():
-            print(f"{target} was never served (or is gone); served versions: "
-                  f"{', '.join(store.published()) or '-'}", file=sys.stderr)
-            return 1
-        prev = target
-    if prev is None:
-        print(f"nothing to roll back to (serving {cur}, no earlier served version kept)",
-              file=sys.stderr)
-        return 1
     try:
-        store.verify(prev)
-    except CorruptArtifact as exc:
-        print(f"not rolling back to {prev}: {exc}", file=sys.stderr)
+        cur, prev = rollback(ArtifactStore(s.artifact_root), lambda: open_index(
+            s.qdrant_url, s.index_root, read_secret(getattr(s, "qdrant_api_key_file", ""))),
+            getattr(a, "to", "") or "")
+    except RollbackRefused as exc:
+        print(str(exc), file=sys.stderr)
         return 1
-    index = open_index(s.qdrant_url, s.index_root,
-                       read_secret(getattr(s, "qdrant_api_key_file", "")))
-    try:
-        index.set_alias(collection_name(prev))
-    finally:
-        index.close()
-    store.set_latest(prev, action=ROLLBACK)
     print(f"rolled back from {cur} to {prev}")
     return 0
 
@@ -213,7 +194,11 @@ def cmd_status(a: argparse.Namespace) -> int:
     sec = ClientSecurity.from_state(stack) if stack else ClientSecurity.from_env()
     rows = []
     for name, addr in addrs.items():
-        if addr:
+        if addr and name == "web":  # HTTP: its readiness page (200 while the gateway is)
+            from vidrec.serving.healthcheck import http_status
+
+            status = http_status(f"{'https' if sec.ca else 'http'}://{addr}/readyz", sec.ca)
+        elif addr:
             status = check(addr, security=sec)
         else:  # the trainer has no port: its heartbeat in Redis tells
             from vidrec.serving.healthcheck import trainer_status
@@ -378,8 +363,96 @@ def cmd_dlq(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_videos_upsert(a: argparse.Namespace) -> int:
+    """`vidrec videos upsert FILE.csv`: videos.csv rows through Gateway.UpsertVideos, in
+    batches; a refused row is named by file and line."""
+    import csv
+    import re
+
+    import grpc
+
+    from vidrec.client import Client
+
+    path = Path(a.file)
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "video_id" not in reader.fieldnames:
+            print(f"{path}:1: the header has no video_id column", file=sys.stderr)
+            return 2
+        rows = [(reader.line_num, r) for r in reader]
+
+    def message(line: int, r: dict[str, str]) -> Any:
+        from vidrec.v1 import events_pb2
+
+        def num(col: str) -> float:
+            raw = (r.get(col) or "").strip()
+            try:
+                return float(raw) if raw else 0.0
+            except ValueError:
+                raise ValueError(f"{path}:{line}: column {col}: {raw[:40]!r} is not a "
+                                 "number") from None
+
+        return events_pb2.VideoUpserted(
+            video_id=(r.get("video_id") or "").strip(), title=r.get("title") or "",
+            category=r.get("category") or "", creator_id=r.get("creator_id") or "",
+            language=r.get("language") or "",
+            tags=[t for t in (r.get("tags") or "").split("|") if t],
+            duration_s=num("duration_s"), upload_ts=num("upload_ts"),
+            hidden=(r.get("hidden") or "").lower() in ("1", "true"),
+            age_restricted=(r.get("age_restricted") or "").lower() in ("1", "true"))
+
+    msgs = [(line, message(line, r)) for line, r in rows]
+    sent = 0
+    with Client.connect(a.gateway, a.var, timeout_s=30.0) as c:
+        for start in range(0, len(msgs), a.batch):
+            batch = msgs[start:start + a.batch]
+            try:
+                sent += c.upsert_videos([m for _, m in batch])
+            except grpc.RpcError as exc:
+                detail = exc.details() or exc.code().name  # type: ignore[attr-defined]
+                m = re.match(r"videos\[(\d+)\]: (.*)", detail)
+                where = f"{path}:{batch[int(m.group(1))][0]}" if m else str(path)
+                print(f"{where}: {m.group(2) if m else detail} ({sent} videos sent before "
+                      "this batch; nothing of this batch was written)", file=sys.stderr)
+                return 1
+    print(f"upserted {sent} videos from {path}")
+    return 0
+
+
+def cmd_videos_hide(a: argparse.Namespace) -> int:
+    from vidrec.client import Client
+
+    with Client.connect(a.gateway, a.var, timeout_s=30.0) as c:
+        r = c.hide_videos(a.ids, unhide=a.unhide)
+    print(f"{'unhid' if a.unhide else 'hid'} {r.changed} videos"
+          + (f"; unknown: {', '.join(r.unknown_video_ids)}" if r.unknown_video_ids else ""))
+    return 0 if not r.unknown_video_ids else 1
+
+
+def register_videos(sub: Any) -> None:
+    v = sub.add_parser("videos", help="the live catalog: add, update or hide videos",
+                       description="Calls the gateway's catalog API (scope catalog:write). "
+                       "Credentials: the local stack's var/run/stack.json, else "
+                       "VIDREC_API_KEY and VIDREC_TLS_CA.")
+    vs = v.add_subparsers(dest="videos_command", required=True)
+    up = vs.add_parser("upsert", help="add or update the videos of a videos.csv file "
+                       "(idempotent: sending a file twice changes nothing)")
+    up.add_argument("file", help="CSV with videos.csv's columns (video_id, title, category, "
+                    "tags as a|b, creator_id, language, duration_s, upload_ts, ...)")
+    up.add_argument("--batch", type=int, default=500, help="videos per call")
+    up.set_defaults(fn=cmd_videos_upsert)
+    hd = vs.add_parser("hide", help="take videos out of every list (or --unhide)")
+    hd.add_argument("ids", nargs="+", help="video ids")
+    hd.add_argument("--unhide", action="store_true")
+    hd.set_defaults(fn=cmd_videos_hide)
+    for p in (up, hd):
+        p.add_argument("--gateway", default="127.0.0.1:50051")
+        p.add_argument("--var", default="var", help="the local stack's directory")
+
+
 def register(sub: Any) -> None:
     register_keys(sub)
+    register_videos(sub)
     p = sub.add_parser("publish", help="make a trained model directory live",
                        description="Copy a model directory into the artifact store as the "
                        "next version, load its video vectors into a new index collection and "
@@ -564,7 +637,7 @@ def register_keys(sub: Any) -> None:
     scs = sc.add_subparsers(dest="action", required=True)
     si = scs.add_parser("init")
     si.add_argument("--dir", default="var/secrets")
-    si.add_argument("--hosts", default="candidate,ranker,reranker,gateway",
+    si.add_argument("--hosts", default="candidate,ranker,reranker,gateway,web",
                     help="comma-separated service names the server certificate must name")
     sc.set_defaults(fn=cmd_secrets)
     k = sub.add_parser("keys", help="API keys for the gateway, and user tokens",

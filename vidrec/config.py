@@ -169,6 +169,13 @@ class TrainerSettings(CommonSettings):
     artifact_root: str = "var/artifacts"
     data_dir: str = "var/data"
     qdrant_url: str = ""
+    # A published collection's layout on a Qdrant server cluster (store/index.py
+    # CollectionLayout; docs/qdrant.md sizes it): shards, copies of each, copies a write
+    # waits for, original vectors on disk.
+    qdrant_shards: int = 1
+    qdrant_replicas: int = 1
+    qdrant_write_consistency: int = 1
+    qdrant_on_disk: bool = False
     index_root: str = "var/index"
     group_id: str = "vidrec-trainer"
     batch_size: int = 2000
@@ -189,12 +196,43 @@ class TrainerSettings(CommonSettings):
     trending_min_seen: int = 5
 
 
+@dataclass(frozen=True)
+class WebSettings(CommonSettings):
+    """The HTTP/JSON front door and the operator console (services/web)."""
+
+    # host:port of the HTTPS (or, on loopback, HTTP) listener.
+    listen_addr: str = "127.0.0.1:0"
+    # The gateway every /v1 call is forwarded to, with the caller's credentials.
+    gateway_addr: str = field(default="", metadata={"required": True})
+    # Optional, for the console's service list and health (empty: not shown).
+    candidate_addr: str = ""
+    ranker_addr: str = ""
+    reranker_addr: str = ""
+    # Optional, for the console's publish history and rollback (empty: not shown).
+    artifact_root: str = ""
+    index_root: str = ""
+    qdrant_url: str = ""
+    # Deadline of one forwarded call, and the largest request body accepted.
+    call_timeout_ms: float = 5000.0
+    max_body_bytes: int = 2 * 1024 * 1024
+    # Connections served at once (one thread each); past it a new one gets 503.
+    max_connections: int = 256
+    # The operator console at /console/: signed in with an API key from this file holding
+    # the 'admin' or 'stats:read' scope (rollback needs 'admin'). Empty: no console.
+    console: bool = True
+    api_keys_file: str = ""
+    # Seconds between samples of the per-arm online metrics the console plots.
+    console_sample_s: float = 10.0
+    grace_s: float = 5.0
+
+
 ALL_SETTINGS: tuple[type, ...] = (
     CandidateSettings,
     RankerSettings,
     RerankerSettings,
     GatewaySettings,
     TrainerSettings,
+    WebSettings,
 )
 
 T = TypeVar("T")
@@ -205,6 +243,7 @@ SERVICE_SETTINGS: dict[str, type] = {
     "reranker": RerankerSettings,
     "gateway": GatewaySettings,
     "trainer": TrainerSettings,
+    "web": WebSettings,
 }
 
 

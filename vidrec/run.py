@@ -3,7 +3,8 @@
 1. demo data from the synthetic generator   (var/data/demo, reused when present)
 2. train                                     (var/models/initial, reused when present)
 3. embedded Redis + Kafka (Tansu), publish the model (or reload the published one)
-4. candidate, ranker, reranker, gateway, trainer as child processes (logs in var/logs/)
+4. candidate, ranker, reranker, gateway, web (HTTP/JSON + console), trainer as child
+   processes (logs in var/logs/)
 5. sample recommendations, with reasons, for a known user and for a new user
 Then it serves until Ctrl-C, which stops every process it started.
 """
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--var", default="var", help="working directory for data, models, logs")
     ap.add_argument("--gateway-port", type=int, default=50051)
+    ap.add_argument("--http-port", type=int, default=8080,
+                    help="the HTTP/JSON front door and the operator console")
     ap.add_argument("--no-wait", action="store_true", help="stop after the sample")
     a = ap.parse_args(argv)
     setup_logging("run", "WARNING")
@@ -132,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if _port_open(port):
             port = free_port()
-        stack.start_services(ports={"gateway": port},
+        http_port = a.http_port if not _port_open(a.http_port) else free_port()
+        stack.start_services(ports={"gateway": port, "web": http_port},
                              trainer=_has_trainer())
         gw = stack.services["gateway"].addr
         sec = stack.client_security
@@ -143,6 +147,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{stack.run_dir}/admin.key)\" -import-path protos -proto "
               f"vidrec/v1/gateway.proto -d '{{\"user_id\":\"u00001\",\"k\":5}}' {gw} "
               "vidrec.v1.Gateway/Recommend")
+        print(f"  HTTP/JSON: {stack.http_url}/v1/recommend  (OpenAPI: {stack.http_url}"
+              f"/openapi.json), e.g. curl --cacert {sec.ca} -H \"authorization: Bearer $(cat "
+              f"{stack.run_dir}/admin.key)\" -d '{{\"user_id\":\"u00001\",\"k\":5}}' "
+              f"{stack.http_url}/v1/recommend")
+        print(f"  operator console: {stack.http_url}/console/  (sign in with the key in "
+              f"{stack.run_dir}/admin.key; your browser will not know the local CA "
+              f"{sec.ca})")
         print(f"  more keys: .venv/bin/vidrec keys --file {stack.run_dir}/api_keys.json "
               "create --name NAME --scopes recommend events:write")
         print(f"  logs: {stack.log_dir}/   status: .venv/bin/vidrec status --var {var}")

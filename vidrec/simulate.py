@@ -28,9 +28,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from vidrec.abtest import Comparison, Interval, bootstrap, readout
+from vidrec.client import Client
 from vidrec.events import COMPLETE, TYPE_OF
-from vidrec.security.client import connect
-from vidrec.v1 import common_pb2, events_pb2, gateway_pb2, gateway_pb2_grpc
+from vidrec.v1 import common_pb2, events_pb2
 
 log = logging.getLogger(__name__)
 
@@ -123,18 +123,14 @@ def simulate(gateway: str, data: Path, steps: int, k: int, seed: int, new_user_s
     by_user: dict[str, dict[str, Window]] = defaultdict(lambda: defaultdict(Window))
     cur_users: dict[str, dict[str, Window]] = defaultdict(lambda: defaultdict(Window))
     cur_versions: set[str] = set()
-    with connect(gateway, var) as ch:
-        stub = gateway_pb2_grpc.GatewayStub(ch)
+    with Client.connect(gateway, var, timeout_s=2.0, retries=1) as client:
         for step in tqdm(range(steps), desc="simulate", disable=not progress, mininterval=0.5):
             t_step = time.monotonic()
             new = len(later) > 0 and rng.random() < new_user_share
             row = (later if new else known).iloc[int(rng.integers(len(later if new else known)))]
             uid = str(row["user_id"])
-            req = gateway_pb2.RecommendRequest(user_id=uid, k=k)
-            if new:
-                req.profile.CopyFrom(_profile(row.to_dict()))
             try:
-                resp = stub.Recommend(req, timeout=2.0)
+                resp = client.recommend(uid, k, profile=_profile(row.to_dict()) if new else None)
             except grpc.RpcError as exc:
                 log.warning("Recommend failed: %s", exc.code().name)
                 cur["?"].errors += 1
@@ -157,7 +153,7 @@ def simulate(gateway: str, data: Path, steps: int, k: int, seed: int, new_user_s
                     watch_time_s=wt))
             if events:
                 try:
-                    stub.LogEvents(gateway_pb2.LogEventsRequest(events=events), timeout=5.0)
+                    client.log_events(events)
                 except grpc.RpcError as exc:
                     log.warning("LogEvents failed: %s", exc.code().name)
             # A new user's requests are hashed to arms one by one (no user id), so the
@@ -314,8 +310,7 @@ def readout_lines(ro: Readout) -> list[str]:
 def server_stats(gateway: str, var: str | Path | None = None) -> list[dict[str, Any]]:
     from google.protobuf.json_format import MessageToDict
 
-    with connect(gateway, var) as ch:
-        resp = gateway_pb2_grpc.GatewayStub(ch).GetStats(gateway_pb2.GetStatsRequest(),
-                                                         timeout=5)
+    with Client.connect(gateway, var, timeout_s=5.0) as client:
+        stats = client.stats()
     return [MessageToDict(s, preserving_proto_field_name=True,
-                          always_print_fields_with_no_presence=True) for s in resp.stats]
+                          always_print_fields_with_no_presence=True) for s in stats]

@@ -20,7 +20,7 @@ from typing import IO
 from vidrec import schema
 from vidrec.infra.embedded import KafkaBroker, RedisServer, free_port
 from vidrec.security.client import ClientSecurity
-from vidrec.serving.healthcheck import check
+from vidrec.serving.healthcheck import check, http_status
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,10 @@ class ServiceProcess:
     # grpc.health.v1 alone on a plaintext loopback port of its own (VIDREC_HEALTH_ADDR):
     # a probe never queues behind requests, nor is refused with them under overload.
     health_addr: str = ""
+    # An HTTP service (the web front door): ready when GET <http_url>/readyz answers 200,
+    # over TLS verified with `http_ca` when set.
+    http_url: str = ""
+    http_ca: str = ""
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +72,9 @@ class ServiceProcess:
             if not self.alive():
                 raise RuntimeError(f"{self.name} exited; see {self.log_path}:\n"
                                    + self.log_path.read_text()[-2000:])
-            if self.health_addr:
+            if self.http_url:
+                status = http_status(self.http_url + "/readyz", self.http_ca)
+            elif self.health_addr:
                 status = check(self.health_addr, timeout=1.0, security=ClientSecurity())
             else:
                 status = check(self.addr, timeout=1.0,
@@ -113,6 +119,8 @@ class Stack:
     # Prometheus /metrics of each process on a loopback port (off: the overhead baseline).
     with_metrics: bool = True
     metrics: dict[str, str] = field(default_factory=dict)
+    # The HTTP/JSON front door and operator console (services/web), after the gateway.
+    with_web: bool = True
     _secrets: dict[str, str] = field(default_factory=dict)
     _restarts: dict[str, list[float]] = field(default_factory=dict)
 
@@ -131,6 +139,14 @@ class Stack:
     @property
     def run_dir(self) -> Path:
         return self.var / "run"
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of the web front door ("" until it is started)."""
+        sp = self.services.get("web")
+        if sp is None:
+            return ""
+        return f"{'https' if self.secure else 'http'}://{sp.addr}"
 
     def prepare_security(self) -> None:
         """CA and certificates, an admin API key, the user-token secret and the Redis
@@ -206,10 +222,12 @@ class Stack:
         from vidrec.config import settings_for
 
         e = {"VIDREC_LISTEN_ADDR": addr}
-        if name == "gateway":
+        if name in ("gateway", "web"):
             e.update({"VIDREC_CANDIDATE_ADDR": self.services["candidate"].addr,
                       "VIDREC_RANKER_ADDR": self.services["ranker"].addr,
                       "VIDREC_RERANKER_ADDR": self.services["reranker"].addr})
+        if name == "web":
+            e["VIDREC_GATEWAY_ADDR"] = self.services["gateway"].addr
         known = {f"VIDREC_{f.upper()}" for f in settings_for(name)}
         return {k: v for k, v in self.env(**e).items()
                 if not k.startswith("VIDREC_") or k in known}
@@ -219,7 +237,10 @@ class Stack:
         sp = ServiceProcess(name, {}, self.log_dir / f"{name}.log", addr)
         self.services[name] = sp
         sp.env = self.service_env(name, addr)
-        if addr:
+        if name == "web":
+            sp.http_url = self.http_url
+            sp.http_ca = self._secrets.get("VIDREC_TLS_CA", "")
+        elif addr:
             sp.health_addr = f"127.0.0.1:{free_port()}"
             sp.env["VIDREC_HEALTH_ADDR"] = sp.health_addr
         if self.with_metrics:
@@ -237,6 +258,9 @@ class Stack:
             self.start_service(name, ports.get(name))
         for name in GRPC_SERVICES:
             self.services[name].wait_serving(timeout_s)
+        if self.with_web:
+            # The HTTP/JSON front door and console, in front of the gateway.
+            self.start_service("web", ports.get("web")).wait_serving(timeout_s)
         if trainer:
             self.start_service("trainer")
             self.wait_trainer(timeout_s)
@@ -291,6 +315,10 @@ class Stack:
             "redis": self.redis_url, "kafka": self.kafka_bootstrap, "pid": os.getpid(),
             "key_prefix": self.extra_env.get("VIDREC_KEY_PREFIX", "vidrec"),
             "metrics": dict(self.metrics)}
+        if "web" in self.services:
+            state["http"] = self.services["web"].addr
+            state["http_url"] = self.http_url
+            state["console"] = self.http_url + "/console/"
         if self.secure:
             c = self.client_security
             state["api_key"] = self.api_key
@@ -363,9 +391,10 @@ class Stack:
         """Stop everything, the gateway first: no new event is acknowledged, then the
         trainer gets up to `drain_s` to apply what Kafka holds (the embedded broker keeps
         it in memory only), then the rest."""
-        sp = self.services.pop("gateway", None)
-        if sp is not None:
-            sp.stop()
+        for name in ("web", "gateway"):
+            sp = self.services.pop(name, None)
+            if sp is not None:
+                sp.stop()
         trainer = self.services.get("trainer")
         if trainer is not None and trainer.alive() and self.kafka is not None:
             left = self.drain(drain_s)

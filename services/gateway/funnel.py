@@ -79,7 +79,7 @@ def _left(deadline: float) -> float:
 
 def run_funnel(stubs: Stubs, store: FeatureStore, request_id: str, user: common_pb2.UserContext,
                state: UserState, k: int, filters: common_pb2.Filters, deadline: float,
-               budget: Budget, rules: RerankConfig) -> FunnelResult:
+               budget: Budget, rules: RerankConfig, explain: bool = False) -> FunnelResult:
     degraded: list[str] = []
     version = ""
     user_vector: list[float] = []
@@ -105,7 +105,7 @@ def run_funnel(stubs: Stubs, store: FeatureStore, request_id: str, user: common_
             sresp = stubs.ranker.Score(
                 ranker_pb2.ScoreRequest(request_id=request_id, user=user, candidates=cands,
                                         top_m=max(budget.top_m, k), model_version=version,
-                                        user_vector=user_vector),
+                                        user_vector=user_vector, explain=explain),
                 timeout=min(budget.ranker_timeout_s, _left(deadline) * budget.ranker_share))
             scored = list(sresp.videos)
             version = sresp.model_version or version
@@ -119,7 +119,8 @@ def run_funnel(stubs: Stubs, store: FeatureStore, request_id: str, user: common_
     # 3. business rules
     try:
         rresp = stubs.reranker.Rerank(
-            reranker_pb2.RerankRequest(request_id=request_id, user=user, videos=scored, k=k),
+            reranker_pb2.RerankRequest(request_id=request_id, user=user, videos=scored, k=k,
+                                       explain=explain),
             timeout=min(budget.reranker_timeout_s, _left(deadline)))
         final = list(rresp.videos)
     except grpc.RpcError as exc:
@@ -128,7 +129,7 @@ def run_funnel(stubs: Stubs, store: FeatureStore, request_id: str, user: common_
         log.warning("reranker stage %s: applying the rerank rules here", exc.code().name)
         degraded.append("reranker")
         final = apply_rules(store, user, scored, k, rules, now=time.time(),
-                            store_optional=True)
+                            store_optional=True, explain=explain)
     return FunnelResult(final, version, degraded)
 
 

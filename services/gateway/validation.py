@@ -52,7 +52,24 @@ def check_recommend(req: gateway_pb2.RecommendRequest, max_k: int) -> None:
     if not 0 < req.k <= max_k:
         raise Invalid(f"k must be in 1..{max_k}, got {req.k}")
     check_profile(req.profile)
-    f = req.filters
+    check_filters(req.filters)
+
+
+SIMILAR_BY = ("two_tower", "content", "co_watch")
+
+
+def check_similar(req: gateway_pb2.SimilarVideosRequest, max_k: int) -> None:
+    check_id("video_id", req.video_id)
+    check_id("user_id", req.user_id, required=False)
+    if req.by and req.by not in SIMILAR_BY:
+        raise Invalid(f"by must be one of {', '.join(SIMILAR_BY)} (or empty), got "
+                      f"{req.by[:40]!r}")
+    if not 0 < req.k <= max_k:
+        raise Invalid(f"k must be in 1..{max_k}, got {req.k}")
+    check_filters(req.filters)
+
+
+def check_filters(f: common_pb2.Filters) -> None:
     for name, values in (("filters.languages", f.languages),
                          ("filters.exclude_categories", f.exclude_categories)):
         if len(values) > MAX_FILTER_VALUES:

@@ -30,13 +30,15 @@ class Scored:
     position: int
     score: float
     anchor: str
+    terms: dict[str, float] | None = None  # the score's terms, when asked to explain
 
 
 def score_candidates(model: OnlineModel, store: FeatureStore | None, user_id: str,
                      profile: Mapping[str, Any], history: Sequence[str],
                      mf_vector: np.ndarray | None, video_ids: Sequence[str],
                      is_fresh: np.ndarray, top_m: int,
-                     tt_vector: np.ndarray | None = None) -> list[Scored]:
+                     tt_vector: np.ndarray | None = None, explain: bool = False
+                     ) -> list[Scored]:
     """The top_m of `video_ids` by blended score, then up to KEEP_FRESH new uploads.
 
     `is_fresh[i]`: candidate i came from the fresh-uploads source. `tt_vector`: the user's
@@ -54,7 +56,9 @@ def score_candidates(model: OnlineModel, store: FeatureStore | None, user_id: st
         return []
     ids = [video_ids[int(i)] for i in keep] if len(keep) < len(video_ids) else list(video_ids)
     uv = model.user_vectors(user_id, profile, history, mf_vector, two_tower=tt_vector)
-    s = model.score(uv, ids)
+    terms = model.score_terms(uv, ids) if explain else None
+    s = model.score(uv, ids) if terms is None else sum(terms.values(),
+                                                         start=np.zeros(len(ids)))
     ranked = np.argsort(-s, kind="stable")
     order = ranked[:top_m]
     # New uploads (fresh source, or unknown to the trained catalog) rarely out-score
@@ -66,7 +70,9 @@ def score_candidates(model: OnlineModel, store: FeatureStore | None, user_id: st
                            count=len(rest))
         order = np.concatenate([order, rest[new][:KEEP_FRESH]])
     anchors = _anchors(model, history, [ids[i] for i in order])
-    return [Scored(int(keep[i]), float(s[i]), anchors[j]) for j, i in enumerate(order)]
+    return [Scored(int(keep[i]), float(s[i]), anchors[j],
+                   None if terms is None else {k: float(t[i]) for k, t in terms.items()})
+            for j, i in enumerate(order)]
 
 
 # Content cosine at which "because you watched X" is honest: on the demo catalog 0.3 means

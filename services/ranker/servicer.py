@@ -63,9 +63,15 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
                               f"{version}, got {len(tt)}")
         scored = score_candidates(model, self.store, u.user_id, profile_dict(u.profile),
                                   list(u.recent_video_ids), mf, [c[0] for c in cands],
-                                  fresh, top_m, tt)
-        return ranker_pb2.ScoreResponse(model_version=version, videos=[
+                                  fresh, top_m, tt, explain=request.explain)
+        resp = ranker_pb2.ScoreResponse(model_version=version, videos=[
             common_pb2.ScoredVideo(video_id=cands[s.position][0], score=s.score,
                                    source=cands[s.position][1],
                                    anchor_video_id=cands[s.position][2] or s.anchor)
             for s in scored])
+        if request.explain:
+            for rank, (v, s) in enumerate(zip(resp.videos, scored, strict=True), start=1):
+                v.terms.update(s.terms or {})
+                v.ranker_score = s.score
+                v.ranker_rank = rank
+        return resp

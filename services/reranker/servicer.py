@@ -4,6 +4,7 @@ video metadata from Redis) and back to protobuf."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import grpc
 
@@ -28,6 +29,10 @@ class RerankerServicer(reranker_pb2_grpc.RerankerServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"k must be in 1..{MAX_K}")
         if len(request.videos) > MAX_ITEMS:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_ITEMS} videos")
+        cfg = self.cfg
+        if request.only_rules:
+            cfg = replace(cfg, rules=tuple(r for r in cfg.rules if r in request.only_rules))
         # A store error propagates: the server answers UNAVAILABLE and the gateway degrades.
         return reranker_pb2.RerankResponse(videos=apply_rules(
-            self.store, request.user, request.videos, request.k, self.cfg, now=time.time()))
+            self.store, request.user, request.videos, request.k, cfg, now=time.time(),
+            explain=request.explain))

@@ -1,9 +1,14 @@
 """Matrix factorization by weighted alternating least squares (Hu, Koren & Volinsky 2008).
 
 Why ALS and not SGD: with confidence weights every unobserved cell counts as a weak
-negative, and ALS handles that exactly with the YᵀY trick in O(nnz·f² + n·f³) per sweep,
-no sampling. The same normal equations give fold-in: a user's fresh vector from their
-interactions in a single f x f solve (well under a millisecond), no retraining.
+negative, and ALS handles that exactly with the YᵀY trick, no sampling. The same normal
+equations give fold-in: a user's fresh vector from their interactions in a single f x f
+solve (well under a millisecond), no retraining.
+
+Each sweep solves the normal equations by a few steps of conjugate gradient per row,
+warm-started from the previous sweep (Takács, Pilászy & Tikk 2011; what `implicit` does):
+O(nnz·f + n·f²) per step, as whole-matrix sparse products, instead of an exact solve per
+row at O(nnz·f² + n·f³) in a Python loop. `cg_steps=0` keeps the exact solve.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ class MFConfig:
     # `vidrec train` picks the boost on validation; the half-life counts positives.
     recency_boost: float = 0.0
     recency_half_life: float = 5.0
+    # Conjugate-gradient steps per row and sweep (0: the exact per-row solve).
+    cg_steps: int = 3
 
 
 @dataclass
@@ -79,6 +86,55 @@ def _solve_side(
     return out
 
 
+def _solve_side_cg(fixed: np.ndarray, conf: sp.csr_matrix, pref: sp.csr_matrix, reg: float,
+                   x: np.ndarray, steps: int, chunk_nnz: int = 2_000_000) -> np.ndarray:
+    """`steps` conjugate-gradient steps on every row's normal equations at once,
+    (YᵀY + λI + Yᵀ(C_u - I)Y) x_u = Yᵀ C_u p_u, starting from `x` (the last sweep's).
+
+    The per-row products are sparse-matrix products over the interactions (gathering
+    `chunk_nnz` of them at a time bounds memory), so the cost is linear in interactions."""
+    n, f = conf.shape[0], fixed.shape[1]
+    gram = fixed.T @ fixed + reg * np.eye(f)
+    row_of = np.repeat(np.arange(n), np.diff(conf.indptr))
+    weight = conf.data.astype(np.float64) - 1.0  # c - 1 per interaction
+    target = sp.csr_matrix((conf.data * pref.data, conf.indices, conf.indptr),
+                           shape=conf.shape)
+    b = np.asarray(target @ fixed)
+    bounds = list(range(0, n, max(1, n * chunk_nnz // max(1, conf.nnz)))) + [n]
+
+    def apply(v: np.ndarray) -> np.ndarray:
+        out = v @ gram
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            a, z = conf.indptr[lo], conf.indptr[hi]
+            if a == z:
+                continue
+            cols = conf.indices[a:z]
+            # (y_i · v_u)(c_ui - 1) for each interaction, then Σ_i of that times y_i
+            s = np.einsum("ij,ij->i", fixed[cols], v[row_of[a:z]]) * weight[a:z]
+            part = sp.csr_matrix((s, cols, conf.indptr[lo:hi + 1] - a),
+                                 shape=(hi - lo, fixed.shape[0]))
+            out[lo:hi] += part @ fixed
+        return out
+
+    x = x.astype(np.float64, copy=True)
+    empty = np.diff(conf.indptr) == 0
+    x[empty] = 0.0  # no interactions: gram·x = 0, x = 0 exactly
+    r = b - apply(x)
+    p = r.copy()
+    rs = np.einsum("ij,ij->i", r, r)
+    for _ in range(steps):
+        ap = apply(p)
+        den = np.einsum("ij,ij->i", p, ap)
+        alpha = np.divide(rs, den, out=np.zeros_like(rs), where=den > 1e-30)
+        x += alpha[:, None] * p
+        r -= alpha[:, None] * ap
+        rs_new = np.einsum("ij,ij->i", r, r)
+        beta = np.divide(rs_new, rs, out=np.zeros_like(rs), where=rs > 1e-30)
+        p = r + beta[:, None] * p
+        rs = rs_new
+    return x
+
+
 def _scaled(fm: FeedbackMatrix, cfg: MFConfig) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     conf = fm.confidence.copy()
     conf.data = 1.0 + cfg.conf_scale * (conf.data - 1.0)
@@ -102,8 +158,13 @@ def train_mf(fm: FeedbackMatrix, cfg: MFConfig | None = None, progress: bool = T
     bar = tqdm(range(cfg.iterations), desc="MF (ALS)", disable=not progress, leave=False,
                mininterval=0.5)
     for _ in bar:
-        users = _solve_side(videos, conf, pref, cfg.regularization)
-        videos = _solve_side(users, conf_t, pref_t, cfg.regularization)
+        if cfg.cg_steps > 0:
+            users = _solve_side_cg(videos, conf, pref, cfg.regularization, users, cfg.cg_steps)
+            videos = _solve_side_cg(users, conf_t, pref_t, cfg.regularization, videos,
+                                    cfg.cg_steps)
+        else:
+            users = _solve_side(videos, conf, pref, cfg.regularization)
+            videos = _solve_side(users, conf_t, pref_t, cfg.regularization)
     limits.restore_original_limits()
     seconds = time.perf_counter() - t0
     log.info("MF trained: %d users x %d videos, f=%d in %.1fs", n_users, n_videos,

@@ -183,6 +183,13 @@ class OnlineModel:
         Catalog videos are scored with array indexing; videos added after training
         (no MF factors, no popularity or demographic counts) get those terms' zero value.
         """
+        terms = self.score_terms(user, video_ids)
+        return sum(terms.values(), start=np.zeros(len(video_ids)))
+
+    def score_terms(self, user: UserVectors, video_ids: Sequence[str]
+                    ) -> dict[str, np.ndarray]:
+        """The blended score's terms (weight x standardised value), by name: what an
+        explanation shows, and what `score` adds up."""
         w = self.b.ranker
         idx = np.array([self.index.get(v, -1) for v in video_ids], dtype=np.int64)
         known = idx >= 0
@@ -191,16 +198,16 @@ class OnlineModel:
         for j in np.flatnonzero(~known):
             extra = self._extra_vec.get(video_ids[int(j)])
             vecs[j] = extra if extra is not None else 0.0
-        score = w.tt * self._tt_m.z(user.two_tower, vecs @ user.two_tower)
+        terms = {"two_tower": w.tt * self._tt_m.z(user.two_tower, vecs @ user.two_tower)}
         if user.mf is not None:
             mf = np.where(known, self.b.mf_video[safe] @ user.mf, 0.0)
-            score += w.mf * self._mf_m.z(user.mf, mf)
+            terms["mf"] = w.mf * self._mf_m.z(user.mf, mf)
         new_pop = (0.0 - self._pop_mu) / self._pop_sd
-        score += (w.pop if user.has_history else w.cold_pop) * np.where(
+        terms["popularity"] = (w.pop if user.has_history else w.cold_pop) * np.where(
             known, self.pop_z[safe], new_pop)
         wd = w.demo if user.has_history else w.cold_demo
         if self.demo is not None and user.demo_cats is not None and wd:
             # A video added after training has no demographic counts: lift 0.
             lift = np.where(known, self.demo.scores_at(user.demo_cats, safe), 0.0)
-            score += wd * (lift - user.demo_mu) / user.demo_sd
-        return score
+            terms["demographic"] = wd * (lift - user.demo_mu) / user.demo_sd
+        return terms

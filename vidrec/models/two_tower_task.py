@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,6 +48,10 @@ class TrainConfig:
     # starve them. Offline (`vidrec train`, `vidrec evaluate`) passes every core.
     threads: int = 0
     seed: int = 0
+    # The catalog-sized tables (video id, history) get sparse gradients and a lazy Adam
+    # (SparseAdam): a step updates the rows its batch touched, not all of them, so its
+    # cost does not grow with the catalog (100k videos, one thread: 32 vs 74 ms a step).
+    sparse_embeddings: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -157,9 +162,9 @@ def train_two_tower(
         h = history_at(seqs, ex_user[i], ex_pos[i])
         hist_all[i, : len(h)] = h
 
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opts, scheds = _optimizers(model, cfg, cfg.epochs * ((n + cfg.batch_size - 1)
+                                                    // cfg.batch_size))
     steps = cfg.epochs * ((n + cfg.batch_size - 1) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
     t0 = time.perf_counter()
     model.train()
     bar = tqdm(total=steps, desc="two-tower", disable=not progress, leave=False, mininterval=0.5)
@@ -184,10 +189,13 @@ def train_two_tower(
             w = w / w.sum()
             ce = F.cross_entropy(logits, torch.arange(len(idx), device=dev), reduction="none")
             loss = (w * ce).sum()
-            opt.zero_grad()
+            for opt in opts:
+                opt.zero_grad()
             loss.backward()
-            opt.step()
-            sched.step()
+            for opt in opts:
+                opt.step()
+            for sched in scheds:
+                sched.step()
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
@@ -196,6 +204,25 @@ def train_two_tower(
              seconds, dev)
     model.eval()
     return model.cpu(), seconds
+
+
+def _optimizers(model: TwoTower, cfg: TrainConfig, steps: int
+                ) -> tuple[list[torch.optim.Optimizer], list[Any]]:
+    """Adam for the dense parameters; with `sparse_embeddings`, SparseAdam for the two
+    catalog-sized tables (no weight decay there: it would touch every row again). Both
+    follow the same one-cycle learning-rate schedule."""
+    tables = [model.video_id, model.hist] if cfg.sparse_embeddings else []
+    for t in tables:
+        t.sparse = True
+    sparse_ids = {id(t.weight) for t in tables}
+    dense = [p for p in model.parameters() if id(p) not in sparse_ids]
+    opts: list[torch.optim.Optimizer] = [
+        torch.optim.Adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)]
+    if tables:
+        opts.append(torch.optim.SparseAdam([t.weight for t in tables], lr=cfg.lr))
+    scheds = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=cfg.lr, total_steps=steps)
+              for o in opts]
+    return opts, scheds
 
 
 @torch.no_grad()

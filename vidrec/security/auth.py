@@ -32,10 +32,14 @@ log = logging.getLogger(__name__)
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIX = "/grpc.reflection."
+RECOMMEND = "/vidrec.v1.Gateway/Recommend"
 METHOD_SCOPES = {
     "/vidrec.v1.Gateway/Recommend": "recommend",
     "/vidrec.v1.Gateway/LogEvents": "events:write",
     "/vidrec.v1.Gateway/GetStats": "stats:read",
+    "/vidrec.v1.Gateway/SimilarVideos": "recommend",
+    "/vidrec.v1.Gateway/UpsertVideos": "catalog:write",
+    "/vidrec.v1.Gateway/HideVideos": "catalog:write",
 }
 
 
@@ -102,6 +106,8 @@ class Authenticator(UnaryInterceptor):
         self.user_ids = user_ids or {
             "/vidrec.v1.Gateway/Recommend": lambda r: [r.user_id],
             "/vidrec.v1.Gateway/LogEvents": lambda r: [e.user_id for e in r.events],
+            # "More like this" needs no user; with one, a token may name only its own.
+            "/vidrec.v1.Gateway/SimilarVideos": lambda r: [r.user_id] if r.user_id else [],
         }
         self._buckets = _Buckets()
 
@@ -126,11 +132,15 @@ class Authenticator(UnaryInterceptor):
         return None
 
     def wrap(self, inner: Handler, method: str, details: grpc.HandlerCallDetails) -> Handler:
-        scope = METHOD_SCOPES.get(method, "admin")
+        method_scope = METHOD_SCOPES.get(method, "admin")
         principal = self.identify(details.invocation_metadata)
         users_of = self.user_ids.get(method)
 
         def checked(request: Any, context: grpc.ServicerContext) -> Any:
+            # An operator's preview of a user's list (no impressions) is a read of what
+            # the system does, not a user's request: the stats scope, never a user token.
+            scope = ("stats:read" if method == RECOMMEND and getattr(request, "preview", False)
+                     else method_scope)
             if principal is None:
                 context.abort(grpc.StatusCode.UNAUTHENTICATED,
                               "missing or invalid credentials: send 'authorization: Bearer "

@@ -1,5 +1,7 @@
 """`python -m vidrec.serving.healthcheck ADDR [SERVICE]`: exit 0 iff SERVING (compose probes);
-`... --trainer [MAX_AGE_S]`: exit 0 iff the trainer's heartbeat is fresh and owns partitions."""
+`... --trainer [MAX_AGE_S]`: exit 0 iff the trainer's heartbeat is fresh and owns partitions;
+`... --http URL`: exit 0 iff URL answers 200 (the web front door's /readyz; HTTPS verified
+with VIDREC_TLS_CA)."""
 
 from __future__ import annotations
 
@@ -57,7 +59,29 @@ def trainer_status(max_age_s: float = 30.0, redis_url: str = "", key_prefix: str
     return "SERVING"
 
 
+def http_status(url: str, ca: str = "", timeout: float = 1.0) -> str:
+    """SERVING when `url` answers 200, else what went wrong (readiness loops, probes)."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    ctx = ssl.create_default_context(cafile=ca) if ca else None
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=ctx) as r:
+            return "SERVING" if r.status == 200 else f"HTTP {r.status}"
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except Exception as exc:
+        return f"UNREACHABLE ({type(exc).__name__})"
+
+
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--http":
+        import os
+
+        status = http_status(sys.argv[2], os.environ.get("VIDREC_TLS_CA", ""), timeout=5.0)
+        print(status)
+        return 0 if status == "SERVING" else 1
     if len(sys.argv) >= 2 and sys.argv[1] == "--trainer":
         max_age = float(sys.argv[2]) if len(sys.argv) > 2 else 30.0
         status = trainer_status(max_age)
@@ -65,7 +89,8 @@ def main() -> int:
         return 0 if status == "SERVING" else 1
     if len(sys.argv) < 2:
         print("usage: python -m vidrec.serving.healthcheck HOST:PORT [SERVICE]\n"
-              "       python -m vidrec.serving.healthcheck --trainer [MAX_AGE_S]")
+              "       python -m vidrec.serving.healthcheck --trainer [MAX_AGE_S]\n"
+              "       python -m vidrec.serving.healthcheck --http URL")
         return 2
     status = check(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "")
     print(status)

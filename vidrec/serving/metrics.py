@@ -22,6 +22,10 @@ RPC_SECONDS = Histogram(
     "vidrec_rpc_duration_seconds", "gRPC calls served, by method and status code",
     ["service", "method", "code"],
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0))
+HTTP_SECONDS = Histogram(
+    "vidrec_http_request_duration_seconds", "HTTP requests to the web front door, by route "
+    "and status", ["route", "status"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0))
 DEGRADED = Counter("vidrec_degraded_answers_total",
                    "Recommend answers that skipped a stage, by stage", ["stage"])
 EVENTS = Counter("vidrec_trainer_events_total",

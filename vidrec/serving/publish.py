@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,37 @@ def announce(producer: RecordSink, bundle: ModelBundle, version: str,
         metrics={k: float(v) for k, v in bundle.manifest.get("metrics", {}).items()
                  if isinstance(v, int | float)})
     producer.send_records(schema.TOPIC_MODELS, [(version.encode(), msg.SerializeToString())])
+
+
+class RollbackRefused(RuntimeError):
+    """The rollback was not done; the message says why (safe to show an operator)."""
+
+
+def rollback(store: ArtifactStore, open_index: Callable[[], Any], to: str = ""
+             ) -> tuple[str | None, str]:
+    """Serve the version that was LATEST before this one, or `to` (a version that was
+    served before): switch the index alias, then LATEST (the services follow LATEST).
+    Refused for a version that was never served (or is gone), and when its files fail
+    their checksums, since every server would refuse to load it. Returns (from, to)."""
+    from vidrec.store.artifacts import ROLLBACK, CorruptArtifact
+
+    cur, prev = store.latest(), store.previous()
+    if to:
+        if to not in store.published():
+            raise RollbackRefused(f"{to} was never served (or is gone); served versions: "
+                                  f"{', '.join(store.published()) or '-'}")
+        prev = to
+    if prev is None:
+        raise RollbackRefused(f"nothing to roll back to (serving {cur}, no earlier served "
+                              "version kept)")
+    try:
+        store.verify(prev)
+    except CorruptArtifact as exc:
+        raise RollbackRefused(f"not rolling back to {prev}: {exc}") from None
+    index = open_index()
+    try:
+        index.set_alias(collection_name(prev))
+    finally:
+        index.close()
+    store.set_latest(prev, action=ROLLBACK)
+    return cur, prev

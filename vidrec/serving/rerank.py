@@ -66,7 +66,8 @@ def to_items(videos: Sequence[common_pb2.ScoredVideo],
 
 def apply_rules(store: VideoMetadata, user: common_pb2.UserContext,
                 videos: Sequence[common_pb2.ScoredVideo], k: int, cfg: RerankConfig,
-                now: float, *, store_optional: bool = False) -> list[common_pb2.ScoredVideo]:
+                now: float, *, store_optional: bool = False, explain: bool = False
+                ) -> list[common_pb2.ScoredVideo]:
     """The rerank rules over scored videos, with video metadata from the store.
 
     A store error propagates (the reranker answers UNAVAILABLE and the gateway degrades)
@@ -86,8 +87,38 @@ def apply_rules(store: VideoMetadata, user: common_pb2.UserContext,
         log.warning("video metadata unavailable, rules run without it: %s", exc)
         meta = {}
     ranked = rerank(to_items(videos, meta), user_state(user, meta), k, cfg, now=now)
-    return [common_pb2.ScoredVideo(video_id=r.item.video_id, score=r.item.score,
-                                   source=source_enum(r.item.source),
-                                   anchor_video_id=r.item.anchor_video_id, reason=r.reason,
-                                   propensity=r.propensity, exploration_pool=r.pool)
-            for r in ranked]
+    out = [common_pb2.ScoredVideo(video_id=r.item.video_id, score=r.item.score,
+                                  source=source_enum(r.item.source),
+                                  anchor_video_id=r.item.anchor_video_id, reason=r.reason,
+                                  propensity=r.propensity, exploration_pool=r.pool)
+           for r in ranked]
+    if explain:
+        explain_rules(videos, out)
+    return out
+
+
+def explain_rules(before: Sequence[common_pb2.ScoredVideo],
+                  after: list[common_pb2.ScoredVideo]) -> None:
+    """Say on each shown video what the rules did to it, by comparing the rules' input
+    (the ranker's order) with their output: a score lift (freshness), the exploration
+    slot, and places moved (filters, caps and diversity act on the videos around it)."""
+    at = {v.video_id: i for i, v in reversed(list(enumerate(before)))}
+    for j, v in enumerate(after):
+        i = at.get(v.video_id)
+        if i is None:
+            continue
+        src = before[i]
+        v.terms.update(src.terms)
+        v.ranker_score, v.ranker_rank = src.ranker_score, src.ranker_rank
+        if v.score > src.score + 1e-6:
+            # The freshness rule's lift is a term of the served score too.
+            v.terms["freshness"] = v.score - src.score
+            v.rules.append(f"freshness +{v.score - src.score:.3f}")
+        if v.source == common_pb2.CANDIDATE_SOURCE_EXPLORATION:
+            v.rules.append("exploration slot")
+        if i > j:
+            v.rules.append(f"moved up {i - j} places: videos ranked above it were filtered "
+                           "(seen, disliked), capped or passed over for diversity")
+        elif i < j:
+            v.rules.append(f"moved down {j - i} places: caps, diversity (MMR) or a boosted "
+                           "video went ahead")

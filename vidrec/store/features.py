@@ -269,13 +269,15 @@ class FeatureStore:
         p.execute()
         return n
 
-    def videos(self, video_ids: Sequence[str]) -> dict[str, dict[str, str]]:
-        """Video records by id (unknown ids absent); cached for video_cache_s seconds."""
+    def videos(self, video_ids: Sequence[str], fresh: bool = False
+               ) -> dict[str, dict[str, str]]:
+        """Video records by id (unknown ids absent); cached for video_cache_s seconds.
+        `fresh`: read Redis, not the cache (a catalog write merging with what is there)."""
         now = time.monotonic()
         out: dict[str, dict[str, str]] = {}
         missing = []
         for v in video_ids:
-            hit = self._video_cache.get(v)
+            hit = None if fresh else self._video_cache.get(v)
             if hit is not None and hit[0] > now:
                 out[v] = hit[1]
             else:

@@ -79,9 +79,39 @@ class VectorIndex(Protocol):
     def close(self) -> None: ...
 
 
-def open_index(qdrant_url: str, index_root: str | Path, api_key: str = "") -> VectorIndex:
+@dataclass(frozen=True)
+class CollectionLayout:
+    """How a Qdrant server spreads a published collection (ignored by the embedded engine).
+
+    shards: pieces of the collection, spread over the cluster's nodes (searches fan out to
+    all; more shards = more nodes share memory and search work). replicas: copies of each
+    shard (a node may fail). write_consistency: replicas that must confirm a write.
+    on_disk: original vectors on disk (the int8-quantized two-tower vectors stay in RAM and
+    answer searches; the originals only rescore), for catalogs larger than RAM allows."""
+
+    shards: int = 1
+    replicas: int = 1
+    write_consistency: int = 1
+    on_disk: bool = False
+
+    def __post_init__(self) -> None:
+        if self.shards < 1 or self.replicas < 1:
+            raise ValueError("qdrant shards and replicas must be >= 1")
+        if not 1 <= self.write_consistency <= self.replicas:
+            raise ValueError(f"qdrant write consistency must be in 1..replicas "
+                             f"({self.replicas}), got {self.write_consistency}")
+
+    @classmethod
+    def from_settings(cls, s: Any) -> CollectionLayout:
+        """VIDREC_QDRANT_SHARDS, _REPLICAS, _WRITE_CONSISTENCY, _ON_DISK (TrainerSettings)."""
+        return cls(getattr(s, "qdrant_shards", 1), getattr(s, "qdrant_replicas", 1),
+                   getattr(s, "qdrant_write_consistency", 1), getattr(s, "qdrant_on_disk", False))
+
+
+def open_index(qdrant_url: str, index_root: str | Path, api_key: str = "",
+               layout: CollectionLayout | None = None) -> VectorIndex:
     if qdrant_url:
-        return ServerIndex(qdrant_url, api_key)
+        return ServerIndex(qdrant_url, api_key, layout)
     return EdgeIndex(Path(index_root))
 
 
@@ -248,29 +278,44 @@ def _edge_filter(flt: SearchFilter | None) -> Any:
     return Filter(must=must or None, must_not=must_not or None)
 
 
+def collection_spec(dims: Mapping[str, int], layout: CollectionLayout) -> dict[str, Any]:
+    """The create_collection arguments of a published collection on a Qdrant server: named
+    vectors with their HNSW graph and quantization, and the layout over the cluster."""
+    from qdrant_client import models
+
+    return {
+        "vectors_config": {
+            n: models.VectorParams(
+                size=d, distance=models.Distance.DOT, on_disk=layout.on_disk or None,
+                hnsw_config=models.HnswConfigDiff(m=GRAPH.get(n, GRAPH["default"])[0],
+                                                  ef_construct=GRAPH.get(n, GRAPH["default"])[1]),
+                quantization_config=models.ScalarQuantization(
+                    scalar=models.ScalarQuantizationConfig(
+                        type=models.ScalarType.INT8, quantile=0.99, always_ram=True))
+                if n in QUANTIZED else None)
+            for n, d in dims.items()},
+        "shard_number": layout.shards,
+        "replication_factor": layout.replicas,
+        "write_consistency_factor": layout.write_consistency,
+    }
+
+
 class ServerIndex:
     """A Qdrant server (deployed shape)."""
 
-    def __init__(self, url: str, api_key: str = "") -> None:
+    def __init__(self, url: str, api_key: str = "", layout: CollectionLayout | None = None
+                 ) -> None:
         from qdrant_client import QdrantClient
 
         self.client = QdrantClient(url=url, timeout=5, api_key=api_key or None)
+        self.layout = layout or CollectionLayout()
 
     def create_collection(self, name: str, dims: Mapping[str, int]) -> None:
         from qdrant_client import models
 
         if self.client.collection_exists(name):
             self.client.delete_collection(name)
-        self.client.create_collection(name, vectors_config={
-            n: models.VectorParams(size=d, distance=models.Distance.DOT,
-                                   hnsw_config=models.HnswConfigDiff(
-                                       m=GRAPH.get(n, GRAPH["default"])[0],
-                                       ef_construct=GRAPH.get(n, GRAPH["default"])[1]),
-                                   quantization_config=models.ScalarQuantization(
-                                       scalar=models.ScalarQuantizationConfig(
-                                           type=models.ScalarType.INT8, quantile=0.99,
-                                           always_ram=True)) if n in QUANTIZED else None)
-            for n, d in dims.items()})
+        self.client.create_collection(name, **collection_spec(dims, self.layout))
         for key in ("language", "category", "video_id"):
             self.client.create_payload_index(name, key, models.PayloadSchemaType.KEYWORD)
 

@@ -195,13 +195,14 @@ def run_retrain(s: TrainerSettings, events: EventLog, videos_log: Path,
                 force: bool = False) -> RetrainResult:
     """Retrain from the trainer's settings: base data dir + event log + upserted videos."""
     from vidrec.serving.publish import publish
-    from vidrec.store.index import open_index
+    from vidrec.store.index import CollectionLayout, open_index
 
     vids = read_videos_log(videos_log)
 
     def publish_fn(out: Path) -> str:
         index = open_index(s.qdrant_url, s.index_root,
-                           read_secret(getattr(s, "qdrant_api_key_file", "")))
+                           read_secret(getattr(s, "qdrant_api_key_file", "")),
+                           CollectionLayout.from_settings(s))
         try:
             return publish(out, artifacts, index, store, producer)
         finally:
