@@ -29,6 +29,10 @@ from vidrec.models.two_tower import TwoTower, TwoTowerConfig
 log = logging.getLogger(__name__)
 
 
+# From this catalog size up the two catalog-sized tables train with sparse updates.
+SPARSE_MIN_VIDEOS = 20_000
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 8
@@ -51,7 +55,10 @@ class TrainConfig:
     # The catalog-sized tables (video id, history) get sparse gradients and a lazy Adam
     # (SparseAdam): a step updates the rows its batch touched, not all of them, so its
     # cost does not grow with the catalog (100k videos, one thread: 32 vs 74 ms a step).
-    sparse_embeddings: bool = True
+    # None: from SPARSE_MIN_VIDEOS videos up. On MovieLens-100K (1,682 videos) the dense
+    # step costs nothing extra, and with sparse tables the tuned hybrid scored NDCG@10
+    # 0.2117 against 0.2171 in one run (the two-tower alone 0.1744 against 0.1699).
+    sparse_embeddings: bool | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -211,7 +218,10 @@ def _optimizers(model: TwoTower, cfg: TrainConfig, steps: int
     """Adam for the dense parameters; with `sparse_embeddings`, SparseAdam for the two
     catalog-sized tables (no weight decay there: it would touch every row again). Both
     follow the same one-cycle learning-rate schedule."""
-    tables = [model.video_id, model.hist] if cfg.sparse_embeddings else []
+    sparse = cfg.sparse_embeddings
+    if sparse is None:
+        sparse = model.video_id.num_embeddings >= SPARSE_MIN_VIDEOS
+    tables = [model.video_id, model.hist] if sparse else []
     for t in tables:
         t.sparse = True
     sparse_ids = {id(t.weight) for t in tables}
