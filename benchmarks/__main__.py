@@ -1,6 +1,7 @@
 """`make bench`: every benchmark in sequence; figures land in var/bench/.
 
-    python -m benchmarks [--only models,cold,scale,serving,trainer,faults,offpolicy]
+    python -m benchmarks [--only models,cold,scale,serving,trainer,faults,offpolicy,front,
+                                 twotower]
                          [--ml ../shared/data/ml-100k]
 
 models   vidrec evaluate on MovieLens-100K (warm + cold-start splits), the tuned peers
@@ -19,6 +20,9 @@ faults   stages killed and stopped, Redis stopped, the trainer killed, 3x overlo
          load: errors, degraded share, p99, recovery, events acked vs applied
 offpolicy  the retrain gate's off-policy estimate against the online difference of a model
          and degraded copies in a closed-loop simulation, 3 seeds, both exploration scopes
+front    100k-video catalog: HTTP/JSON front door vs gRPC at 100 req/s (alternating
+         rounds), and upsert -> retrievable latency over 100 uploads
+twotower two-tower training samples/s against the idealised step (dense and sparse tables)
 """
 
 from __future__ import annotations
@@ -72,7 +76,8 @@ def cold(var: Path, ml: Path) -> None:
     sh(PY, "-m", "benchmarks.cold", "--data", str(ml), "--out", str(var / "cold"))
 
 
-def serving(var: Path) -> None:
+def serving_model(var: Path) -> Path:
+    """The 100k-video benchmark model (made once, reused)."""
     data, model = var / "data100k", var / "model100k"
     if not (data / "interactions.csv").exists():
         sh(PY, "-m", "vidrec.cli", "data", "synth", "--out", str(data), "--users", "5000",
@@ -80,6 +85,11 @@ def serving(var: Path) -> None:
     if not (model / "manifest.json").exists():
         sh(PY, "-m", "vidrec.cli", "train", "--data", str(data), "--out", str(model), "--quiet",
            "--no-tune")
+    return model
+
+
+def serving(var: Path) -> None:
+    model = serving_model(var)
     sh(PY, "-m", "benchmarks.serving", "--model", str(model), "--out", str(var / "serving"))
 
 
@@ -102,10 +112,19 @@ def offpolicy(var: Path) -> None:
            str(var / f"offpolicy-{scope}-{pool}"))
 
 
+def front(var: Path) -> None:
+    model = serving_model(var)
+    sh(PY, "-m", "benchmarks.front_door", "--model", str(model), "--out", str(var / "front"))
+
+
+def twotower(var: Path) -> None:
+    sh(PY, "-m", "benchmarks.two_tower_step", "--out", str(var / "two_tower_step"))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="models,cold,scale,serving,trainer,faults")
+    ap.add_argument("--only", default="models,cold,scale,serving,trainer,faults,front,twotower")
     ap.add_argument("--ml", default="../shared/data/ml-100k")
     ap.add_argument("--var", default="var/bench")
     a = ap.parse_args()
@@ -115,7 +134,8 @@ def main() -> int:
         {"models": lambda: models(var, Path(a.ml)), "cold": lambda: cold(var, Path(a.ml)),
          "scale": lambda: scale(var), "serving": lambda: serving(var),
          "trainer": lambda: trainer(var), "faults": lambda: faults(var),
-         "offpolicy": lambda: offpolicy(var)}[name]()
+         "offpolicy": lambda: offpolicy(var), "front": lambda: front(var),
+         "twotower": lambda: twotower(var)}[name]()
     print(f"figures in {var}/", flush=True)
     return 0
 
