@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.start_stores()
         version = publish_or_reload(stack, model)
         print(f"      serving model {version}", flush=True)
-        print("[4/4] starting candidate, ranker, reranker, gateway, trainer ...", flush=True)
+        print("[4/4] starting candidate, ranker, reranker, gateway, web, trainer ...", flush=True)
         port = a.gateway_port
         from vidrec.infra.embedded import _port_open
 
