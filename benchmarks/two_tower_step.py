@@ -45,13 +45,17 @@ def idealised(sizes: dict[str, int], n_videos: int, batch: int, steps: int, thre
         opts = [torch.optim.Adam(m.parameters(), lr=3e-3)]
     log_q = torch.log(torch.rand(n_videos + 1) + 1e-3)
     g = torch.Generator().manual_seed(1)
-    nu, nv = len(schema.USER_CAT_FEATURES), len(schema.VIDEO_CAT_FEATURES)
-    data = [(torch.randint(0, 20, (batch, nu), generator=g),
+    def field(prefix: str, names: tuple[str, ...]) -> torch.Tensor:
+        """One column per feature, each drawn within its own table."""
+        return torch.stack([torch.randint(0, sizes[prefix + n], (batch,), generator=g)
+                            for n in names], dim=1)
+
+    data = [(field("user.", schema.USER_CAT_FEATURES),
              torch.randint(0, n_videos + 1, (batch, schema.HISTORY_LEN), generator=g),
              torch.randint(1, n_videos + 1, (batch,), generator=g),
-             torch.randint(0, 20, (batch, nv), generator=g),
-             torch.randint(0, 50, (batch, 4), generator=g),
-             torch.randint(0, 50, (batch, 8), generator=g),
+             field("video.", schema.VIDEO_CAT_FEATURES),
+             torch.randint(0, sizes["video.tags"], (batch, 4), generator=g),
+             torch.randint(0, sizes["video.title_tokens"], (batch, 8), generator=g),
              torch.rand(batch, len(schema.VIDEO_NUM_FEATURES), generator=g))
             for _ in range(8)]
 
