@@ -15,6 +15,8 @@ import threading
 import time
 import urllib.parse
 
+from benchmarks.loadgen import paced, request_fields
+
 
 def run(url: str, rate: float, duration_s: float, users: list[str], k: int, seed: int,
         api_key: str, ca: str = "", new_user_share: float = 0.1, workers: int = 16) -> dict:
@@ -69,17 +71,8 @@ def run(url: str, rate: float, duration_s: float, users: list[str], k: int, seed
     ready.wait()  # every connection open and warm
     n = int(rate * duration_s)
     t0 = time.perf_counter() + 0.1
-    for i in range(n):
-        due = t0 + i / rate
-        now = time.perf_counter()
-        if due > now:
-            time.sleep(due - now)
-        if rng.random() < new_user_share:
-            body = {"k": k, "profile": {"age": rng.randint(16, 70),
-                                        "country": rng.choice(["US", "IN", "BR", "DE"])}}
-        else:
-            body = {"user_id": rng.choice(users), "k": k}
-        jobs.put((due, json.dumps(body).encode()))
+    for due in paced(rate, n, t0):
+        jobs.put((due, json.dumps(request_fields(rng, users, k, new_user_share)).encode()))
     for _ in threads:
         jobs.put(None)
     for t in threads:

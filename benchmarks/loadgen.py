@@ -12,11 +12,33 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import grpc
 
 from vidrec.security.client import connect
 from vidrec.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+
+
+def paced(rate: float, n: int, t0: float) -> Iterator[float]:
+    """The scheduled send times t0 + i/rate, sleeping until each (open loop)."""
+    for i in range(n):
+        due = t0 + i / rate
+        now = time.perf_counter()
+        if due > now:
+            time.sleep(due - now)
+        yield due
+
+
+def request_fields(rng: random.Random, users: list[str], k: int, new_user_share: float
+                   ) -> dict[str, Any]:
+    """One Recommend request of the benchmark mix, as fields: a known user, or (with
+    probability new_user_share) a new one known by age and country."""
+    if rng.random() < new_user_share:
+        return {"k": k, "profile": {"age": rng.randint(16, 70),
+                                    "country": rng.choice(["US", "IN", "BR", "DE"])}}
+    return {"user_id": rng.choice(users), "k": k}
 
 
 def run(addr: str, rate: float, duration_s: float, users: list[str], k: int, seed: int,
@@ -34,16 +56,11 @@ def run(addr: str, rate: float, duration_s: float, users: list[str], k: int, see
         stub = gateway_pb2_grpc.GatewayStub(ch)
         stub.Recommend(gateway_pb2.RecommendRequest(user_id=users[0], k=k), timeout=10)
         t0 = time.perf_counter() + 0.1
-        for i in range(n):
-            due = t0 + i / rate
-            now = time.perf_counter()
-            if due > now:
-                time.sleep(due - now)
-            if rng.random() < new_user_share:
-                req = gateway_pb2.RecommendRequest(k=k, profile=common_pb2.UserProfile(
-                    age=rng.randint(16, 70), country=rng.choice(["US", "IN", "BR", "DE"])))
-            else:
-                req = gateway_pb2.RecommendRequest(user_id=rng.choice(users), k=k)
+        for due in paced(rate, n, t0):
+            f = request_fields(rng, users, k, new_user_share)
+            req = gateway_pb2.RecommendRequest(
+                user_id=f.get("user_id", ""), k=k,
+                profile=common_pb2.UserProfile(**f["profile"]) if "profile" in f else None)
             fut = stub.Recommend.future(req, timeout=2.0)
 
             def done(f: grpc.Future, due: float = due) -> None:

@@ -481,3 +481,16 @@ def test_console_pages_show_live_values_in_a_browser(stack: Stack, small_model: 
     finally:
         b.close()
     print("console load times (s):", json.dumps({k: round(v, 3) for k, v in timings.items()}))
+
+
+def test_the_front_door_benchmark_generators_run_against_a_stack(stack: Stack) -> None:
+    """benchmarks.front_door's two load generators (same schedule and request mix) answer
+    every request of a short run; figures are the benchmark's, not this test's."""
+    from benchmarks import httpgen, loadgen
+
+    users = ["u00001", "u00002", "u00003"]
+    g = loadgen.run(stack.services["gateway"].addr, 20.0, 1.0, users, 5, 1, var=str(stack.var))
+    h = httpgen.run(stack.http_url, 20.0, 1.0, users, 5, 1, api_key=stack.api_key,
+                    ca=stack.client_security.ca, workers=2)
+    assert g["sent"] == h["sent"] == 20
+    assert g["ok"] == h["ok"] == 20 and not g["errors"] and not h["errors"]
