@@ -73,6 +73,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="rounds per protocol")
     ap.add_argument("--uploads", type=int, default=100)
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--http-workers", type=int, default=4,
+                    help="the HTTP load generator's connections (threads)")
     ap.add_argument("--out", default="var/bench/front_door")
     a = ap.parse_args()
     out = Path(a.out)
@@ -94,7 +96,8 @@ def main() -> int:
                     "duration_s": a.duration, "users": users, "k": a.k, "seed": 1,
                     "var": str(var)}
         http_arg = {"url": stack.http_url, "rate": a.rate, "duration_s": a.duration,
-                    "users": users, "k": a.k, "seed": 1, "api_key": sec.bearer, "ca": sec.ca}
+                    "users": users, "k": a.k, "seed": 1, "api_key": sec.bearer, "ca": sec.ca,
+                    "workers": a.http_workers}
         # warm-up, discarded
         _load("benchmarks.loadgen", {**grpc_arg, "duration_s": 5.0}, 120)
         _load("benchmarks.httpgen", {**http_arg, "duration_s": 5.0}, 120)
