@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -167,16 +168,25 @@ class Handler(BaseHTTPRequestHandler):
             HTTP_SECONDS.labels(route, str(status)).observe(took)
             log.info("%s %s -> %d in %.1f ms", method, path[:100], status, took * 1000)
 
+    def setup(self) -> None:
+        super().setup()
+        # Answers go out at once: with Nagle's algorithm a small answer could wait for
+        # the client's delayed ACK (40 ms on Linux) before leaving.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.send_response(status)
+        """Status line, headers and body in one write: sent in two (as end_headers and a
+        body write do), a client's delayed ACK can hold the second segment 40 ms."""
         headers.setdefault("Cache-Control", "no-store")
         headers.setdefault("X-Content-Type-Options", "nosniff")
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        reason = self.responses.get(status, ("",))[0]
+        lines = [f"{self.protocol_version} {status} {reason}", f"Server: {self.server_version}",
+                 f"Date: {self.date_time_string()}",
+                 *(f"{k}: {v}" for k, v in headers.items()), f"Content-Length: {len(body)}"]
+        if self.close_connection:
+            lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.wfile.write(head + (body if self.command != "HEAD" else b""))
 
 
 class _Server(ThreadingHTTPServer):
