@@ -203,11 +203,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         scored = [common_pb2.ScoredVideo(video_id=c.video_id, score=c.score, source=c.source,
                                          anchor_video_id=c.anchor_video_id)
                   for c in found.candidates]
-        k = request.k
         try:
             final = list(self.stubs.reranker.Rerank(
                 reranker_pb2.RerankRequest(request_id=request_id, user=user, videos=scored,
-                                           k=k, explain=request.explain,
+                                           k=request.k, explain=request.explain,
                                            only_rules=SIMILAR_RULES),
                 timeout=max(0.05, min(self.budget.reranker_timeout_s,
                                       deadline - time.monotonic()))).videos)
@@ -216,7 +215,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 raise
             rules = replace(self.rules, rules=tuple(r for r in self.rules.rules
                                                     if r in SIMILAR_RULES))
-            final = apply_rules(self.store, user, scored, k, rules, now=time.time(),
+            final = apply_rules(self.store, user, scored, request.k, rules, now=time.time(),
                                 store_optional=True, explain=request.explain)
         try:
             meta = self.store.videos([request.video_id] + [v.video_id for v in final])

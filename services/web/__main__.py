@@ -10,21 +10,13 @@ import threading
 import time
 
 from services.web.server import Door, make_server, server_tls
+from vidrec import __version__
 from vidrec.config import SettingsError, WebSettings, load_settings
 from vidrec.logs import setup_logging
 from vidrec.security.client import ClientSecurity
 from vidrec.security.tls import is_loopback
 
 log = logging.getLogger("services.web")
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("vidrec")
-    except PackageNotFoundError:
-        return "0"
 
 
 def main() -> int:
@@ -61,7 +53,7 @@ def main() -> int:
         from services.web.console import Console
 
         console = Console.from_settings(s, channel, health)
-    door = Door(channel, s.call_timeout_ms / 1000, s.max_body_bytes, _version(),
+    door = Door(channel, s.call_timeout_ms / 1000, s.max_body_bytes, __version__,
                 console.handle if console else None, lambda: health(s.gateway_addr))
     server = make_server(door, s.listen_addr,
                          server_tls(s.tls_cert, s.tls_key) if s.tls_cert else None,

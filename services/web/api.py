@@ -22,6 +22,8 @@ from google.protobuf.message import Message
 
 from vidrec.v1 import gateway_pb2
 
+# (status, headers, body) of one HTTP answer.
+Answer = tuple[int, dict[str, str], bytes]
 GATEWAY = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"]
 
 

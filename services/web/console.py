@@ -25,13 +25,12 @@ from typing import Any
 
 import grpc
 
-from services.web.api import ApiError
+from services.web.api import Answer, ApiError
 from vidrec.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 COOKIE = "vidrec_console"
-Answer = tuple[int, dict[str, str], bytes]
 HISTORY_SAMPLES = 360  # an hour at the default 10 s
 
 CSS = """

@@ -17,15 +17,13 @@ from typing import Any
 
 import grpc
 
-from services.web.api import BY_PATH, ROUTES, ApiError, openapi, parse_body, to_json
+from services.web.api import BY_PATH, ROUTES, Answer, ApiError, openapi, parse_body, to_json
 from vidrec.logs import request_id_var
 from vidrec.serving.metrics import HTTP_SECONDS
 from vidrec.v1 import gateway_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-# (status, headers, body) of one answer.
-Answer = tuple[int, dict[str, str], bytes]
 ConsoleHandler = Callable[[str, str, dict[str, list[str]], bytes, dict[str, str]], Answer]
 
 
