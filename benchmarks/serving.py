@@ -47,6 +47,7 @@ def ann_recall(index: EdgeIndex, version: str, bundle: ModelBundle, n_users: int
         truth = {bundle.video_ids[i] for i in top}
         recalls.append(len(got & truth) / k)
     return {"recall@100": float(np.mean(recalls)), "ann_ms_p50": float(np.median(ann_ms)),
+            "ann_ms_p99": float(np.percentile(ann_ms, 99)),
             "exact_ms_p50": float(np.median(exact_ms)), "queries": len(users)}
 
 
@@ -74,6 +75,62 @@ def cpu_seconds(pid: int) -> float:
             except OSError:
                 pass
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory (MB) of a process and its live descendants (Linux /proc)."""
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+            for t in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (t / "children").read_text().split()]
+        except OSError:
+            continue
+    return round(total / 1024, 1)
+
+
+def rpc_histogram(metrics_addr: str, method: str) -> dict[float, float]:
+    """Cumulative bucket counts (upper bound in s -> calls) of one gRPC method's OK calls
+    from a process's /metrics (vidrec_rpc_duration_seconds)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=5).read().decode()
+    out: dict[float, float] = {}
+    for line in text.splitlines():
+        if (line.startswith("vidrec_rpc_duration_seconds_bucket{")
+                and f'method="{method}"' in line and 'code="OK"' in line):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def histogram_quantile(before: dict[float, float], after: dict[float, float], q: float,
+                       under_s: float) -> dict[str, float]:
+    """The q-quantile (ms, linear inside its bucket, as Prometheus does) of the calls
+    between two scrapes, and the share of them at or under `under_s`."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    if total <= 0:
+        return {"calls": 0}
+    rank, lo, prev = q * total, 0.0, 0.0
+    quant = float("inf")
+    for b, c in zip(bounds, counts, strict=True):
+        if c >= rank:
+            quant = b if b == float("inf") or c == prev else lo + (b - lo) * (rank - prev) / (
+                c - prev)
+            break
+        lo, prev = b, c
+    share = next((c for b, c in zip(bounds, counts, strict=True) if b >= under_s), total)
+    return {"calls": int(total), f"p{round(q * 100)}_ms": round(quant * 1000, 2),
+            f"share_under_{round(under_s * 1000)}ms": round(share / total, 4)}
 
 
 def main() -> int:
@@ -127,8 +184,10 @@ def main() -> int:
                               "var": str(var)})
             subprocess.run([sys.executable, "-m", "benchmarks.loadgen", arg],
                            capture_output=True, text=True, timeout=a.warmup * 4 + 60)
+        cand = stack.metrics.get("candidate")
         for rate in rates:
             before = {n: cpu_seconds(p) for n, p in pids.items()}
+            cand_before = rpc_histogram(cand, "Generate") if cand else {}
             arg = json.dumps({"addr": stack.services["gateway"].addr, "rate": rate,
                               "duration_s": a.duration, "users": users, "k": a.k, "seed": 1,
                               "var": str(var)})
@@ -138,11 +197,19 @@ def main() -> int:
             r["cpu_ms_per_request"] = {
                 n: round(1000 * (cpu_seconds(p) - before[n]) / max(r["ok"], 1), 2)
                 for n, p in pids.items()}
+            if cand:
+                # The candidate stage as the candidate service itself timed it (its
+                # histogram's buckets: 2, 5, 10 ms, ...).
+                r["candidate_stage"] = histogram_quantile(
+                    cand_before, rpc_histogram(cand, "Generate"), 0.99, 0.005)
+                print("  candidate stage:", r["candidate_stage"], flush=True)
             results["load"].append(r)
             print("  CPU ms per request:", r["cpu_ms_per_request"], flush=True)
             print(f"rate {rate:6.0f}/s: p50 {r['p50_ms']:.1f} ms, p90 {r['p90_ms']:.1f} ms, "
                   f"p99 {r['p99_ms']:.1f} ms, errors {r['errors']}, achieved "
                   f"{r['achieved_rps']:.0f}/s", flush=True)
+        results["rss_mb"] = {n: rss_mb(p) for n, p in pids.items()}
+        print("resident memory (MB):", results["rss_mb"], flush=True)
     finally:
         stack.stop()
     (out / "serving.json").write_text(json.dumps(results, indent=2))

@@ -458,3 +458,24 @@ def test_mf_conjugate_gradient_matches_the_exact_solve() -> None:
     b = (cg.user_factors @ cg.video_factors.T).ravel()
     assert np.corrcoef(a, b)[0, 1] > 0.99
     np.testing.assert_allclose(np.abs(b).mean(), np.abs(a).mean(), rtol=0.05)
+
+
+def test_histories_match_history_at_for_every_example() -> None:
+    """The vectorised training histories equal the per-example definition (history_at),
+    across chunk borders and for users with no, short and long sequences."""
+    from vidrec import schema
+    from vidrec.models.two_tower_task import Sequences, histories, history_at
+
+    rng = np.random.default_rng(0)
+    lens = rng.integers(0, 120, size=200)
+    start = np.r_[0, np.cumsum(lens)]
+    seq = rng.integers(1, 1000, size=int(start[-1]))
+    seqs = Sequences(np.arange(200), start, seq)
+    ex_user = np.repeat(np.arange(200), lens)
+    ex_pos = np.arange(len(seq)) - np.repeat(start[:-1], lens)
+    got = histories(seqs, ex_user, chunk=777)
+    for i in range(len(seq)):
+        h = history_at(seqs, ex_user[i], ex_pos[i])
+        want = np.zeros(schema.HISTORY_LEN, np.int64)
+        want[: len(h)] = h
+        assert np.array_equal(got[i], want), i

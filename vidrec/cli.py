@@ -61,15 +61,16 @@ def cmd_data_validate(a: argparse.Namespace) -> int:
 # --- models ---------------------------------------------------------------------------
 
 
-def offline_config() -> PipelineConfig:
+def offline_config(device: str = "auto") -> PipelineConfig:
     """The default PipelineConfig with torch on every core: nothing else runs beside an
-    offline train or evaluation (the trainer service keeps half)."""
+    offline train or evaluation (the trainer service keeps half). `device`: where the
+    two-tower trains (auto: a CUDA GPU when torch sees one)."""
     from dataclasses import replace
 
     from vidrec.training.pipeline import PipelineConfig
 
     cfg = PipelineConfig()
-    cfg.train = replace(cfg.train, threads=os.cpu_count() or 1)
+    cfg.train = replace(cfg.train, threads=os.cpu_count() or 1, device=device)
     return cfg
 
 
@@ -82,7 +83,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     ds = load_dataset(Path(a.data), on_bad_rows=a.on_bad_rows)
     if ds.bad_rows:
         print(ds.bad_rows.summary(), file=sys.stderr)
-    cfg = offline_config()
+    cfg = offline_config(a.device)
     if a.epochs is not None:
         from dataclasses import replace
 
@@ -213,7 +214,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     ds = load_dataset(Path(a.data), on_bad_rows=a.on_bad_rows)
     ks = [int(k) for k in a.ks.split(",")]
-    res = evaluate_dataset(ds, offline_config(), ks=ks, seed=a.seed, progress=not a.quiet,
+    res = evaluate_dataset(ds, offline_config(a.device), ks=ks, seed=a.seed,
+                           progress=not a.quiet,
                            tune_rules_on_validation=a.tune_rules)
     paths = write_report(Path(a.out), res.results, f"vidrec offline evaluation: {a.data}",
                          res.tables, res.notes)
@@ -297,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip tuning the ranker weights, the MF recency boost and the "
                         "demographic prior's field weights on validation (faster)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where the two-tower trains: auto (default) takes a CUDA GPU when "
+                        "torch sees one, else the CPU")
 
     r = _add(sub, "recommend", cmd_recommend,
              "Batch recommendations: one JSON line per user, never a video seen in training.")
@@ -328,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", help="with --events: the model directory that served the log")
     e.add_argument("--candidate", help="with --events: the model directory to judge")
     e.add_argument("--out", default="var/eval", help="report directory")
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where the two-tower trains (auto: a CUDA GPU when torch sees one)")
     e.add_argument("--ks", default="1,5,10,20")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--on-bad-rows", choices=["fail", "skip"], default="fail")

@@ -92,7 +92,17 @@ def _solve_side_cg(fixed: np.ndarray, conf: sp.csr_matrix, pref: sp.csr_matrix, 
     (YᵀY + λI + Yᵀ(C_u - I)Y) x_u = Yᵀ C_u p_u, starting from `x` (the last sweep's).
 
     The per-row products are sparse-matrix products over the interactions (gathering
-    `chunk_nnz` of them at a time bounds memory), so the cost is linear in interactions."""
+    `chunk_nnz` of them at a time bounds memory), and only rows with interactions are
+    solved (a row without any solves gram·x = 0: x = 0 exactly), so the cost is linear in
+    interactions, not in the catalog: a 1M-video catalog with 180k interactions spent 7 s
+    per sweep on the empty rows' dense products before."""
+    active = np.flatnonzero(np.diff(conf.indptr) > 0)
+    if len(active) < conf.shape[0]:
+        out = np.zeros((conf.shape[0], fixed.shape[1]), dtype=np.float64)
+        if len(active):
+            out[active] = _solve_side_cg(fixed, conf[active], pref[active], reg, x[active],
+                                         steps, chunk_nnz)
+        return out
     n, f = conf.shape[0], fixed.shape[1]
     gram = fixed.T @ fixed + reg * np.eye(f)
     row_of = np.repeat(np.arange(n), np.diff(conf.indptr))
@@ -117,8 +127,6 @@ def _solve_side_cg(fixed: np.ndarray, conf: sp.csr_matrix, pref: sp.csr_matrix, 
         return out
 
     x = x.astype(np.float64, copy=True)
-    empty = np.diff(conf.indptr) == 0
-    x[empty] = 0.0  # no interactions: gram·x = 0, x = 0 exactly
     r = b - apply(x)
     p = r.copy()
     rs = np.einsum("ij,ij->i", r, r)

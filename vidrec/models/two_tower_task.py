@@ -59,13 +59,28 @@ class TrainConfig:
     # step costs nothing extra, and with sparse tables the tuned hybrid scored NDCG@10
     # 0.2117 against 0.2171 in one run (the two-tower alone 0.1744 against 0.1699).
     sparse_embeddings: bool | None = None
+    # Where the two-tower trains: "auto" takes a CUDA GPU when torch sees one, else the
+    # CPU; "cpu" or "cuda" force it. The result is the same within float tolerance
+    # (benchmarks/gpu_parity.py measures both on one machine).
+    device: str = "auto"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def device(choice: str = "auto") -> torch.device:
+    """The torch device for `choice` (TrainConfig.device)."""
+    if choice not in DEVICES:
+        raise ValueError(f"device {choice!r}: expected one of {', '.join(DEVICES)}")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but torch sees no CUDA GPU "
+                         f"(torch {torch.__version__}); use 'auto' or 'cpu'")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
 
 
 def set_cpu_threads(threads: int = 0) -> None:
@@ -119,6 +134,22 @@ def history_at(seqs: Sequences, u: int, pos: int) -> np.ndarray:
     return seqs.seq[lo: s + pos][::-1]
 
 
+def histories(seqs: Sequences, ex_user: np.ndarray, chunk: int = 262_144) -> np.ndarray:
+    """Every example's history_at, as one (examples, HISTORY_LEN) int64 matrix padded with
+    0: example i is the i-th positive of the flattened sequences, whose history is the
+    positives before it in its user's sequence, most recent first. Vectorised by chunks
+    (a Python loop per example took ~3 s per million)."""
+    n, h = len(seqs.seq), schema.HISTORY_LEN
+    out = np.zeros((n, h), dtype=np.int64)
+    back = np.arange(1, h + 1)
+    for lo in range(0, n, chunk):
+        g = np.arange(lo, min(n, lo + chunk))
+        src = g[:, None] - back[None, :]  # positions of the previous positives
+        ok = src >= seqs.start[ex_user[g]][:, None]
+        out[lo: lo + len(g)] = np.where(ok, seqs.seq[np.maximum(src, 0)], 0)
+    return out
+
+
 def train_two_tower(
     encoder: FeatureEncoder,
     video_tensors: VideoTensors,
@@ -139,7 +170,7 @@ def train_two_tower(
     set_cpu_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    dev = device()
+    dev = device(cfg.device)
     model = TwoTower(encoder.sizes(), model_cfg)
     if init_state is not None:
         own = model.state_dict()
@@ -150,10 +181,9 @@ def train_two_tower(
     vt = _tensors(video_tensors, dev)
     ucats = torch.from_numpy(user_cats).to(dev)
 
-    # One example per positive: (user slot, position in that user's sequence).
+    # One example per positive, of user slot ex_user.
     lengths = np.diff(seqs.start)
     ex_user = np.repeat(np.arange(len(lengths)), lengths)
-    ex_pos = np.arange(len(seqs.seq)) - np.repeat(seqs.start[:-1], lengths)
     labels_all = seqs.seq
     n = len(labels_all)
     if n == 0:
@@ -163,27 +193,30 @@ def train_two_tower(
     raw_w = seqs.weight if seqs.weight is not None else np.ones(n, np.float32)
     ex_weight = torch.from_numpy(
         (np.maximum(raw_w, 1e-6) ** cfg.label_weight_power).astype(np.float32)).to(dev)
-    # Full histories precomputed once (HISTORY_LEN int64 per example).
-    hist_all = np.zeros((n, schema.HISTORY_LEN), dtype=np.int64)
-    for i in range(n):
-        h = history_at(seqs, ex_user[i], ex_pos[i])
-        hist_all[i, : len(h)] = h
+    hist_all = histories(seqs, ex_user)
 
     opts, scheds = _optimizers(model, cfg, cfg.epochs * ((n + cfg.batch_size - 1)
                                                     // cfg.batch_size))
     steps = cfg.epochs * ((n + cfg.batch_size - 1) // cfg.batch_size)
+    # Every example's tensors live on the device from the start (on the CPU these share
+    # numpy's memory): a step sends only its batch's indices and dropout masks, not its
+    # histories (measured on an H200: per-step host copies left the GPU idle).
+    hist_t = torch.from_numpy(hist_all).to(dev)
+    labels_t = torch.from_numpy(labels_all).to(dev)
+    urows_t = torch.from_numpy(seqs.user_rows[ex_user]).to(dev)
     t0 = time.perf_counter()
     model.train()
     bar = tqdm(total=steps, desc="two-tower", disable=not progress, leave=False, mininterval=0.5)
+    step = 0
     for _ in range(cfg.epochs):
         order = rng.permutation(n)
         for b in range(0, n, cfg.batch_size):
             idx = order[b: b + cfg.batch_size]
-            labels = torch.from_numpy(labels_all[idx]).to(dev)
-            hist = hist_all[idx].copy()
-            hist[rng.random(len(idx)) < cfg.history_dropout] = 0
-            users = model.user_embed(ucats[seqs.user_rows[ex_user[idx]]],
-                                     torch.from_numpy(hist).to(dev))
+            idx_t = torch.from_numpy(idx).to(dev)
+            labels = labels_t[idx_t]
+            drop_hist = torch.from_numpy(rng.random(len(idx)) < cfg.history_dropout).to(dev)
+            hist = hist_t[idx_t].masked_fill(drop_hist[:, None], 0)
+            users = model.user_embed(ucats[urows_t[idx_t]], hist)
             ids = labels.clone()
             ids[torch.from_numpy(rng.random(len(idx)) < cfg.id_dropout).to(dev)] = 0
             videos = model.video_embed(ids, vt["cats"][labels - 1], vt["tags"][labels - 1],
@@ -192,7 +225,7 @@ def train_two_tower(
             same = labels[:, None] == labels[None, :]
             eye = torch.eye(len(idx), dtype=torch.bool, device=dev)
             logits = logits.masked_fill(same & ~eye, float("-inf"))
-            w = ex_weight[torch.from_numpy(idx).to(dev)]
+            w = ex_weight[idx_t]
             w = w / w.sum()
             ce = F.cross_entropy(logits, torch.arange(len(idx), device=dev), reduction="none")
             loss = (w * ce).sum()
@@ -204,7 +237,9 @@ def train_two_tower(
             for sched in scheds:
                 sched.step()
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            step += 1
+            if progress and step % 50 == 0:  # .item() waits for the device: not every step
+                bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     seconds = time.perf_counter() - t0
     log.info("two-tower trained on %d examples, %d epochs in %.1fs (%s)", n, cfg.epochs,
