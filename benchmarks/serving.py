@@ -133,6 +133,43 @@ def histogram_quantile(before: dict[float, float], after: dict[float, float], q:
             f"share_under_{round(under_s * 1000)}ms": round(share / total, 4)}
 
 
+def foldin_latency(stack: Stack, bundle: ModelBundle, n: int = 30, timeout_s: float = 60.0,
+                   seed: int = 2) -> dict[str, float]:
+    """Seconds from LogEvents' answer (a like on a video the user has not seen) until the
+    trainer has folded the user's MF vector in again (the vector in Redis changed): the
+    path by which a watch reaches the next recommendation on this catalog."""
+    import uuid
+
+    from vidrec.client import Client
+    from vidrec.v1 import events_pb2
+
+    rng = np.random.default_rng(seed)
+    store = FeatureStore.from_url(stack.redis_url)
+    users = [u for u in bundle.users if bundle.users[u].history][:n]
+    lat: list[float] = []
+    with Client.for_stack(stack.var, timeout_s=10.0) as c:
+        for u in users:
+            before = store.user(u).mf_vector
+            seen = set(bundle.users[u].seen)
+            vid = next(v for v in (bundle.video_ids[int(i)] for i in
+                                   rng.integers(0, len(bundle.video_ids), 50)) if v not in seen)
+            c.log_events([events_pb2.Event(event_id=uuid.uuid4().hex, user_id=u, video_id=vid,
+                                           type=events_pb2.EVENT_TYPE_LIKE, value=1.0,
+                                           timestamp=time.time())])
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < timeout_s:
+                after = store.user(u).mf_vector
+                if after is not None and (before is None or not np.array_equal(before, after)):
+                    lat.append(time.perf_counter() - t0)
+                    break
+                time.sleep(0.01)
+    lat.sort()
+    if not lat:
+        return {"probes": len(users), "folded_in": 0}
+    return {"probes": len(users), "folded_in": len(lat), "p50_s": round(lat[len(lat) // 2], 3),
+            "p95_s": round(lat[int(0.95 * (len(lat) - 1))], 3)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -208,6 +245,9 @@ def main() -> int:
             print(f"rate {rate:6.0f}/s: p50 {r['p50_ms']:.1f} ms, p90 {r['p90_ms']:.1f} ms, "
                   f"p99 {r['p99_ms']:.1f} ms, errors {r['errors']}, achieved "
                   f"{r['achieved_rps']:.0f}/s", flush=True)
+        if not a.no_trainer:
+            results["foldin"] = foldin_latency(stack, bundle)
+            print("like -> MF vector folded in:", results["foldin"], flush=True)
         results["rss_mb"] = {n: rss_mb(p) for n, p in pids.items()}
         print("resident memory (MB):", results["rss_mb"], flush=True)
     finally:
