@@ -1,7 +1,7 @@
 """`make bench`: every benchmark in sequence; figures land in var/bench/.
 
     python -m benchmarks [--only models,cold,scale,serving,trainer,faults,offpolicy,front,
-                                 twotower]
+                                 twotower,scaling,gpu,million]
                          [--ml ../shared/data/ml-100k]
 
 models   vidrec evaluate on MovieLens-100K (warm + cold-start splits), the tuned peers
@@ -23,11 +23,18 @@ offpolicy  the retrain gate's off-policy estimate against the online difference 
 front    100k-video catalog: HTTP/JSON front door vs gRPC at 100 req/s (alternating
          rounds), and upsert -> retrievable latency over 100 uploads
 twotower two-tower training samples/s against the idealised step (dense and sparse tables)
+scaling  `vidrec train` time and peak memory vs interactions (1e5-1e7) and catalog (1e4-1e6);
+         full train (tuning included) on ML-100K vs synthetic data of its size
+gpu      the two-tower on a CUDA GPU vs the CPU: same quality within tolerance, time each
+         (the CPU alone without a GPU)
+million  1M-video catalog: publish time, ANN recall@100, candidate-stage p99, gateway
+         latency at 50 and 100 req/s, like -> fold-in latency, memory per process
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -48,7 +55,8 @@ def models(var: Path, ml: Path) -> None:
     t0 = time.perf_counter()
     sh(PY, "-m", "vidrec.cli", "train", "--data", str(data), "--out", str(var / "ml_model"),
        "--quiet")
-    print(f"vidrec train on ml-100k: {time.perf_counter() - t0:.1f}s wall", flush=True)
+    train_s = time.perf_counter() - t0
+    print(f"vidrec train on ml-100k: {train_s:.1f}s wall", flush=True)
     sh(PY, "-m", "vidrec.cli", "evaluate", "--data", str(data), "--out", str(var / "eval_ml"),
        "--quiet")
     try:
@@ -59,6 +67,13 @@ def models(var: Path, ml: Path) -> None:
               flush=True)
     else:
         sh(PY, "-m", "benchmarks.peers", "--data", str(ml), "--out", str(var / "peers"))
+        lfm = json.loads((var / "peers" / "results.json").read_text())["results"].get(
+            "lightfm_warp (warm)")
+        if lfm:
+            peer_s = lfm["tune_s"] + lfm["fit_s"]
+            print(f"vidrec train (tuning included) {train_s:.1f}s vs LightFM WARP with "
+                  f"features tuned and trained {peer_s:.1f}s: ratio {train_s / peer_s:.2f} "
+                  "(issue 22 asks <= 1)", flush=True)
     synth = var / "synth"
     if not (synth / "interactions.csv").exists():
         sh(PY, "-m", "vidrec.cli", "data", "synth", "--out", str(synth), "--users", "3000",
@@ -117,6 +132,27 @@ def front(var: Path) -> None:
     sh(PY, "-m", "benchmarks.front_door", "--model", str(model), "--out", str(var / "front"))
 
 
+def scaling(var: Path, ml: Path) -> None:
+    sh(PY, "-m", "benchmarks.scaling", "--out", str(var / "scaling"), "--ml", str(ml))
+
+
+def gpu(var: Path, ml: Path) -> None:
+    sh(PY, "-m", "benchmarks.gpu_parity", "--ml", str(ml), "--out", str(var / "gpu_parity"))
+
+
+def million(var: Path) -> None:
+    """The 1M-video catalog: train (no tuning), publish, serve at 50 and 100 req/s, fold in."""
+    data, model = var / "data1m", var / "model1m"
+    if not (data / "interactions.csv").exists():
+        sh(PY, "-m", "vidrec.cli", "data", "synth", "--out", str(data), "--users", "3000",
+           "--videos", "1000000", "--seed", "1")
+    if not (model / "manifest.json").exists():
+        sh(PY, "-m", "vidrec.cli", "train", "--data", str(data), "--out", str(model), "--quiet",
+           "--no-tune")
+    sh(PY, "-m", "benchmarks.serving", "--model", str(model), "--rates", "50,100",
+       "--duration", "30", "--out", str(var / "million"))
+
+
 def twotower(var: Path) -> None:
     sh(PY, "-m", "benchmarks.two_tower_step", "--out", str(var / "two_tower_step"))
 
@@ -124,7 +160,7 @@ def twotower(var: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="models,cold,scale,serving,trainer,faults,front,twotower")
+    ap.add_argument("--only", default="models,cold,scale,serving,trainer,faults,front,twotower,scaling,gpu,million")
     ap.add_argument("--ml", default="../shared/data/ml-100k")
     ap.add_argument("--var", default="var/bench")
     a = ap.parse_args()
@@ -135,7 +171,8 @@ def main() -> int:
          "scale": lambda: scale(var), "serving": lambda: serving(var),
          "trainer": lambda: trainer(var), "faults": lambda: faults(var),
          "offpolicy": lambda: offpolicy(var), "front": lambda: front(var),
-         "twotower": lambda: twotower(var)}[name]()
+         "twotower": lambda: twotower(var), "scaling": lambda: scaling(var, Path(a.ml)),
+         "gpu": lambda: gpu(var, Path(a.ml)), "million": lambda: million(var)}[name]()
     print(f"figures in {var}/", flush=True)
     return 0
 
