@@ -160,7 +160,8 @@ def twotower(var: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="models,cold,scale,serving,trainer,faults,front,twotower,scaling,gpu,million")
+    ap.add_argument("--only", default="models,cold,scale,serving,trainer,faults,front,"
+                                      "twotower,scaling,gpu,million")
     ap.add_argument("--ml", default="../shared/data/ml-100k")
     ap.add_argument("--var", default="var/bench")
     a = ap.parse_args()
