@@ -134,6 +134,14 @@ def front(var: Path) -> None:
 
 def scaling(var: Path, ml: Path) -> None:
     sh(PY, "-m", "benchmarks.scaling", "--out", str(var / "scaling"), "--ml", str(ml))
+    try:
+        import lightfm  # noqa: F401
+    except ImportError:
+        print("train cost vs LightFM skipped: install the peers (benchmarks/requirements.txt)",
+              flush=True)
+    else:
+        sh(PY, "-m", "benchmarks.train_cost", "--ml", str(ml), "--out",
+           str(var / "train_cost"))
 
 
 def gpu(var: Path, ml: Path) -> None:
