@@ -1,0 +1,183 @@
+"""Redis Cluster and the trainer group, against a real three-master cluster
+(vidrec.infra.embedded.RedisClusterServers) and a real Kafka-protocol broker: no mocks.
+
+The reference is always the single-Redis apply (one script per batch, store/apply.py),
+itself checked against an offline replay in test_trainer.py: the cluster's two-step apply
+must leave the same per-user keys and the same merged global state.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.test_trainer import (
+    VIDEOS,
+    counters,
+    expected_state,
+    kind,
+    make_events,
+    start_trainer,
+    trainer_env,
+)
+from vidrec import schema
+from vidrec.events import FeedbackWeights
+from vidrec.store import trending
+from vidrec.store.apply import Position
+from vidrec.store.cluster_apply import ClusterApplier
+from vidrec.store.features import NEG_LEN, FeatureStore
+from vidrec.v1 import events_pb2
+
+E = events_pb2
+NOW = 1_700_100_000.0
+PARTS = 4
+
+
+def cluster_store(redis_cluster: Any, prefix: str) -> FeatureStore:
+    store = FeatureStore.from_url(redis_cluster.url, prefix, timeout_s=5.0)
+    assert store.cluster
+    return store
+
+
+def with_ratings(events: list[events_pb2.Event], seed: int) -> list[events_pb2.Event]:
+    """Every seventh event a rating (its kind depends on the user's ratings so far)."""
+    rng = random.Random(seed)
+    for e in events[::7]:
+        e.type, e.value = E.EVENT_TYPE_RATING, float(rng.randint(1, 5))
+    return events
+
+
+def positions(events: list[events_pb2.Event], log: str = "L") -> list[Position]:
+    """Kafka positions as the broker gives them: partition by user, offsets in order."""
+    nxt: dict[int, int] = defaultdict(int)
+    out = []
+    for i, e in enumerate(events):
+        p = zlib.crc32(e.user_id.encode()) % PARTS
+        out.append(Position(f"{log}/{schema.TOPIC_EVENTS}:{p}", nxt[p], 1_700_000_000_000 + i))
+        nxt[p] += 1
+    return out
+
+
+def batches(events: list[Any], pos: list[Position], size: int
+            ) -> list[tuple[list[Any], list[Position]]]:
+    return [(events[s: s + size], pos[s: s + size]) for s in range(0, len(events), size)]
+
+
+def state(store: FeatureStore, users: set[str]) -> dict[str, Any]:
+    """Everything the apply writes, read through the store's public methods."""
+    w = FeedbackWeights()
+    out: dict[str, Any] = {}
+    for u in sorted(users):
+        st = store.user(u)
+        fb = store.user_feedback(u, w)
+        out[u] = (st.history, st.seen, st.negatives,
+                  {v: (round(a, 9), b) for v, (a, b) in fb.items()})
+    stats = []
+    for r in sorted(store.read_stats(), key=lambda r: (r["model_version"], r["experiment_arm"])):
+        stats.append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
+    out["stats"] = stats
+    return out
+
+
+def trending_close(a: dict[str, float], b: dict[str, float]) -> bool:
+    return a.keys() == b.keys() and all(abs(a[v] / b[v] - 1) < 1e-9 for v in a)
+
+
+def test_cluster_apply_equals_single_redis_apply(
+        redis_client: redis.Redis, redis_cluster: Any, key_prefix: str) -> None:
+    """(a) The same stream, with redeliveries, a client resend, unknown videos and
+    ratings, applied in batches: the same user keys and the same merged trending,
+    counters (with their per-user moments) and dirty users on both."""
+    single = FeatureStore(redis_client, key_prefix)
+    multi = cluster_store(redis_cluster, key_prefix)
+    events = with_ratings(make_events(3000, users=60, seed=21), seed=21)
+    events[600].video_id = "nope"  # unknown video: reported every time, never applied
+    pos = positions(events)
+    resend = E.Event()
+    resend.CopyFrom(events[50])  # a client resending through LogEvents: a new record
+    for s in (single, multi):
+        s.put_videos([{"video_id": v} for v in VIDEOS])
+    unknown: dict[str, list[str]] = {"single": [], "multi": []}
+    for name, s in (("single", single), ("multi", multi)):
+        for evs, ps in batches(events, pos, 250):
+            res = s.apply_events(evs, positions=ps, now=NOW)
+            unknown[name] += [e.event_id for e in res.unknown_video]
+        # A redelivery of a stretch (crash before the commit), and the resend.
+        again = s.apply_events(events[500:900], positions=pos[500:900], now=NOW)
+        assert not again.applied and again.duplicates == 399  # 400 less the unknown one
+        unknown[name] += [e.event_id for e in again.unknown_video]
+        r2 = s.apply_events([resend], positions=[Position(pos[-1].partition, 99_999,
+                                                          1_800_000_000_000)], now=NOW)
+        assert not r2.applied and r2.duplicates == 1
+    assert unknown["single"] == unknown["multi"] == [events[600].event_id] * 2
+    users = {e.user_id for e in events}
+    want, got = state(single, users), state(multi, users)
+    assert got == want
+    # The offline replay's counters agree too (its histories know no ratings).
+    assert counters(multi) == expected_state([e for e in events if e.video_id != "nope"])[2]
+    ref = single.trending_ref()
+    assert ref is not None and multi.trending_ref() == ref
+    assert trending_close(multi.trending_scores(now=ref), single.trending_scores(now=ref))
+    assert multi.refresh_trending(now=NOW) == single.refresh_trending(now=NOW)
+    assert multi.popular_list(500) == single.popular_list(500)
+    dirty_single = set(single.pop_dirty_users(10_000))
+    assert set(multi.pop_dirty_users(10_000)) == dirty_single and dirty_single
+    assert multi.pop_dirty_users(10) == []
+
+
+def test_a_crash_between_the_steps_loses_nothing_and_doubles_nothing(
+        redis_client: redis.Redis, redis_cluster: Any, key_prefix: str) -> None:
+    """(b) Step A applied a batch, the trainer died before step B: the whole batch comes
+    again (also cut shorter, as a consumer may fetch it), and the global deltas of the
+    events step A had applied are taken from the outboxes exactly once."""
+    single = FeatureStore(redis_client, key_prefix)
+    multi = cluster_store(redis_cluster, key_prefix)
+    for s in (single, multi):
+        s.put_videos([{"video_id": v} for v in VIDEOS])
+    events = with_ratings(make_events(2000, users=50, seed=22), seed=22)
+    pos = positions(events)
+    for evs, ps in batches(events, pos, 400):
+        single.apply_events(evs, positions=ps, now=NOW)
+    a = ClusterApplier(multi._r, multi.keys)  # type: ignore[arg-type]
+    # Crash 1: step A of [0, 400) only; redelivered as [0, 150), [150, 400).
+    plan = a.step_a(events[:400], schema.HISTORY_LEN, NEG_LEN, pos[:400], NOW)
+    assert len(plan.result.applied) == 400
+    for lo, hi in ((0, 150), (150, 400)):
+        res = multi.apply_events(events[lo:hi], positions=pos[lo:hi], now=NOW)
+        assert not res.applied and res.duplicates == hi - lo  # applied by step A already
+    # Crash 2: step A twice over (two replicas in a rebalance), then the batch again.
+    a.step_a(events[400:800], schema.HISTORY_LEN, NEG_LEN, pos[400:800], NOW)
+    a.step_a(events[400:800], schema.HISTORY_LEN, NEG_LEN, pos[400:800], NOW)
+    multi.apply_events(events[400:800], positions=pos[400:800], now=NOW)
+    # Crash 3: step B ran, the trim did not (the outboxes keep judged entries).
+    plan = a.step_a(events[800:1200], schema.HISTORY_LEN, NEG_LEN, pos[800:1200], NOW)
+    plan.owner.clear()
+    a.step_b(plan, trending.HALF_LIFE_S)
+    for evs, ps in batches(events[800:], pos[800:], 400):
+        multi.apply_events(evs, positions=ps, now=NOW)
+    # Events without a Kafka position (judged by event id alone) survive a crash too.
+    extra = make_events(300, users=20, seed=23)
+    for e in extra:
+        e.event_id = "x" + e.event_id
+    single.apply_events(extra, now=NOW)
+    a.step_a(extra, schema.HISTORY_LEN, NEG_LEN, None, NOW)
+    multi.apply_events(extra, now=NOW)
+    users = {e.user_id for e in events + extra}
+    assert state(multi, users) == state(single, users)
+    ref = single.trending_ref()
+    assert ref is not None
+    assert trending_close(multi.trending_scores(now=ref), single.trending_scores(now=ref))
+    # Nothing is left waiting in an outbox.
+    r = multi._r
+    assert all(r.hlen(multi.keys.user_outbox(u)) == 0 for u in users)
