@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 import zlib
 from collections import defaultdict
@@ -181,3 +180,154 @@ def test_a_crash_between_the_steps_loses_nothing_and_doubles_nothing(
     # Nothing is left waiting in an outbox.
     r = multi._r
     assert all(r.hlen(multi.keys.user_outbox(u)) == 0 for u in users)
+
+
+# --- the trainer on a cluster, alone and as a group ----------------------------------------
+
+
+def replay_matches(store: FeatureStore, events: list[events_pb2.Event]) -> None:
+    """The final state equals the offline replay: counters, histories, seen sets and
+    trending weights (every counted positive once, at its decayed weight)."""
+    history, seen, counts = expected_state(events)
+    assert counters(store) == counts
+    assert all(store.user(u).history == history[u] for u in history)
+    assert all(store.user(u).seen == seen[u] for u in seen)
+    ref = store.trending_ref()
+    assert ref is not None
+    want: dict[str, float] = defaultdict(float)
+    recent: dict[str, list[str]] = defaultdict(list)
+    for e in {e.event_id: e for e in events}.values():
+        if kind(e) == "positive":
+            h = recent[e.user_id]
+            if e.video_id not in h:
+                want[e.video_id] += 2 ** ((e.timestamp - ref) / trending.HALF_LIFE_S)
+                h.insert(0, e.video_id)
+                del h[schema.HISTORY_LEN:]
+    assert trending_close(store.trending_scores(now=ref), dict(want))
+
+
+def wait_for(store: FeatureStore, want: dict, procs: list[subprocess.Popen[bytes]],
+             log: Path, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while counters(store) != want:
+        assert time.monotonic() < deadline, (counters(store), log.read_text()[-3000:])
+        assert all(p.poll() is None for p in procs), log.read_text()[-3000:]
+        time.sleep(0.2)
+
+
+def applied_count(store: FeatureStore) -> int:
+    return int(sum(sum(c.values()) for c in counters(store).values()))
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+@pytest.mark.timeout(400)
+def test_trainer_on_a_cluster_killed_mid_stream_matches_the_replay(
+        redis_cluster: Any, private_kafka_broker: Any, key_prefix: str, tmp_path: Path) -> None:
+    """(c) One trainer on the cluster, SIGKILLed twice while events are pending and
+    restarted: the final state equals the offline replay."""
+    from vidrec.infra.kafka import EventProducer
+
+    store = cluster_store(redis_cluster, key_prefix)
+    store.put_videos([{"video_id": v} for v in VIDEOS])
+    events = make_events(12_000, users=200, seed=24)
+    env = trainer_env(private_kafka_broker.bootstrap, redis_cluster.url, key_prefix, tmp_path,
+                      batch_size=200)
+    log = tmp_path / "trainer.log"
+    procs = [start_trainer(env, log)]
+    mid_stream = []
+    try:
+        with EventProducer(private_kafka_broker.bootstrap) as p:
+            p.send_events(events[:8000])
+            for chunk in (events[8000:10_000], events[10_000:]):
+                before = applied_count(store)
+                deadline = time.monotonic() + 120
+                while applied_count(store) < before + 300 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                os.killpg(procs[-1].pid, signal.SIGKILL)
+                procs[-1].wait()
+                mid_stream.append(applied_count(store) < 8000)
+                p.send_events(chunk)
+                procs.append(start_trainer(env, log))
+        wait_for(store, expected_state(events)[2], procs[-1:], log)
+    finally:
+        stop_all(procs)
+    assert any(mid_stream), "no kill landed while events were pending"
+    replay_matches(store, events)
+
+
+@pytest.mark.timeout(500)
+def test_a_trainer_group_with_a_replica_killed_mid_batch_matches_the_replay(
+        redis_cluster: Any, private_kafka_broker: Any, key_prefix: str, tmp_path: Path) -> None:
+    """(d) Three replicas in one consumer group share the partitions; one is SIGKILLed
+    while applying, the group rebalances its partitions to the others: the final state
+    equals the offline replay, and more than one replica did the work."""
+    from vidrec.infra.kafka import EventProducer
+
+    store = cluster_store(redis_cluster, key_prefix)
+    store.put_videos([{"video_id": v} for v in VIDEOS])
+    events = make_events(12_000, users=240, seed=25)
+    env = trainer_env(private_kafka_broker.bootstrap, redis_cluster.url, key_prefix, tmp_path,
+                      batch_size=150)
+    log = tmp_path / "trainer.log"
+    procs = [start_trainer({**env, "VIDREC_REPLICA_ID": f"r{i}"}, log) for i in range(3)]
+    try:
+        with EventProducer(private_kafka_broker.bootstrap) as p:
+            p.send_events(events[:9000])
+            deadline = time.monotonic() + 180
+            while applied_count(store) < 1500 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os.killpg(procs[0].pid, signal.SIGKILL)  # mid-batch: the group is busy
+            procs[0].wait()
+            mid = applied_count(store)
+            p.send_events(events[9000:])
+        wait_for(store, expected_state(events)[2], procs[1:], log)
+    finally:
+        stop_all(procs)
+    assert mid < len(events), "the kill landed after the work was done"
+    replay_matches(store, events)
+    logged = [f for f in (tmp_path / "events").glob("events-r*.csv")
+              if f.stat().st_size > 0 and len(f.read_text().splitlines()) > 1]
+    assert len(logged) >= 2, [f.name for f in logged]  # the partitions were shared
+
+
+@pytest.mark.parametrize("where", ["single", "cluster"])
+def test_the_retrain_lease_has_one_holder_and_fences_a_stale_one(
+        where: str, redis_server: Any, redis_cluster: Any, key_prefix: str) -> None:
+    """(e) Two replicas contend: one holds the lease; when it lapses the other takes it
+    with a larger token, and the stale holder's publish is refused by the fence."""
+    from vidrec.store.lease import LeaseLost
+
+    url = redis_server.url if where == "single" else redis_cluster.url
+    store = FeatureStore.from_url(url, key_prefix, timeout_s=5.0)
+    a, b = store.lease("a", ttl_s=0.5), store.lease("b", ttl_s=30)
+    ta = a.acquire()
+    assert ta is not None and b.acquire() is None
+    assert a.acquire() == ta  # the holder extends, same token
+    a.fence()  # the holder may publish
+    deadline = time.monotonic() + 30
+    tb = b.acquire()
+    while tb is None:  # a stops renewing (a long pause): its lease lapses
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+        tb = b.acquire()
+    assert tb > ta
+    with pytest.raises(LeaseLost):
+        a.fence()  # the stale holder still has its token: refused
+    assert not a.renew()
+    b.fence()
+    b.release()
+    assert a.acquire() is not None and a.token is not None and a.token > tb
+    with pytest.raises(LeaseLost):
+        b.fence()  # released: b's old token is stale now
+    a.fence()

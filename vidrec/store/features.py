@@ -31,6 +31,7 @@ from vidrec.events import FeedbackWeights, pair_score
 from vidrec.store import stats, trending
 from vidrec.store.apply import DEDUPE_HORIZON_S, Applier, ApplyResult, Position
 from vidrec.store.cluster_apply import NO_POSITION_SHARD, ClusterApplier, merge_counters
+from vidrec.store.lease import Lease
 from vidrec.v1 import events_pb2
 
 VIDEO_FIELDS = ("title", "category", "tags", "creator_id", "language", "duration_s",
@@ -282,6 +283,10 @@ class FeatureStore:
             if self.cluster:
                 self._r.sadd(self.keys.shards(), NO_POSITION_SHARD)
             self._r.sadd(key, *user_ids)
+
+    def lease(self, holder: str, ttl_s: float = 60.0) -> Lease:
+        """The retrain lease as `holder` sees it (store/lease.py)."""
+        return Lease(self._r, self.keys, holder, ttl_s)
 
     def beat(self, payload: Mapping[str, Any], ttl_s: int = 30) -> None:
         """The trainer's heartbeat (it has no port to probe)."""
