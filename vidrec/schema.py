@@ -168,8 +168,10 @@ class Keys:
         """Set of users with events not yet folded into their MF vector."""
         return f"{self.prefix}:trainer:dirty"
 
-    def trainer_heartbeat(self) -> str:
-        return f"{self.prefix}:trainer:heartbeat"
+    def trainer_heartbeat(self, replica: str = "") -> str:
+        """The latest beat of any trainer; with `replica`, that replica's own."""
+        stem = f"{self.prefix}:trainer:heartbeat"
+        return f"{stem}:{replica}" if replica else stem
 
     def counters(self, model_version: str, arm: str) -> str:
         return f"{self.prefix}:stats:{model_version}:{arm}"

@@ -180,7 +180,7 @@ def main() -> int:
             last_beat = time.monotonic()
             try:
                 store.beat({**loop.stats.__dict__, "partitions": assigned,
-                            "replica": replica})
+                            "replica": replica}, replica=s.replica_id)
                 beat_assigned = beat_assigned or bool(assigned)
             except Exception:  # Redis trouble: the batch loop already says so
                 log.warning("heartbeat not written")

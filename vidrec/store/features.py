@@ -288,13 +288,16 @@ class FeatureStore:
         """The retrain lease as `holder` sees it (store/lease.py)."""
         return Lease(self._r, self.keys, holder, ttl_s)
 
-    def beat(self, payload: Mapping[str, Any], ttl_s: int = 30) -> None:
-        """The trainer's heartbeat (it has no port to probe)."""
-        self._r.set(self.keys.trainer_heartbeat(), json.dumps({"t": time.time(), **payload}),
-                    ex=ttl_s)
+    def beat(self, payload: Mapping[str, Any], ttl_s: int = 30, replica: str = "") -> None:
+        """The trainer's heartbeat (it has no port to probe); a replica of a trainer group
+        also beats under its own name, which its probe reads."""
+        raw = json.dumps({"t": time.time(), **payload})
+        self._r.set(self.keys.trainer_heartbeat(), raw, ex=ttl_s)
+        if replica:
+            self._r.set(self.keys.trainer_heartbeat(replica), raw, ex=ttl_s)
 
-    def heartbeat(self) -> dict[str, Any] | None:
-        raw = self._r.get(self.keys.trainer_heartbeat())
+    def heartbeat(self, replica: str = "") -> dict[str, Any] | None:
+        raw = self._r.get(self.keys.trainer_heartbeat(replica))
         return json.loads(raw) if raw else None  # type: ignore[arg-type]
 
     def read_stats(self) -> list[dict[str, Any]]:
