@@ -331,3 +331,43 @@ def test_the_retrain_lease_has_one_holder_and_fences_a_stale_one(
     with pytest.raises(LeaseLost):
         b.fence()  # released: b's old token is stale now
     a.fence()
+
+
+def test_publish_side_writes_and_reads_work_on_the_cluster(
+        redis_cluster: Any, key_prefix: str) -> None:
+    """What a publish and the serving path do, on the cluster client: seeding users (one
+    script per user, pipelined), the fresh list (replaced and pushed), the trending seed
+    merged with live counts into the popular list, video records, dirty users and the
+    rebuild's id marks."""
+    import numpy as np
+
+    from vidrec.store.features import UserSeed
+
+    store = cluster_store(redis_cluster, key_prefix)
+    store.put_videos([{"video_id": v, "title": f"t{v}"} for v in VIDEOS])
+    assert store.videos(["v001", "nope"]) == {"v001": {**store.videos(["v001"])["v001"]}}
+    assert store.videos(["v001"])["v001"]["title"] == "tv001"
+    n = store.seed_users([UserSeed(f"s{i}", {"country": "fr"}, ["v001", "v002"],
+                                   ["v001", "v002", "v003"]) for i in range(30)])
+    assert n == 30
+    st = store.user("s7")
+    assert (st.profile, st.history, st.seen) == ({"country": "fr"}, ["v001", "v002"],
+                                                 {"v001", "v002", "v003"})
+    store.put_fresh(["v010", "v011", "v012"])
+    store.push_fresh("v011")
+    assert store.fresh_list(10) == ["v011", "v010", "v012"]
+    assert store.seed_trending(["v020", "v021"], np.array([5.0, 1.0]), now=NOW)
+    assert not store.seed_trending(["v021"], np.array([9.0]), now=NOW)  # seeded once
+    like = E.Event(event_id="l1", user_id="s1", video_id="v021", type=E.EVENT_TYPE_LIKE,
+                   timestamp=NOW, model_version="v1", experiment_arm="a")
+    assert [e.event_id for e in store.apply_events([like], now=NOW).applied] == ["l1"]
+    assert store.refresh_trending(now=NOW) == ["v020", "v021"]  # 5 against 1 + 1
+    assert store.trending_scores(now=NOW) == {"v020": 5.0, "v021": 2.0}
+    assert store.popular_list(5) == ["v020", "v021"]
+    store.mark_dirty(["s2"])
+    assert sorted(store.pop_dirty_users(10)) == ["s1", "s2"]
+    store.mark_applied(["m1"], now=NOW, user_ids=["s3"])
+    resend = E.Event(event_id="m1", user_id="s3", video_id="v005", type=E.EVENT_TYPE_CLICK)
+    assert store.apply_events([resend], now=NOW).duplicates == 1
+    with pytest.raises(ValueError):
+        store.mark_applied(["m2"], now=NOW)  # a cluster keeps ids per user
