@@ -1,7 +1,7 @@
 """`make bench`: every benchmark in sequence; figures land in var/bench/.
 
     python -m benchmarks [--only models,cold,scale,serving,trainer,faults,offpolicy,front,
-                                 twotower,scaling,gpu,million]
+                                 twotower,group,scaling,gpu,million]
                          [--ml ../shared/data/ml-100k]
 
 models   vidrec evaluate on MovieLens-100K (warm + cold-start splits), the tuned peers
@@ -16,6 +16,8 @@ scale    100k-video catalog: wall time and peak memory of `vidrec train` and of
 serving  100k-video catalog: ANN recall@100 vs exact, gateway latency under open-loop load
 trainer  seconds-tier events/s and event -> visible latency under 20k events/s; the apply
          script's own time per event (benchmarks.apply)
+group    the trainer as a consumer group on a local 3-master Redis Cluster: events/s with
+         1, 2 and 4 replicas, and each replica's share (benchmarks.trainer_group)
 faults   stages killed and stopped, Redis stopped, the trainer killed, 3x overload, under
          load: errors, degraded share, p99, recovery, events acked vs applied
 offpolicy  the retrain gate's off-policy estimate against the online difference of a model
@@ -117,6 +119,10 @@ def trainer(var: Path) -> None:
     sh(PY, "-m", "benchmarks.apply")
 
 
+def group(var: Path) -> None:
+    sh(PY, "-m", "benchmarks.trainer_group", "--out", str(var / "trainer_group"))
+
+
 def faults(var: Path) -> None:
     sh(PY, "-m", "benchmarks.faults", "--out", str(var / "faults"))
 
@@ -169,7 +175,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="models,cold,scale,serving,trainer,faults,front,"
-                                      "twotower,scaling,gpu,million")
+                                      "twotower,group,scaling,gpu,million")
     ap.add_argument("--ml", default="../shared/data/ml-100k")
     ap.add_argument("--var", default="var/bench")
     a = ap.parse_args()
@@ -179,6 +185,7 @@ def main() -> int:
         {"models": lambda: models(var, Path(a.ml)), "cold": lambda: cold(var, Path(a.ml)),
          "scale": lambda: scale(var), "serving": lambda: serving(var),
          "trainer": lambda: trainer(var), "faults": lambda: faults(var),
+         "group": lambda: group(var),
          "offpolicy": lambda: offpolicy(var), "front": lambda: front(var),
          "twotower": lambda: twotower(var), "scaling": lambda: scaling(var, Path(a.ml)),
          "gpu": lambda: gpu(var, Path(a.ml)), "million": lambda: million(var)}[name]()

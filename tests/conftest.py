@@ -21,7 +21,7 @@ import pytest
 import redis
 
 if TYPE_CHECKING:  # imported in the fixtures, after pytest_configure has set the filters
-    from vidrec.infra.embedded import KafkaBroker, RedisServer
+    from vidrec.infra.embedded import KafkaBroker, RedisClusterServers, RedisServer
 
 # Not VIDREC_*: those names are reserved for service settings (vidrec.config).
 USE_CONTAINERS = os.environ.get("TEST_CONTAINERS", "") == "1"
@@ -108,6 +108,16 @@ def redis_client(redis_server: RedisServer | RedisEndpoint) -> Iterator[redis.Re
 def key_prefix() -> str:
     """A Redis key prefix of this test's own (schema.Keys(prefix))."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A local Redis Cluster of three masters for the session (DESIGN.md §8); tests
+    isolate by `key_prefix`."""
+    from vidrec.infra.embedded import RedisClusterServers
+
+    with RedisClusterServers(masters=3) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

@@ -397,10 +397,16 @@ def test_k8s_grpc_deployments_probe_their_port() -> None:
             assert {"cpu", "memory"} <= set(container["resources"][kind]), f"{name} {kind}"
 
 
-def test_k8s_trainer_is_one_recreated_replica() -> None:
+def test_k8s_trainer_is_a_group_within_the_partition_ceiling() -> None:
+    from vidrec.infra.kafka import ALL_TOPICS
+    from vidrec.schema import TOPIC_EVENTS
+
     trainer = _of_kind("Deployment")["trainer"]
-    assert trainer["spec"]["replicas"] == 1
-    assert trainer["spec"]["strategy"]["type"] == "Recreate"
+    # Replicas share the consumer group: more than the topic's partitions would idle.
+    assert 1 <= trainer["spec"]["replicas"] <= ALL_TOPICS[TOPIC_EVENTS]
+    assert trainer["spec"]["strategy"]["type"] == "RollingUpdate"
+    env = {e["name"]: e for e in trainer["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["VIDREC_REPLICA_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     targets = {
         h["spec"]["scaleTargetRef"]["name"] for h in _of_kind("HorizontalPodAutoscaler").values()
     }

@@ -194,6 +194,14 @@ class TrainerSettings(CommonSettings):
     # A user's likes move the trending ("popular") list only after they reacted to more
     # than this many videos: fresh fake accounts cannot lift a video for every new user.
     trending_min_seen: int = 5
+    # This replica's name in a trainer group (one Kafka consumer group; each replica owns
+    # some partitions of vidrec.events, so the partition count is the most replicas that
+    # do work). Names its event log file and its hold on the retrain lease; empty: the
+    # host name.
+    replica_id: str = ""
+    # How long the retrain lease lasts without renewal (renewed every third of it while
+    # a retrain runs); one retrain at a time across replicas.
+    retrain_lease_s: float = 60.0
 
 
 @dataclass(frozen=True)

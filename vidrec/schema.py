@@ -168,8 +168,10 @@ class Keys:
         """Set of users with events not yet folded into their MF vector."""
         return f"{self.prefix}:trainer:dirty"
 
-    def trainer_heartbeat(self) -> str:
-        return f"{self.prefix}:trainer:heartbeat"
+    def trainer_heartbeat(self, replica: str = "") -> str:
+        """The latest beat of any trainer; with `replica`, that replica's own."""
+        stem = f"{self.prefix}:trainer:heartbeat"
+        return f"{stem}:{replica}" if replica else stem
 
     def counters(self, model_version: str, arm: str) -> str:
         return f"{self.prefix}:stats:{model_version}:{arm}"
@@ -179,3 +181,62 @@ class Keys:
 
     def serving_version(self) -> str:
         return f"{self.prefix}:serving:version"
+
+    # --- Redis Cluster only (store/cluster_apply.py; docs/redis.md "Redis Cluster") ---
+    # A single Redis keeps the keys above; a cluster keeps per-user marks in the user's
+    # slot and the global state in shards, one per Kafka partition, merged on read.
+
+    def user_positions(self, user_id: str) -> str:
+        """Hash "LOG/topic:partition" -> highest offset applied for this user (and "@t")."""
+        return f"{self.user_root(user_id)}:pos"
+
+    def user_done(self, user_id: str, bucket: int) -> str:
+        """Set of this user's event ids applied in one arrival bucket (client resends)."""
+        return f"{self.user_root(user_id)}:done:{bucket}"
+
+    def user_outbox(self, user_id: str) -> str:
+        """Hash "LOG/topic:partition|offset" -> the global deltas of one applied event, until
+        its partition shard has applied them (step B)."""
+        return f"{self.user_root(user_id)}:outbox"
+
+    def user_moments(self, user_id: str, model_version: str, arm: str) -> str:
+        """The user's packed ratio counts in an arm (the single layout's counters:u:U)."""
+        return f"{self.user_root(user_id)}:stats:{model_version}:{arm}"
+
+    def shard_root(self, shard: str) -> str:
+        """The stem of one shard's keys; `shard` is "topic:partition" ("-": events that
+        came without a Kafka position). The apply scripts append the suffixes."""
+        return f"{self.prefix}:shard:{{p:{shard}}}"
+
+    def shard_offsets(self, shard: str) -> str:
+        return f"{self.shard_root(shard)}:offsets"
+
+    def shard_trending(self, shard: str) -> str:
+        return f"{self.shard_root(shard)}:trending"
+
+    def shard_trending_ref(self, shard: str) -> str:
+        return f"{self.shard_root(shard)}:trending:ref"
+
+    def shard_counters(self, shard: str, model_version: str, arm: str) -> str:
+        return f"{self.shard_root(shard)}:stats:{model_version}:{arm}"
+
+    def shard_stats_index(self, shard: str) -> str:
+        return f"{self.shard_root(shard)}:stats:index"
+
+    def shard_dirty(self, shard: str) -> str:
+        return f"{self.shard_root(shard)}:dirty"
+
+    def shards(self) -> str:
+        """Set of every shard name written so far (readers merge over them)."""
+        return f"{self.prefix}:shards"
+
+    def trainer_lease(self) -> str:
+        """The retrain lease (store/lease.py): holder and fencing token share a slot."""
+        return f"{self.prefix}:trainer:{{lease}}"
+
+    def trainer_lease_counter(self) -> str:
+        return f"{self.prefix}:trainer:{{lease}}:token"
+
+    def trainer_lease_fence(self) -> str:
+        """The highest token that passed the publish fence."""
+        return f"{self.prefix}:trainer:{{lease}}:fence"

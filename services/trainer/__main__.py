@@ -1,11 +1,19 @@
 """python -m services.trainer: the event consumer plus fold-in and retrain timers, and
-the popular list rewritten from trending counts every few seconds."""
+the popular list rewritten from trending counts every few seconds.
+
+Several replicas form a trainer group: one Kafka consumer group, each replica applying the
+partitions it owns (exactly once across rebalances: store/apply.py, store/cluster_apply.py).
+Fold-in pops dirty users from shared sets (each user to one replica); the popular list is
+rewritten by whichever replica, all from the same merged counts; a retrain runs on the
+replica holding the retrain lease, and publishes only through its fence (store/lease.py).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -55,9 +63,12 @@ def main() -> int:
     ensure_topics(s.kafka_bootstrap, ALL_TOPICS)
     store = FeatureStore.from_url(redis_url, s.key_prefix)
     producer = EventProducer(s.kafka_bootstrap)
+    replica = s.replica_id or socket.gethostname()
     consumer = make_consumer(s.kafka_bootstrap, s.group_id,
-                             [schema.TOPIC_EVENTS, schema.TOPIC_VIDEOS])
-    events = EventLog(Path(s.events_dir))
+                             [schema.TOPIC_EVENTS, schema.TOPIC_VIDEOS],
+                             client_id=f"vidrec-{s.group_id}-{replica}")
+    # Replicas may share the events directory (the retrain reads every replica's file).
+    events = EventLog(Path(s.events_dir), replica=s.replica_id)
     videos_log = Path(s.events_dir) / "videos.jsonl"
 
     def on_video(row: dict) -> None:
@@ -95,8 +106,10 @@ def main() -> int:
                 log.exception("fold-in pass failed; will retry")
 
     def retrain_loop() -> None:
+        from vidrec.store.lease import LeaseLost
         from vidrec.training.retrain import run_retrain
 
+        lease = store.lease(f"trainer-{replica}", s.retrain_lease_s)
         last_t, last_n = time.monotonic(), events.count()
         while not stop.wait(2.0):
             n = events.count()
@@ -106,14 +119,44 @@ def main() -> int:
                 continue
             last_t, last_n = time.monotonic(), n
             try:
-                run_retrain(s, events, videos_log, artifacts, store, producer)
+                if lease.acquire() is None:
+                    log.info("retrain due, but another replica holds the retrain lease")
+                    continue
+            except Exception:
+                log.exception("retrain lease unavailable; retrain skipped")
+                continue
+            done = threading.Event()
+
+            def renew(done: threading.Event = done) -> None:
+                while not done.wait(s.retrain_lease_s / 3):
+                    try:
+                        if not lease.renew():
+                            log.warning("retrain lease lost; its publish will be refused")
+                            return
+                    except Exception:  # Redis trouble: the fence decides at publish
+                        log.warning("retrain lease not renewed")
+
+            renewer = threading.Thread(target=renew, name="lease", daemon=True)
+            renewer.start()
+            try:
+                run_retrain(s, events, videos_log, artifacts, store, producer,
+                            fence=lease.fence)
+            except LeaseLost as exc:
+                log.warning("retrain not published: %s", exc)
             except Exception:
                 log.exception("retrain failed; serving version unchanged")
+            finally:
+                done.set()
+                renewer.join()
+                try:
+                    lease.release()
+                except Exception:  # it expires on its own
+                    log.warning("retrain lease not released")
 
     threading.Thread(target=foldin_loop, name="fold-in", daemon=True).start()
     threading.Thread(target=retrain_loop, name="retrain", daemon=True).start()
-    log.info("trainer consuming %s, %s as group %s", schema.TOPIC_EVENTS, schema.TOPIC_VIDEOS,
-             s.group_id)
+    log.info("trainer %s consuming %s, %s as group %s", replica, schema.TOPIC_EVENTS,
+             schema.TOPIC_VIDEOS, s.group_id)
     last_beat = last_trend = 0.0
     beat_assigned = False
     must_rewind = False
@@ -136,7 +179,8 @@ def main() -> int:
             # events are being applied; then one every 2 s.
             last_beat = time.monotonic()
             try:
-                store.beat({**loop.stats.__dict__, "partitions": assigned})
+                store.beat({**loop.stats.__dict__, "partitions": assigned,
+                            "replica": replica}, replica=s.replica_id)
                 beat_assigned = beat_assigned or bool(assigned)
             except Exception:  # Redis trouble: the batch loop already says so
                 log.warning("heartbeat not written")

@@ -32,17 +32,20 @@ def trainer_status(max_age_s: float = 30.0, redis_url: str = "", key_prefix: str
     """The trainer's health from its progress: its heartbeat in Redis (written every 2 s
     by the consuming loop, with the partitions it owns) must be younger than `max_age_s`
     and name at least one partition. Redis comes from `redis_url` (`make run`'s
-    stack.json), else from the environment's settings, as the trainer's own do."""
+    stack.json), else from the environment's settings, as the trainer's own do. A replica
+    of a trainer group (VIDREC_REPLICA_ID) is judged by its own heartbeat, and one without
+    partitions is a healthy standby (the group has more replicas than partitions)."""
     from vidrec.store.features import FeatureStore
 
+    replica = ""
     if not redis_url:
         from vidrec.config import TrainerSettings, load_settings
         from vidrec.security.stores import store_credentials
 
         s = load_settings(TrainerSettings)
-        redis_url, key_prefix = store_credentials(s), s.key_prefix
+        redis_url, key_prefix, replica = store_credentials(s), s.key_prefix, s.replica_id
     try:
-        beat = FeatureStore.from_url(redis_url, key_prefix or "vidrec", 2.0).heartbeat()
+        beat = FeatureStore.from_url(redis_url, key_prefix or "vidrec", 2.0).heartbeat(replica)
     except Exception as exc:  # Redis unreachable: the trainer cannot be applying events
         return f"UNREACHABLE (Redis: {type(exc).__name__})"
     if beat is None:
@@ -51,6 +54,9 @@ def trainer_status(max_age_s: float = 30.0, redis_url: str = "", key_prefix: str
     if age > max_age_s:
         return f"STALLED ({age:.0f}s since the last heartbeat)"
     if not beat.get("partitions"):
+        if replica:
+            print(f"trainer {replica}: standby (no partitions)", file=sys.stderr)
+            return "SERVING"
         return "NO_PARTITIONS"
     lag = beat.get("lag", -1)
     if lag is not None and lag >= 0:

@@ -34,10 +34,19 @@ POOL_SEPARATOR = "|"
 
 
 class EventLog:
-    def __init__(self, root: Path) -> None:
+    """`replica`: a trainer replica's own file, events-<replica>.csv, in a directory the
+    group shares; reads take every events*.csv there (each replica logs the partitions
+    it owns, a retrain learns from all of them)."""
+
+    def __init__(self, root: Path, replica: str = "") -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.path = self.root / "events.csv"
+        self.path = self.root / (f"events-{replica}.csv" if replica else "events.csv")
+
+    def _files(self) -> list[Path]:
+        """This log's file first, then the other replicas' (the first copy of an id wins)."""
+        others = sorted(p for p in self.root.glob("events*.csv") if p != self.path)
+        return [p for p in (self.path, *others) if p.exists()]
 
     def append(self, events: Sequence[events_pb2.Event]) -> None:
         if not events:
@@ -110,10 +119,11 @@ class EventLog:
         return out
 
     def _frame(self) -> pd.DataFrame:
-        if not self.path.exists():
+        files = self._files()
+        if not files:
             return pd.DataFrame(columns=list(FILE_COLUMNS))
-        df = pd.read_csv(self.path, dtype=str, keep_default_na=False, on_bad_lines="skip",
-                         engine="python")
+        df = pd.concat([pd.read_csv(p, dtype=str, keep_default_na=False, on_bad_lines="skip",
+                                    engine="python") for p in files], ignore_index=True)
         for c in FILE_COLUMNS:
             if c not in df:
                 df[c] = ""
@@ -131,11 +141,16 @@ class EventLog:
 
     def event_ids(self) -> list[str]:
         """Every logged event id, in log order (a redelivered batch's ids appear twice)."""
-        if not self.path.exists():
-            return []
-        df = pd.read_csv(self.path, dtype=str, keep_default_na=False, on_bad_lines="skip",
-                         engine="python", usecols=["event_id"])
-        return [x for x in df["event_id"].tolist() if x]
+        return [e for e, _ in self.event_users()]
+
+    def event_users(self) -> list[tuple[str, str]]:
+        """(event id, user id) of every logged event, in log order."""
+        out: list[tuple[str, str]] = []
+        for p in self._files():
+            df = pd.read_csv(p, dtype=str, keep_default_na=False, on_bad_lines="skip",
+                             engine="python", usecols=["event_id", "user_id"])
+            out += [(e, u) for e, u in zip(df["event_id"], df["user_id"], strict=True) if e]
+        return out
 
     def count(self) -> int:
         if not self.path.exists():

@@ -3,6 +3,12 @@ video features, popular and fresh lists, trending counts, online counters, servi
 pointers and the trainer's heartbeat. Every key comes from schema.Keys and the raw client
 never leaves this package: callers ask for what they need.
 
+The URL picks the deployment: `redis://` (or `rediss://`) a single Redis, with the
+one-script apply and the key layout of docs/redis.md; `redis+cluster://host:port[,...]`
+(or `rediss+cluster://`) a Redis Cluster, with the two-step apply of store/cluster_apply.py
+and the global state sharded by Kafka partition, merged here on read. The methods are the
+same either way.
+
 One user read is one pipelined round trip. Writes that the trainer repeats on redelivery
 are exactly-once by event id (store/apply.py); a publish seeds what a user lacks and never
 erases live state unless the operator asks for it (overwrite).
@@ -18,11 +24,14 @@ from typing import Any
 
 import numpy as np
 import redis
+from redis.cluster import RedisCluster
 
 from vidrec import schema
 from vidrec.events import FeedbackWeights, pair_score
 from vidrec.store import stats, trending
 from vidrec.store.apply import DEDUPE_HORIZON_S, Applier, ApplyResult, Position
+from vidrec.store.cluster_apply import NO_POSITION_SHARD, ClusterApplier, merge_counters
+from vidrec.store.lease import Lease
 from vidrec.v1 import events_pb2
 
 VIDEO_FIELDS = ("title", "category", "tags", "creator_id", "language", "duration_s",
@@ -50,13 +59,23 @@ def _s(x: Any) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
 
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+
 class FeatureStore:
-    def __init__(self, client: redis.Redis, prefix: str = "vidrec",
+    def __init__(self, client: redis.Redis | RedisCluster, prefix: str = "vidrec",
                  video_cache_s: float = 30.0, video_cache_size: int = 200_000) -> None:
-        self._r = client
+        # Typed as a single Redis: a RedisCluster takes the same calls (the cluster-only
+        # paths below branch on self.cluster).
+        self._r: redis.Redis = client  # type: ignore[assignment]
+        self.cluster = isinstance(client, RedisCluster)
         self.keys = schema.Keys(prefix)
-        self._applier: Applier | None = None
+        self._applier: Applier | ClusterApplier | None = None
         self._seed_script = client.register_script(_SEED_USER)
+        self._list_script = client.register_script(_REPLACE_LIST)
+        self._push_script = client.register_script(_PUSH_FRESH)
+        if self.cluster:  # a cluster pipeline does not load scripts itself
+            client.script_load(_SEED_USER)
         # Video metadata changes rarely and every request reads ~100 of them: a per-process
         # cache with a short TTL turns ~10 ms of Redis parsing per request into dict hits.
         self._video_cache: dict[str, tuple[float, dict[str, str]]] = {}
@@ -72,6 +91,9 @@ class FeatureStore:
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
+        scheme, sep, rest = url.partition("://")
+        if sep and scheme in CLUSTER_SCHEMES:
+            return cls(cluster_client(scheme, rest, timeout_s), prefix)
         return cls(redis.Redis.from_url(url, socket_timeout=timeout_s,
                                         socket_connect_timeout=min(0.5, timeout_s),
                                         retry=Retry(NoBackoff(), 0)), prefix)
@@ -165,37 +187,73 @@ class FeatureStore:
         a = self._applier
         if a is None or (weights is not None and weights != a.weights) or \
                 a.horizon_s != horizon_s or a.trending_min_seen != trending_min_seen:
-            a = self._applier = Applier(self._r, self.keys, weights, horizon_s,
-                                        trending_min_seen)
+            if self.cluster:
+                a = ClusterApplier(self._r, self.keys,  # type: ignore[arg-type]
+                                   weights, horizon_s, trending_min_seen)
+            else:
+                a = Applier(self._r, self.keys, weights, horizon_s, trending_min_seen)
+            self._applier = a
         return a.apply(events, schema.HISTORY_LEN, NEG_LEN, trending.HALF_LIFE_S, positions,
                        now)
 
     def forget_positions(self, keep_prefix: str) -> int:
         """Drop the applied-offset marks of every Kafka log but the one named; returns how
-        many were dropped (a broker that restarted empty numbers its records from 0)."""
-        key = self.keys.applied_offsets()
-        stale = [f for f in self._r.hkeys(key)
-                 if not (f.decode() if isinstance(f, bytes) else f).startswith(keep_prefix)]
-        if stale:
-            self._r.hdel(key, *stale)
-        return len(stale)
+        many were dropped (a broker that restarted empty numbers its records from 0).
+        On a cluster: the shards' marks (a user's marks of an old log stay in its hash, a
+        field per partition it used, and never match a record of the new log)."""
+        dropped = 0
+        keys = [self.keys.shard_offsets(s) for s in self._shards()] if self.cluster \
+            else [self.keys.applied_offsets()]
+        for key in keys:
+            stale = [f for f in self._r.hkeys(key)
+                     if not (f.decode() if isinstance(f, bytes) else f).startswith(keep_prefix)]
+            if stale:
+                self._r.hdel(key, *stale)
+            dropped += len(stale)
+        return dropped
+
+    def _shards(self) -> list[str]:
+        """Cluster: the shards written so far (one per Kafka partition, and "-")."""
+        return sorted(_s(x) for x in self._r.smembers(self.keys.shards()))  # type: ignore[union-attr]
 
     def remembered_ids(self, horizon_s: float = DEDUPE_HORIZON_S,
                        now: float | None = None) -> int:
-        """How many applied event ids are kept for dedupe now (inspection)."""
+        """How many applied event ids are kept for dedupe now (inspection; on a cluster
+        a scan of every node's per-user sets)."""
         bucket = int((time.time() if now is None else now) // horizon_s)
+        if self.cluster:
+            n = 0
+            for b in (bucket - 1, bucket):
+                for key in self._r.scan_iter(match=f"{self.keys.prefix}:*:done:{b}",
+                                             count=1000):
+                    n += max(0, int(self._r.scard(key)) - 1)  # type: ignore[arg-type]
+            return n
         p = self._r.pipeline(transaction=False)
         for b in (bucket - 1, bucket):
             p.scard(self.keys.processed_events(b))
         return int(sum(p.execute()))
 
     def mark_applied(self, event_ids: Sequence[str], horizon_s: float = DEDUPE_HORIZON_S,
-                     now: float | None = None) -> None:
-        """Remember these ids as applied (a rebuild marks what its replay covered)."""
+                     now: float | None = None, user_ids: Sequence[str] | None = None) -> None:
+        """Remember these ids as applied (a rebuild marks what its replay covered). A
+        cluster keeps them per user: `user_ids` (aligned with `event_ids`) is required."""
         if not event_ids:
             return
-        key = self.keys.processed_events(int((time.time() if now is None else now)
-                                             // horizon_s))
+        bucket = int((time.time() if now is None else now) // horizon_s)
+        if self.cluster:
+            if user_ids is None:
+                raise ValueError("on Redis Cluster, mark_applied needs the events' user ids")
+            per_user: dict[str, list[str]] = {}
+            for eid, uid in zip(event_ids, user_ids, strict=True):
+                per_user.setdefault(uid, []).append(eid)
+            p = self._r.pipeline(transaction=False)
+            for uid, ids in per_user.items():
+                key = self.keys.user_done(uid, bucket)
+                p.sadd(key, "", *ids)
+                p.expire(key, 2 * int(horizon_s) + 60)
+            p.execute()
+            return
+        key = self.keys.processed_events(bucket)
         p = self._r.pipeline(transaction=False)
         for i in range(0, len(event_ids), 5000):
             p.sadd(key, *event_ids[i: i + 5000])
@@ -203,28 +261,57 @@ class FeatureStore:
         p.execute()
 
     def pop_dirty_users(self, n: int) -> list[str]:
-        """Up to n users with events not yet folded in (each returned once)."""
-        raw: list[bytes] = self._r.spop(self.keys.dirty_users(), n) or []  # type: ignore[assignment]
-        return [_s(u) for u in raw]
+        """Up to n users with events not yet folded in (each returned once). On a cluster
+        from every shard's set: SPOP hands a user to one caller only, whichever replica
+        asks, so replicas share the work and no partition's users wait for its owner."""
+        if not self.cluster:
+            raw: list[bytes] = self._r.spop(self.keys.dirty_users(), n) or []  # type: ignore[assignment]
+            return [_s(u) for u in raw]
+        out: list[str] = []
+        for sh in self._shards():
+            if len(out) >= n:
+                break
+            got: list[bytes] = self._r.spop(  # type: ignore[assignment]
+                self.keys.shard_dirty(sh), n - len(out)) or []
+            out += [_s(u) for u in got]
+        return list(dict.fromkeys(out))  # a user of two shards (a repartition) once
 
     def mark_dirty(self, user_ids: Sequence[str]) -> None:
         if user_ids:
-            self._r.sadd(self.keys.dirty_users(), *user_ids)
+            key = self.keys.shard_dirty(NO_POSITION_SHARD) if self.cluster \
+                else self.keys.dirty_users()
+            if self.cluster:
+                self._r.sadd(self.keys.shards(), NO_POSITION_SHARD)
+            self._r.sadd(key, *user_ids)
 
-    def beat(self, payload: Mapping[str, Any], ttl_s: int = 30) -> None:
-        """The trainer's heartbeat (it has no port to probe)."""
-        self._r.set(self.keys.trainer_heartbeat(), json.dumps({"t": time.time(), **payload}),
-                    ex=ttl_s)
+    def lease(self, holder: str, ttl_s: float = 60.0) -> Lease:
+        """The retrain lease as `holder` sees it (store/lease.py)."""
+        return Lease(self._r, self.keys, holder, ttl_s)
 
-    def heartbeat(self) -> dict[str, Any] | None:
-        raw = self._r.get(self.keys.trainer_heartbeat())
+    def beat(self, payload: Mapping[str, Any], ttl_s: int = 30, replica: str = "") -> None:
+        """The trainer's heartbeat (it has no port to probe); a replica of a trainer group
+        also beats under its own name, which its probe reads."""
+        raw = json.dumps({"t": time.time(), **payload})
+        self._r.set(self.keys.trainer_heartbeat(), raw, ex=ttl_s)
+        if replica:
+            self._r.set(self.keys.trainer_heartbeat(replica), raw, ex=ttl_s)
+
+    def heartbeat(self, replica: str = "") -> dict[str, Any] | None:
+        raw = self._r.get(self.keys.trainer_heartbeat(replica))
         return json.loads(raw) if raw else None  # type: ignore[arg-type]
 
     def read_stats(self) -> list[dict[str, Any]]:
         """Online counters per (model version, arm) (store/stats.py)."""
+        if self.cluster:
+            return stats.read_stats_sharded(self._r, self.keys, self._shards())
         return stats.read_stats(self._r, self.keys)
 
     def stats_counters(self, model_version: str, arm: str) -> dict[str, float]:
+        if self.cluster:
+            p = self._r.pipeline(transaction=False)
+            for sh in self._shards():
+                p.hgetall(self.keys.shard_counters(sh, model_version, arm))
+            return merge_counters(p.execute())
         h = self._r.hgetall(self.keys.counters(model_version, arm))
         return {_s(a): float(b) for a, b in h.items()}  # type: ignore[union-attr]
 
@@ -232,13 +319,17 @@ class FeatureStore:
 
     def seed_trending(self, video_ids: Sequence[str], weights: np.ndarray,
                       now: float | None = None) -> bool:
-        return trending.seed(self._r, self.keys, video_ids, weights, now)
+        return trending.seed(self._r, self.keys, video_ids, weights, now, self.cluster)
 
     def refresh_trending(self, now: float | None = None,
                          n: int = trending.POPULAR_LIST_LEN) -> list[str]:
+        if self.cluster:
+            return trending.refresh_sharded(self._r, self.keys, self._shards(), now, n)
         return trending.refresh(self._r, self.keys, now, n)
 
     def trending_scores(self, now: float | None = None) -> dict[str, float]:
+        if self.cluster:
+            return trending.scores_sharded(self._r, self.keys, self._shards(), now)
         return trending.scores(self._r, self.keys, now)
 
     def trending_ref(self) -> float | None:
@@ -314,6 +405,9 @@ class FeatureStore:
     def push_fresh(self, video_id: str, max_len: int = FRESH_LEN) -> None:
         """A new upload goes to the front of the fresh list (once)."""
         k = self.keys.fresh()
+        if self.cluster:  # one key: a script instead of MULTI
+            self._push_script(keys=[k], args=[video_id, max_len])
+            return
         p = self._r.pipeline(transaction=True)
         p.lrem(k, 0, video_id)
         p.lpush(k, video_id)
@@ -321,7 +415,14 @@ class FeatureStore:
         p.execute()
 
     def _put_list(self, key: str, ids: Sequence[str]) -> None:
-        """Replace a list atomically (write a temp key, RENAME over the old one)."""
+        """Replace a list atomically (write a temp key, RENAME over the old one; on a
+        cluster, where the temp key may sit in another slot, one script on the key)."""
+        if self.cluster:
+            if ids:
+                self._list_script(keys=[key], args=list(ids))
+            else:
+                self._r.delete(key)
+            return
         tmp = key + ":tmp"
         p = self._r.pipeline(transaction=True)
         p.delete(tmp)
@@ -399,4 +500,36 @@ for j = i, #ARGV, 5000 do
   redis.call('SADD', KEYS[5], unpack(ARGV, j, math.min(j + 4999, #ARGV)))
 end
 return fresh and 1 or 0
+"""
+
+
+def cluster_client(scheme: str, rest: str, timeout_s: float) -> RedisCluster:
+    """A RedisCluster from the part of a `redis+cluster://[user:password@]host:port,...`
+    URL after the scheme (`rediss+cluster`: TLS)."""
+    from urllib.parse import unquote
+
+    from redis.backoff import NoBackoff
+    from redis.cluster import ClusterNode
+    from redis.retry import Retry
+
+    auth, _, hosts = rest.rpartition("@")
+    user, _, password = auth.partition(":") if auth else ("", "", "")
+    nodes = []
+    for hp in hosts.split("/", 1)[0].split(","):
+        host, _, port = hp.strip().rpartition(":")
+        nodes.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))
+    return RedisCluster(startup_nodes=nodes, username=unquote(user) or None,
+                        password=unquote(password) or None, ssl=scheme.startswith("rediss"),
+                        socket_timeout=timeout_s, socket_connect_timeout=min(0.5, timeout_s),
+                        retry=Retry(NoBackoff(), 0))
+
+
+_REPLACE_LIST = trending.REPLACE_LIST
+
+# KEYS: the fresh list. ARGV: video id, max length (push_fresh's MULTI, as one script).
+_PUSH_FRESH = """
+redis.call('LREM', KEYS[1], 0, ARGV[1])
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+return 1
 """

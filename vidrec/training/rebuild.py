@@ -75,8 +75,9 @@ def rebuild(store: FeatureStore, base: Path, event_log: EventLog, videos_log: Pa
                   rec.negatives, {v: (f[0], f[1], f[2], f[3]) for v, f in rec.feedback.items()},
                   rec.rating_sum, rec.rating_n)
          for uid, rec in records.items()), overwrite=True)
-    ids = event_log.event_ids()[-MARK_LAST_IDS:]
-    store.mark_applied(ids)
+    pairs = event_log.event_users()[-MARK_LAST_IDS:]
+    ids = [e for e, _ in pairs]
+    store.mark_applied(ids, user_ids=[u for _, u in pairs])
     log.info("rebuilt %d users from %d base rows and %d logged events; %d event ids marked "
              "applied", n, len(base_inter), len(events), len(ids))
     return RebuildResult(n, len(events), len(vids) if vids is not None else 0)

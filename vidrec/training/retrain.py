@@ -192,14 +192,19 @@ def retrain(base: Path, events: pd.DataFrame, videos_log: pd.DataFrame | None,
 
 def run_retrain(s: TrainerSettings, events: EventLog, videos_log: Path,
                 artifacts: ArtifactStore, store: FeatureStore, producer: RecordSink | None,
-                force: bool = False) -> RetrainResult:
-    """Retrain from the trainer's settings: base data dir + event log + upserted videos."""
+                force: bool = False, fence: Callable[[], None] | None = None
+                ) -> RetrainResult:
+    """Retrain from the trainer's settings: base data dir + event log + upserted videos.
+    `fence` runs right before the publish and raises to refuse it (store/lease.py: a
+    replica whose retrain lease passed to another must not publish)."""
     from vidrec.serving.publish import publish
     from vidrec.store.index import CollectionLayout, open_index
 
     vids = read_videos_log(videos_log)
 
     def publish_fn(out: Path) -> str:
+        if fence is not None:
+            fence()
         index = open_index(s.qdrant_url, s.index_root,
                            read_secret(getattr(s, "qdrant_api_key_file", "")),
                            CollectionLayout.from_settings(s))
