@@ -6,7 +6,8 @@ Same events as benchmarks.trainer (60% impressions, 20,000 users, 300 videos), b
 of 2,000 against an embedded Redis; prints events/s seen from Python and the script's
 own time per event (Redis INFO commandstats), which is what Kafka and Python do not blur.
 Twice: a memory-only Redis (the tests') and a durable one (make run's: append-only file,
-fsync on every write), so the cost of durability is measured beside its baseline.
+fsync on every write), so the cost of durability is measured beside its baseline. Then on
+a local 3-master Redis Cluster (the two-step apply, vidrec.store.cluster_apply).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 import redis
 
 from benchmarks.trainer import VIDEOS, events
-from vidrec.infra.embedded import RedisServer
+from vidrec.infra.embedded import RedisClusterServers, RedisServer
 from vidrec.store.features import FeatureStore
 from vidrec.v1 import events_pb2
 
@@ -40,6 +41,14 @@ def main() -> None:
             print(f"{mode:28s} {len(evs) / dt:,.0f} events/s; script {per_call / 2000:.2f} "
                   "us per event")
 
+    with RedisClusterServers() as cl:  # the two-step apply (vidrec.store.cluster_apply)
+        store = FeatureStore.from_url(cl.url)
+        store.put_videos({"video_id": v} for v in VIDEOS)
+        t = time.perf_counter()
+        for i in range(0, len(evs), 2000):
+            store.apply_events(evs[i: i + 2000])
+        print(f"{'Redis Cluster, 3 masters':28s} {len(evs) / (time.perf_counter() - t):,.0f} "
+              "events/s", flush=True)
 
 if __name__ == "__main__":
     main()
