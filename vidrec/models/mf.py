@@ -104,7 +104,12 @@ def _solve_side_cg(fixed: np.ndarray, conf: sp.csr_matrix, pref: sp.csr_matrix, 
                                          steps, chunk_nnz)
         return out
     n, f = conf.shape[0], fixed.shape[1]
-    gram = fixed.T @ fixed + reg * np.eye(f)
+    # Only the fixed side's rows with interactions can be non-zero (train_mf starts the
+    # others at 0 and their solve keeps them there): the Gram matrix over those alone is
+    # exact, and costs O(active·f²) instead of O(catalog·f²) (1M videos: ~1 s a sweep).
+    present = np.flatnonzero(np.bincount(conf.indices, minlength=fixed.shape[0]))
+    used = fixed[present]
+    gram = used.T @ used + reg * np.eye(f)
     row_of = np.repeat(np.arange(n), np.diff(conf.indptr))
     weight = conf.data.astype(np.float64) - 1.0  # c - 1 per interaction
     target = sp.csr_matrix((conf.data * pref.data, conf.indices, conf.indptr),
@@ -158,6 +163,10 @@ def train_mf(fm: FeedbackMatrix, cfg: MFConfig | None = None, progress: bool = T
     videos = rng.normal(0, 0.01, (n_videos, cfg.factors))
     conf, pref = _scaled(fm, cfg)
     conf_t, pref_t = conf.T.tocsr(), pref.T.tocsr()
+    # Rows without interactions solve to exactly 0: they start there too, so no sweep
+    # pays for them (see _solve_side_cg's Gram matrix).
+    users[np.diff(conf.indptr) == 0] = 0.0
+    videos[np.diff(conf_t.indptr) == 0] = 0.0
     # Thousands of tiny BLAS calls: a multi-threaded BLAS spends more time waking threads
     # than computing (measured here: 2.6 s vs 1.1 s for 3 sweeps on 2 cores).
     limits = threadpool_limits(1)
