@@ -3,6 +3,8 @@ demographic prior and the batch recommender's seen filter."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -479,3 +481,28 @@ def test_histories_match_history_at_for_every_example() -> None:
         want = np.zeros(schema.HISTORY_LEN, np.int64)
         want[: len(h)] = h
         assert np.array_equal(got[i], want), i
+
+
+def test_training_device_choice_is_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                           ) -> None:
+    """auto trains where torch can; asking for a GPU torch cannot see is a clear error,
+    not a silent CPU run (and the CLI turns it into exit status 2)."""
+    import torch
+
+    from vidrec.cli import main as cli_main
+    from vidrec.models.two_tower_task import device
+
+    assert device("cpu").type == "cpu"
+    assert device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="expected one of auto, cpu, cuda"):
+        device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU"):
+            device("cuda")
+        data = tmp_path / "data"
+        assert cli_main(["data", "synth", "--out", str(data), "--users", "40", "--videos",
+                         "30", "--interactions-per-user", "10"]) == 0
+        assert cli_main(["train", "--data", str(data), "--out", str(tmp_path / "m"),
+                         "--no-tune", "--quiet", "--device", "cuda"]) == 2
+        assert "sees no CUDA GPU" in capsys.readouterr().err
+        assert not (tmp_path / "m").exists()
