@@ -139,3 +139,22 @@ def test_server_collection_is_sharded_and_published_by_alias_swap() -> None:
         for name in ("videos_v1", "videos_v2"):
             index.delete_collection(name)
         index.close()
+
+
+def test_all_zero_vectors_are_left_out_of_their_graph(tmp_path: Path) -> None:
+    """A video nobody interacted with has an all-zero MF vector: it is not in the MF
+    graph (no query can rank it by a meaningful score) but stays searchable by the
+    two-tower and content vectors."""
+    index = EdgeIndex(tmp_path / "index")
+    ids, vecs, payloads = data()
+    vecs[MF][::2] = 0.0  # every even video: no MF vector
+    index.create_collection("videos_v1", {n: D for n in vecs})
+    index.upsert("videos_v1", ids, vecs, payloads)
+    index.finalize("videos_v1")
+    q = np.ones(D, dtype=np.float32)
+    mf_hits = index.search("videos_v1", q, N, using=MF, exact=True)
+    assert len(mf_hits) == N // 2
+    assert all(int(v[1:]) % 2 == 1 for v, _ in mf_hits)
+    tt_hits = index.search("videos_v1", q, N, using=TT, exact=True)
+    assert len(tt_hits) == N
+    index.close()

@@ -47,6 +47,16 @@ QUANTIZED = (TT,)
 OVERSAMPLING = 2.0
 
 
+def _nonzero_rows(vectors: Mapping[str, np.ndarray], start: int, n: int
+                  ) -> dict[str, np.ndarray]:
+    """Per named vector, which rows of [start, start + n) are not all zero. An all-zero
+    vector is left out of its point: it scores 0 against every query, so it can never be
+    a useful neighbour, and it costs graph building. MF gives exactly 0 to every video
+    nobody interacted with (92% of a 1M-video synthetic catalog), and a new upload has no
+    MF vector yet."""
+    return {name: np.any(m[start: start + n] != 0, axis=1) for name, m in vectors.items()}
+
+
 def point_id(video_id: str) -> int:
     return int.from_bytes(hashlib.sha1(video_id.encode()).digest()[:8], "big") >> 1
 
@@ -190,7 +200,8 @@ class EdgeIndex:
             # 32 bytes a number (1M videos: ~7 GB beside the 0.9 GB of arrays).
             lists = {n: m[s: s + batch].astype(np.float32).tolist()
                      for n, m in vectors.items()}
-            pts = [Point(point_id(v), {n: lst[i] for n, lst in lists.items()},
+            has = _nonzero_rows(vectors, s, batch)
+            pts = [Point(point_id(v), {n: lst[i] for n, lst in lists.items() if has[n][i]},
                          {**payloads[s + i], "video_id": v})
                    for i, v in enumerate(video_ids[s: s + batch])]
             shard.update(UpdateOperation.upsert_points(pts))
@@ -329,8 +340,10 @@ class ServerIndex:
         batch = 1024
         for s in range(0, len(video_ids), batch):  # lists per batch: bounded memory
             lists = {n: m[s: s + batch].astype(float).tolist() for n, m in vectors.items()}
+            has = _nonzero_rows(vectors, s, batch)
             pts = [models.PointStruct(id=point_id(v),
-                                      vector={n: lst[i] for n, lst in lists.items()},
+                                      vector={n: lst[i] for n, lst in lists.items()
+                                              if has[n][i]},
                                       payload={**payloads[s + i], "video_id": v})
                    for i, v in enumerate(video_ids[s: s + batch])]
             self.client.upsert(name, pts, wait=True)
