@@ -76,7 +76,7 @@ def main() -> int:
     index = open_index(s.qdrant_url, s.index_root, read_secret(s.qdrant_api_key_file))
     store = FeatureStore.from_url(store_credentials(s), s.key_prefix, s.redis_timeout_ms / 1000)
     holder: ModelHolder[CandidateModel] = ModelHolder(
-        ArtifactStore(s.artifact_root), lambda v, p: CandidateModel(v, Path(p), index),
+        ArtifactStore(s.artifact_root), lambda v, p: CandidateModel(v, Path(p), index, s.ann_ef),
         keep=s.keep_versions, name="candidate")
     servicer = CandidateServicer(holder, store, s.num_candidates)
     server = Server("candidate", s.listen_addr,

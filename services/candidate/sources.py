@@ -34,8 +34,9 @@ class Cand:
 class CandidateModel:
     """One model version as the candidate stage needs it: model + its index collection."""
 
-    def __init__(self, version: str, path: Path, index: VectorIndex) -> None:
+    def __init__(self, version: str, path: Path, index: VectorIndex, ann_ef: int = 0) -> None:
         self.version = version
+        self.ann_ef = ann_ef  # two-tower search breadth (0: the index's default)
         self.online = OnlineModel(ModelBundle.load(path))
         self.online.version = version
         self.index = index
@@ -129,7 +130,7 @@ def generate(cm: CandidateModel, user_id: str, uv: UserVectors, history: list[st
     # Fetch for seen + a margin for side-source overlap, not for every taken id: the
     # search cost grows with the limit (hnsw_ef >= limit).
     hits = cm.index.search(cm.collection, uv.two_tower, min(want + len(seen) + 50, MAX_FETCH),
-                           flt)
+                           flt, ef=cm.ann_ef or None)
     for vid, sc in hits:
         if vid not in taken:
             taken.add(vid)
