@@ -51,46 +51,51 @@ def ann_recall(index: EdgeIndex, version: str, bundle: ModelBundle, n_users: int
             "exact_ms_p50": float(np.median(exact_ms)), "queries": len(users)}
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) used so far by a process and all its live descendants
-    (Linux /proc). Descendants matter: the embedded Redis and Kafka run under a watchdog
-    shell, whose own counters stay at zero while the server works."""
-    import os
-
-    total, todo, seen = 0.0, [pid], set()
+def family(pid: int) -> list[int]:
+    """A process and all its live descendants (Linux /proc). Descendants matter: the
+    embedded Redis and Kafka run under a watchdog shell, whose own counters stay at zero
+    while the server works."""
+    out, todo, seen = [], [pid], set()
     while todo:
         p = todo.pop()
         if p in seen:
             continue
         seen.add(p)
         try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             tasks = list(Path(f"/proc/{p}/task").iterdir())
         except OSError:
             continue
-        total += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+        out.append(p)
         for t in tasks:
             try:
                 todo += [int(c) for c in (t / "children").read_text().split()]
             except OSError:
                 pass
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its live descendants."""
+    import os
+
+    total = 0.0
+    for p in family(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
     return total / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory (MB) of a process and its live descendants (Linux /proc)."""
-    total, todo, seen = 0, [pid], set()
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
+    """Resident memory (MB) of a process and its live descendants."""
+    total = 0
+    for p in family(pid):
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-            for t in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (t / "children").read_text().split()]
+            total += sum(int(line.split()[1]) for line in
+                         Path(f"/proc/{p}/status").read_text().splitlines()
+                         if line.startswith("VmRSS:"))
         except OSError:
             continue
     return round(total / 1024, 1)
