@@ -506,3 +506,17 @@ def test_training_device_choice_is_checked(tmp_path: Path, capsys: pytest.Captur
                          "--no-tune", "--quiet", "--device", "cuda"]) == 2
         assert "sees no CUDA GPU" in capsys.readouterr().err
         assert not (tmp_path / "m").exists()
+
+
+def test_tuning_samples_validation_users_only_on_huge_catalogs() -> None:
+    """Up to TUNE_CELLS (users x catalog) every validation user counts; past it a seeded
+    sample of users, the same one every run, never below MIN_TUNE_USERS."""
+    from vidrec.training.tune import MIN_TUNE_USERS, TUNE_CELLS, tune_sample
+
+    users = [f"u{i:05d}" for i in range(5000)]
+    assert tune_sample(users, 100_000, seed=1) == users
+    cap = int(TUNE_CELLS // 1_000_000)
+    got = tune_sample(users, 1_000_000, seed=1)
+    assert len(got) == max(cap, MIN_TUNE_USERS) and set(got) <= set(users)
+    assert got == sorted(got) == tune_sample(users, 1_000_000, seed=1)
+    assert len(tune_sample(users, 10**9, seed=1)) == MIN_TUNE_USERS
