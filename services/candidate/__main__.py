@@ -31,13 +31,14 @@ def follow_videos(s: CandidateSettings, holder: ModelHolder[CandidateModel]) -> 
     import socket
 
     from vidrec import schema
-    from vidrec.infra.kafka import make_consumer
+    from vidrec.infra.kafka import log_id, make_consumer
     from vidrec.serving.convert import video_row
     from vidrec.v1 import events_pb2
 
     group = f"vidrec-candidate-{socket.gethostname()}-{s.listen_addr.rsplit(':', 1)[-1]}"
     consumer = make_consumer(s.kafka_bootstrap, group, [schema.TOPIC_VIDEOS])
     indexed_for: str | None = None
+    kafka_log, rewind = "", False
     while True:
         try:
             version = holder.version
@@ -46,6 +47,17 @@ def follow_videos(s: CandidateSettings, holder: ModelHolder[CandidateModel]) -> 
                 # lose them (a restarted candidate used to).
                 threading.Event().wait(0.5)
                 continue
+            now_log = log_id(consumer)
+            if kafka_log and now_log and now_log != kafka_log:
+                # The broker restarted empty: it answers fetches at the old log's positions
+                # with nothing until its new log grows past them, so read it from its start.
+                log.warning("Kafka log changed (%s -> %s): reading vidrec.videos from the "
+                            "start", kafka_log, now_log)
+                rewind = True
+            kafka_log = now_log or kafka_log
+            if rewind and consumer.assignment():  # kept until a group rejoin assigned them
+                consumer.seek_to_beginning(*consumer.assignment())
+                rewind = False
             if version != indexed_for and consumer.assignment():
                 # A newly loaded version's index lacks what was upserted since its model was
                 # built: replay the topic into it (upserts of the same id are idempotent).

@@ -88,6 +88,7 @@ class TrainerLoop:
         # from 0 again) is not mistaken for redeliveries of the old log.
         self.log_id = log_id or (lambda: "")
         self._log = ""
+        self._rewind = False  # a new log seen, not yet read again from its start
         self.store = store
         self.producer = producer
         self.weights = weights
@@ -100,10 +101,12 @@ class TrainerLoop:
 
     def run_once(self, timeout_ms: int = 500) -> int:
         records = self._gather(timeout_ms)
-        if not records:
-            return 0
+        # Checked after an empty poll too: a broker that restarted empty answers fetches at
+        # the old log's positions with nothing (no out-of-range error), so waiting for a
+        # record to notice the new log stalled the trainer until the new log grew past
+        # them (about 2 minutes in the fault benchmark).
         prefix = self._log_prefix()
-        if prefix is None:  # a new log: dropped, read again from its start
+        if prefix is None or not records:  # a new log: dropped, read again from its start
             return 0
         t0 = time.perf_counter()
         good: list[tuple[Record, events_pb2.Event]] = []
@@ -194,10 +197,14 @@ class TrainerLoop:
                 log.warning("Kafka log changed (%s -> %s: the broker restarted empty); "
                             "reading it from the start, %d old position marks dropped, "
                             "event ids still dedupe", previous, current, dropped)
-                parts = list(self.consumer.assignment())
-                if parts:
-                    self.consumer.seek_to_beginning(*parts)
-                return None
+                self._rewind = True
+        if self._rewind:
+            # Kept until partitions are assigned: a group rejoin may be under way.
+            parts = list(self.consumer.assignment())
+            if parts:
+                self.consumer.seek_to_beginning(*parts)
+                self._rewind = False
+            return None
         return f"{self._log}/" if self._log else ""
 
     def _gather(self, timeout_ms: int) -> list[Record]:
