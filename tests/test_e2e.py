@@ -13,8 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
+import pandas as pd
 import pytest
 
+from vidrec.data.synth import DAY, GroundTruth
 from vidrec.serving.publish import publish
 from vidrec.stack import Stack
 from vidrec.store.artifacts import ArtifactStore
@@ -393,6 +396,18 @@ def test_simulation_drives_online_metrics(stack: Stack, gw, small_dataset: Path,
     assert sum(w.requests for w in res.totals.values()) == 40
     assert len(res.windows) == 4 and res.versions == {"v1"}
     assert sum(w.clicks for w in res.totals.values()) > 0
+    # Simulated time ran 30 days past the data's window (step 39 of 40 the last): every
+    # later video whose upload time came by then was uploaded through the gateway.
+    truth = GroundTruth.load(small_dataset)
+    later = pd.read_csv(small_dataset / "later" / "videos.csv", dtype={"video_id": str})
+    ts = truth.video_upload_ts[truth.video_index(later["video_id"].to_numpy())]
+    assert res.uploaded == int((ts <= truth.params.t_end + 30 * DAY * 39 / 40).sum()) > 0
+    store = FeatureStore.from_url(stack.redis_url)
+    first = later["video_id"].to_numpy()[np.argmin(ts)]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not store.videos([str(first)], fresh=True):
+        time.sleep(0.2)
+    assert store.videos([str(first)], fresh=True), "an uploaded video never reached the store"
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         stats = server_stats(stack.services["gateway"].addr, stack.var)

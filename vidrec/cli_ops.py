@@ -262,7 +262,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     from vidrec.simulate import read_out, server_stats, simulate, write_report
 
     res = simulate(a.gateway, Path(a.data), a.steps, a.k, a.seed, a.new_users, a.window,
-                   a.rate, var=a.var)
+                   a.rate, var=a.var, days=a.days)
     try:
         stats = server_stats(a.gateway, a.var)
     except Exception:
@@ -275,7 +275,9 @@ def cmd_simulate(a: argparse.Namespace) -> int:
               for m in ("ctr", "true_precision", "completion_rate")}
         print(f"arm {arm:10s} requests {r['requests']:5.0f} users {ro.users.get(arm, 0):5d}  "
               f"CTR {ci['ctr']}  true precision {ci['true_precision']}  completion "
-              f"{ci['completion_rate']}  watch {r['watch_min_per_request']:.2f} min/req")
+              f"{ci['completion_rate']}  watch {r['watch_min_per_request']:.2f} min/req  "
+              f"new uploads {r['new_upload_share']:.1%} of shown")
+    print(f"{res.uploaded} videos uploaded during the run ({a.days:g} simulated days)")
     for c in ro.comparisons:
         if c.metric in ("ctr", "true_precision", "completion_rate", "watch_min_per_request"):
             print(f"  {c.arm} vs {c.baseline} {c.metric}: {c.relative.value:+.1%} "
@@ -526,6 +528,10 @@ def register(sub: Any) -> None:
     sm.add_argument("--seed", type=int, default=0)
     sm.add_argument("--new-users", type=float, default=0.2,
                     help="share of requests from new users (profile only)")
+    sm.add_argument("--days", type=float, default=30.0,
+                    help="simulated days the run spans after the data's window: the data's "
+                         "later/ videos are uploaded as their time comes and users react at "
+                         "the simulated time (0: a frozen catalogue)")
     sm.add_argument("--window", type=int, default=1000, help="requests per plotted point")
     sm.add_argument("--rate", type=float, default=0.0, help="requests/s (0 = as fast as "
                     "possible)")

@@ -24,8 +24,11 @@ from vidrec.security.client import ClientSecurity
 
 log = logging.getLogger("vidrec.run")
 
+# Later videos (uploaded after the window; `vidrec simulate` uploads them as simulated time
+# passes) at the window's own pace: half of the 3,000 videos arrive during its 180 days,
+# 8.3 a day, so 250 over the 30 later days.
 DEMO = {"users": 2000, "videos": 3000, "seed": 7, "interactions_per_user": 150.0,
-        "new_users": 200, "new_videos": 100}
+        "new_users": 200, "new_videos": 250}
 
 
 def prepare(var: Path) -> tuple[Path, Path]:

@@ -8,6 +8,13 @@ Gateway.LogEvents, tagged with the request id, position, model version and arm. 
 gateway logs the impressions itself. So online metrics move through the real path:
 gateway -> Kafka -> trainer -> Redis -> the next Recommend.
 
+Time passes and the catalogue grows, as on a real service: the run spans `days` of
+simulated time after the generator's window, the generator's `later/` videos are uploaded
+through Gateway.UpsertVideos when their upload time comes, and users react at the
+simulated time (the generator's click model favours fresh videos). A frozen catalogue made
+every metric fall from run to run on one stack: users clicked through their relevant
+videos, the seen filter removed them and nothing replaced them.
+
 Writes report.md, metrics.json and simulation.png (metrics over time, per arm).
 """
 
@@ -49,6 +56,7 @@ class Window:
     relevant: int = 0
     degraded: int = 0
     errors: int = 0
+    new_uploads: int = 0  # shown videos uploaded during the simulation
 
     def row(self) -> dict[str, float]:
         return {
@@ -58,6 +66,7 @@ class Window:
             "likes_per_request": self.likes / max(self.requests, 1),
             "dislikes_per_request": self.dislikes / max(self.requests, 1),
             "true_precision": self.relevant / max(self.shown, 1),
+            "new_upload_share": self.new_uploads / max(self.shown, 1),
             "degraded": self.degraded, "errors": self.errors,
         }
 
@@ -91,6 +100,7 @@ class SimResult:
     window_versions: list[list[str]] = field(default_factory=list)
     totals: dict[str, Window] = field(default_factory=dict)
     versions: set[str] = field(default_factory=set)
+    uploaded: int = 0  # later videos uploaded during the run
     # arm -> user -> that user's totals (the readout's unit); and the same per window.
     users: dict[str, dict[str, Window]] = field(default_factory=dict)
     window_users: list[dict[str, dict[str, Window]]] = field(default_factory=list)
@@ -102,13 +112,43 @@ def _profile(row: dict[str, Any]) -> common_pb2.UserProfile:
     return profile_proto({k: v for k, v in row.items() if k != "user_id"})
 
 
+def _uploads(data: Path, truth: Any) -> tuple[pd.DataFrame, np.ndarray]:
+    """The generator's later videos in upload order, and their upload times (unix s)."""
+    path = data / "later" / "videos.csv"
+    if not path.exists():
+        return pd.DataFrame(), np.zeros(0)
+    later = pd.read_csv(path, dtype={"video_id": str, "tags": str, "title": str},
+                        keep_default_na=False)
+    ts = truth.video_upload_ts[truth.video_index(later["video_id"].to_numpy())]
+    order = np.argsort(ts, kind="stable")
+    return later.iloc[order].reset_index(drop=True), ts[order]
+
+
+def _upload_message(row: dict[str, Any]) -> events_pb2.VideoUpserted:
+    """A later video as the service receives it: uploaded now, by the system's clock."""
+    from vidrec.schema import TAG_SEPARATOR
+
+    tags = [t for t in str(row.get("tags", "")).split(TAG_SEPARATOR) if t]
+    return events_pb2.VideoUpserted(
+        video_id=str(row["video_id"]), title=str(row.get("title", "")),
+        category=str(row.get("category", "")), tags=tags,
+        creator_id=str(row.get("creator_id", "")), language=str(row.get("language", "")),
+        duration_s=float(row.get("duration_s", 0) or 0), upload_ts=time.time())
+
+
 def simulate(gateway: str, data: Path, steps: int, k: int, seed: int, new_user_share: float,
              window: int, rate: float = 0.0, progress: bool = True,
-             var: str | Path | None = None) -> SimResult:
-    """`var`: the stack's directory; its run/stack.json has the key and TLS files."""
-    from vidrec.data.synth import GroundTruth
+             var: str | Path | None = None, days: float = 30.0) -> SimResult:
+    """`var`: the stack's directory; its run/stack.json has the key and TLS files.
+    `days`: simulated time the run spans after the generator's window (0: a frozen
+    catalogue at the window's end, nothing uploaded)."""
+    from vidrec.data.synth import DAY, GroundTruth
 
     truth = GroundTruth.load(data)
+    t_end = float(truth.params.t_end)
+    uploads, upload_ts = _uploads(data, truth) if days > 0 else (pd.DataFrame(), np.zeros(0))
+    uploaded_ids = set(uploads["video_id"]) if len(uploads) else set()
+    n_up = 0
     rng = np.random.default_rng(seed)
     known = pd.read_csv(data / "users.csv", dtype=str, keep_default_na=False)
     later_path = data / "later" / "users.csv"
@@ -126,6 +166,16 @@ def simulate(gateway: str, data: Path, steps: int, k: int, seed: int, new_user_s
     with Client.connect(gateway, var, timeout_s=2.0, retries=1) as client:
         for step in tqdm(range(steps), desc="simulate", disable=not progress, mininterval=0.5):
             t_step = time.monotonic()
+            sim_now = t_end + days * DAY * step / max(steps, 1)
+            due = int(np.searchsorted(upload_ts, sim_now, side="right"))
+            if due > n_up:
+                try:
+                    client.upsert_videos([_upload_message(r) for r in
+                                          uploads.iloc[n_up:due].to_dict("records")])
+                    res.uploaded += due - n_up
+                    n_up = due
+                except grpc.RpcError as exc:  # retried at the next step
+                    log.warning("UpsertVideos failed: %s", exc.code().name)
             new = len(later) > 0 and rng.random() < new_user_share
             row = (later if new else known).iloc[int(rng.integers(len(later if new else known)))]
             uid = str(row["user_id"])
@@ -141,7 +191,7 @@ def simulate(gateway: str, data: Path, steps: int, k: int, seed: int, new_user_s
             shown = [v.video_id for v in resp.videos if v.video_id in truth_videos]
             rel = truth.relevant_matrix([uid], video_ids=shown)[0] if shown else []
             events = []
-            for vid, ev, value in truth.respond(uid, shown, rng, now=None):
+            for vid, ev, value in truth.respond(uid, shown, rng, now=sim_now):
                 if ev == "impression":
                     continue
                 pos = shown.index(vid)
@@ -163,6 +213,7 @@ def simulate(gateway: str, data: Path, steps: int, k: int, seed: int, new_user_s
                 w.requests += 1
                 w.shown += len(resp.videos)
                 w.relevant += int(np.sum(rel))
+                w.new_uploads += sum(v in uploaded_ids for v in shown)
                 w.degraded += int(resp.degraded)
                 for e in events:
                     w.clicks += e.type == events_pb2.EVENT_TYPE_CLICK
@@ -266,15 +317,19 @@ def write_report(res: SimResult, out: Path, stats: list[dict[str, Any]] | None =
          "users": ro.users, "mde": {f"{c.arm} vs {c.baseline} {c.metric}": c.mde
                                      for c in ro.comparisons},
          "server_stats": stats or [],
-         "model_versions": sorted(res.versions)}, indent=2))
+         "model_versions": sorted(res.versions), "uploaded": res.uploaded}, indent=2))
     lines = ["# vidrec simulation", "", "![metrics over time](simulation.png)", "",
              "## Totals per arm (client side)", "",
              "| arm | requests | CTR | completion | watch min/request | likes/req | "
-             "dislikes/req | true precision |", "|---|---|---|---|---|---|---|---|"]
+             "dislikes/req | true precision | new uploads shown |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for a, r in sorted(totals.items()):
         lines.append(f"| {a} | {r['requests']:.0f} | {r['ctr']:.3f} | {r['completion_rate']:.3f}"
                      f" | {r['watch_min_per_request']:.2f} | {r['likes_per_request']:.3f} | "
-                     f"{r['dislikes_per_request']:.3f} | {r['true_precision']:.3f} |")
+                     f"{r['dislikes_per_request']:.3f} | {r['true_precision']:.3f} | "
+                     f"{r['new_upload_share']:.1%} |")
+    lines += ["", f"{res.uploaded} videos were uploaded during the run (the data's later/ "
+              "videos, each when its upload time came in simulated time)."]
     lines += ["", *readout_lines(ro)]
     if stats:
         lines += ["", "## Server side (Gateway.GetStats, from the event stream)", "",
