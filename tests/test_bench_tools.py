@@ -107,3 +107,18 @@ def test_sasrec_learns_what_comes_next_and_never_returns_what_was_seen() -> None
     assert recs["new"][0] == "c" and not {"a", "b"} & set(recs["new"])
     assert recs["other"][0] == "h"
     assert recs["nobody"] == []
+
+
+def test_pooled_runs_weigh_by_precision_and_narrow_by_root_n() -> None:
+    import pytest
+
+    from benchmarks.ab_pool import pooled
+    from vidrec.abtest import Z95, Interval
+
+    one = Interval(0.02, 0.02 - Z95 * 0.01, 0.02 + Z95 * 0.01)  # standard error 1%
+    p = pooled([one, one, one, one])
+    assert p.value == pytest.approx(0.02)
+    assert (p.hi - p.lo) / 2 == pytest.approx(Z95 * 0.01 / 2)  # 4 runs: half the width
+    # A run twice as precise counts four times as much.
+    sharp = Interval(0.0, -Z95 * 0.005, Z95 * 0.005)
+    assert pooled([one, sharp]).value == pytest.approx(0.02 * 1 / 5)
