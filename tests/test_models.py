@@ -275,27 +275,6 @@ def test_chunked_scoring_gives_the_unchunked_results(tiny_bundle, monkeypatch) -
     assert rec.recommend(["glutton"], 5, mode="two_tower") == [[]]
 
 
-def test_a_video_uploaded_after_training_is_scored_on_what_is_known_of_it(tiny_bundle) -> None:
-    """No MF factors and no views yet are unknowns, not evidence against a new upload: its
-    MF and popularity terms are their expected value (0), so its content score ranks it.
-    Scored as the least popular video with a zero MF score, it ranked below nearly every
-    candidate (and was shown only in the exploration slot online)."""
-    bundle, _ = tiny_bundle
-    online = OnlineModel(bundle)
-    template = dict(bundle.video_rows()[0])
-    online.add_video({**template, "video_id": "brand-new"})
-    r = bundle.users["u3"]
-    uv = online.user_vectors("u3", r.profile, r.history)
-    ids = [*bundle.video_ids, "brand-new"]
-    terms = online.score_terms(uv, ids)
-    assert uv.mf is not None and terms["mf"][-1] == 0.0 and terms["popularity"][-1] == 0.0
-    assert terms["two_tower"][-1] != 0.0
-    # Terms of catalog videos are untouched: standardised, so they centre near 0.
-    assert abs(float(np.mean(terms["popularity"][:-1]))) < 1e-6 * max(1.0, bundle.ranker.pop)
-    score = online.score(uv, ids)
-    assert score[-1] == pytest.approx(sum(float(t[-1]) for t in terms.values()))
-
-
 def test_online_score_matches_offline_blend(tiny_bundle) -> None:
     """OnlineModel.score ranks candidates exactly like BatchRecommender's hybrid score."""
     bundle, inter = tiny_bundle

@@ -199,17 +199,12 @@ class OnlineModel:
             extra = self._extra_vec.get(video_ids[int(j)])
             vecs[j] = extra if extra is not None else 0.0
         terms = {"two_tower": w.tt * self._tt_m.z(user.two_tower, vecs @ user.two_tower)}
-        # A video uploaded after training has no MF factors and no view count yet: those
-        # terms are unknown, so they get their expected value (standardised 0), not the
-        # value of a video nobody wanted. Scored as if it had none, a new upload ranked
-        # below nearly every candidate and was shown only in the exploration slot (9,855
-        # of 10,045 new-upload impressions in a 20,000-request simulation), although its
-        # content score says whom it suits.
         if user.mf is not None:
             mf = np.where(known, self.b.mf_video[safe] @ user.mf, 0.0)
-            terms["mf"] = w.mf * np.where(known, self._mf_m.z(user.mf, mf), 0.0)
+            terms["mf"] = w.mf * self._mf_m.z(user.mf, mf)
+        new_pop = (0.0 - self._pop_mu) / self._pop_sd
         terms["popularity"] = (w.pop if user.has_history else w.cold_pop) * np.where(
-            known, self.pop_z[safe], 0.0)
+            known, self.pop_z[safe], new_pop)
         wd = w.demo if user.has_history else w.cold_demo
         if self.demo is not None and user.demo_cats is not None and wd:
             # A video added after training has no demographic counts: lift 0.
