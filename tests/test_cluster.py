@@ -102,11 +102,16 @@ def test_cluster_apply_equals_single_redis_apply(
     multi = cluster_store(redis_cluster, key_prefix)
     events = with_ratings(make_events(3000, users=60, seed=21), seed=21)
     events[600].video_id = "nope"  # unknown video: reported every time, never applied
+    # Ids and arms are any UTF-8 (the cluster script gets a user's events as one JSON
+    # argument): they must come through byte for byte.
+    for i in range(10, 14):
+        events[i].user_id, events[i].experiment_arm = "ü-用户-😀", "ärm"
+    events[12].video_id = events[13].video_id = "vidé-😀"
     pos = positions(events)
     resend = E.Event()
     resend.CopyFrom(events[50])  # a client resending through LogEvents: a new record
     for s in (single, multi):
-        s.put_videos([{"video_id": v} for v in VIDEOS])
+        s.put_videos([{"video_id": v} for v in [*VIDEOS, "vidé-😀"]])
     unknown: dict[str, list[str]] = {"single": [], "multi": []}
     for name, s in (("single", single), ("multi", multi)):
         for evs, ps in batches(events, pos, 250):
@@ -123,6 +128,7 @@ def test_cluster_apply_equals_single_redis_apply(
     users = {e.user_id for e in events}
     want, got = state(single, users), state(multi, users)
     assert got == want
+    assert multi.user("ü-用户-😀").seen == single.user("ü-用户-😀").seen != set()
     # The offline replay's counters agree too (its histories know no ratings).
     assert counters(multi) == expected_state([e for e in events if e.video_id != "nope"])[2]
     ref = single.trending_ref()
